@@ -1,0 +1,1 @@
+"""Diagnostics for heygem-harness: watchdogs, the environment doctor, live inspection."""

@@ -1,0 +1,367 @@
+"""Live process inspection (`heygem-diagnose ps --pid N`).
+
+Walks a process and all its descendants with psutil and reports, per process: state
+(zombies shown as ``<defunct>``), threads, CPU, RSS, shared memory it holds under
+/dev/shm, and its GPU use via NVML. Findings name what is wrong: zombies and the parent
+that does not reap them, orphaned workers re-parented away from their pipeline, and
+processes stuck in uninterruptible sleep (D state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from diagnostics.probes.base import fmt_bytes
+from diagnostics.probes.gpu import GpuProcess, nvml_snapshot
+from heygem.errors import InputNotFound, InvalidOption
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Command-line fragments of processes this project (or multiprocessing on its behalf)
+# starts; used to recognise orphaned workers among unrelated processes.
+WORKER_MARKERS = (
+    "heygem",
+    "multiprocessing.spawn",
+    "multiprocessing.forkserver",
+    "multiprocessing.resource_tracker",
+    "--multiprocessing-fork",
+)
+SHM_DIR = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class ShmUse:
+    """A /dev/shm object a process holds open (fd) or has mapped (mmap)."""
+
+    path: str
+    via: str  # "fd" or "mmap"
+    deleted: bool  # torch's file_descriptor strategy unlinks right after creating
+    mapped_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    name: str
+    cmdline: list[str]
+    status: str  # psutil status; "zombie" is displayed as <defunct>
+    threads: int | None
+    cpu_percent: float | None
+    rss_bytes: int | None
+    shm: list[ShmUse] = field(default_factory=list)
+    gpu: list[GpuProcess] = field(default_factory=list)
+    wchan: str | None = None  # kernel function a D-state process waits in
+
+    @property
+    def is_zombie(self) -> bool:
+        return self.status == psutil.STATUS_ZOMBIE
+
+    @property
+    def display_status(self) -> str:
+        return "<defunct>" if self.is_zombie else self.status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "display_status": self.display_status}
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "zombie", "orphan", "d-state"
+    pid: int
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class ProcessTreeReport:
+    root_pid: int
+    processes: list[ProcessInfo]
+    findings: list[Finding]
+    orphans: list[ProcessInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.findings
+
+    def get(self, pid: int) -> ProcessInfo | None:
+        return next((p for p in [*self.processes, *self.orphans] if p.pid == pid), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root_pid": self.root_pid,
+            "healthy": self.healthy,
+            "processes": [p.to_dict() for p in self.processes],
+            "orphans": [p.to_dict() for p in self.orphans],
+            "findings": [asdict(f) for f in self.findings],
+            "notes": list(self.notes),
+        }
+
+
+# --- per-process facts ----------------------------------------------------------------
+def _safe(fn: Any, default: T) -> T:
+    """psutil raises for zombies, vanished processes and permissions: that is a blank."""
+    try:
+        return fn()  # type: ignore[no-any-return]
+    except (psutil.Error, OSError):
+        return default
+
+
+def shm_fds(pid: int) -> list[ShmUse]:
+    """Open fds pointing into /dev/shm, unlinked ones included.
+
+    psutil's open_files() drops '(deleted)' paths, which is exactly how torch's
+    DataLoader shares tensors, so /proc/PID/fd is read directly.
+    """
+    uses: dict[str, ShmUse] = {}
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in _safe(lambda: os.listdir(fd_dir), []):
+        target = _safe(lambda fd=fd: os.readlink(fd_dir / fd), "")
+        if target.startswith(SHM_DIR + "/"):
+            path, deleted = _strip_deleted(target)
+            uses.setdefault(path, ShmUse(path, "fd", deleted))
+    return list(uses.values())
+
+
+def shm_maps(pid: int) -> list[ShmUse]:
+    """/dev/shm files mapped into the address space, with the bytes mapped per file."""
+    sizes: dict[str, int] = {}
+    deleted: dict[str, bool] = {}
+    text = _safe(lambda: Path(f"/proc/{pid}/maps").read_text(), "")
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or not parts[5].startswith(SHM_DIR + "/"):
+            continue
+        path, gone = _strip_deleted(parts[5])
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        sizes[path] = sizes.get(path, 0) + end - start
+        deleted[path] = gone
+    return [ShmUse(p, "mmap", deleted[p], n) for p, n in sizes.items()]
+
+
+def _strip_deleted(target: str) -> tuple[str, bool]:
+    suffix = " (deleted)"
+    return (target[: -len(suffix)], True) if target.endswith(suffix) else (target, False)
+
+
+def _wchan(pid: int) -> str | None:
+    value = _safe(lambda: Path(f"/proc/{pid}/wchan").read_text().strip(), "")
+    return value if value and value != "0" else None
+
+
+def _describe(proc: psutil.Process, cpu: float | None,
+              gpu_by_pid: dict[int, list[GpuProcess]]) -> ProcessInfo:
+    status = _safe(proc.status, "unknown")
+    rss = _safe(lambda: proc.memory_info().rss, None)
+    return ProcessInfo(
+        pid=proc.pid,
+        ppid=_safe(proc.ppid, 0),
+        name=_safe(proc.name, "?"),
+        cmdline=_safe(proc.cmdline, []),
+        status=status,
+        threads=_safe(proc.num_threads, None),
+        cpu_percent=cpu,
+        rss_bytes=rss,
+        shm=shm_fds(proc.pid) + shm_maps(proc.pid),
+        gpu=gpu_by_pid.get(proc.pid, []),
+        wchan=_wchan(proc.pid) if status == psutil.STATUS_DISK_SLEEP else None,
+    )
+
+
+def _sample_cpu(procs: list[psutil.Process], interval: float) -> dict[int, float | None]:
+    """CPU % of each process over one shared interval (the first psutil call is a baseline)."""
+    for p in procs:
+        _safe(lambda p=p: p.cpu_percent(None), None)
+    if interval > 0:
+        time.sleep(interval)  # a measurement window, not waiting for a condition
+    return {p.pid: _safe(lambda p=p: p.cpu_percent(None), None) for p in procs}
+
+
+# --- orphans and findings -------------------------------------------------------------
+def looks_like_ours(cmdline: Iterable[str]) -> bool:
+    text = " ".join(cmdline)
+    return any(marker in text for marker in WORKER_MARKERS)
+
+
+def _is_python(proc: psutil.Process) -> bool:
+    return "python" in _safe(proc.name, "").lower() or "python" in " ".join(
+        _safe(proc.cmdline, [])[:1]).lower()
+
+
+def find_orphans(exclude: Collection[int] = ()) -> list[psutil.Process]:
+    """Worker-looking processes whose parent is gone: re-parented to PID 1 or to a
+    non-Python subreaper (a multiprocessing child's parent is always a Python process)."""
+    orphans = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        info = proc.info
+        if info["pid"] in exclude or info["pid"] == 1 or not looks_like_ours(
+                info["cmdline"] or []):
+            continue
+        ppid = info["ppid"]
+        parent = _safe(lambda ppid=ppid: psutil.Process(ppid), None) if ppid else None
+        if ppid in (0, 1) or parent is None or not _is_python(parent):
+            orphans.append(proc)
+    return orphans
+
+
+def _parent_text(ppid: int) -> str:
+    parent = _safe(lambda: psutil.Process(ppid), None)
+    if parent is None:
+        return f"parent {ppid} (gone)"
+    return f"parent {ppid} ({_safe(parent.name, '?')}, {_safe(parent.status, '?')})"
+
+
+def _zombie_finding(p: ProcessInfo) -> Finding:
+    age = _safe(lambda: time.time() - psutil.Process(p.pid).create_time(), None)
+    since = f", started {age:.0f}s ago" if age is not None else ""
+    message = (f"pid {p.pid} ({p.name}) is <defunct>{since}: it exited but its "
+               f"{_parent_text(p.ppid)} has not wait()ed for it")
+    if p.ppid == 1:
+        fix = ("PID 1 here does not reap orphans: run the container with --init (tini) or "
+               "make PID 1 a real init.")
+    else:
+        fix = (f"Only the parent ({p.ppid}) can reap it: the parent must join()/wait() its "
+               "children (Process.join(), Popen.wait(), or handle SIGCHLD). If the parent is "
+               "stuck, stopping it hands the zombie to PID 1, which reaps it if it is an init.")
+    return Finding("zombie", p.pid, message, fix)
+
+
+def _findings(processes: list[ProcessInfo], orphans: list[ProcessInfo]) -> list[Finding]:
+    found = []
+    for p in [*processes, *orphans]:
+        if p.is_zombie:
+            found.append(_zombie_finding(p))
+        elif p.status == psutil.STATUS_DISK_SLEEP:
+            found.append(Finding(
+                "d-state", p.pid,
+                f"pid {p.pid} ({p.name}) is in uninterruptible sleep (D) in "
+                f"{p.wchan or 'an unknown kernel function'}: blocked in the kernel "
+                "(disk/NFS I/O, GPU driver) and immune to signals until it returns",
+                "Look at the device or mount it waits on (wchan above, dmesg); a stuck GPU "
+                "driver call usually needs the GPU reset.",
+            ))
+    for p in orphans:
+        if not p.is_zombie:
+            found.append(Finding(
+                "orphan", p.pid,
+                f"pid {p.pid} ({' '.join(p.cmdline)[:120]}) was re-parented to {p.ppid}: "
+                "its parent died without stopping it",
+                f"Kill it (kill {p.pid}); make the parent stop its workers on every exit "
+                "path (daemon=True, or terminate()+join() in a finally).",
+            ))
+    return found
+
+
+# --- public API -----------------------------------------------------------------------
+def inspect_process_tree(
+    pid: int, *, cpu_interval: float = 0.2, look_for_orphans: bool = True
+) -> ProcessTreeReport:
+    """Inspect ``pid`` and all its descendants; optionally scan for orphaned workers."""
+    if not isinstance(pid, int) or pid <= 0:
+        raise InvalidOption(f"pid must be a positive integer, got {pid!r}")
+    if cpu_interval < 0:
+        raise InvalidOption(f"cpu_interval must be >= 0, got {cpu_interval}")
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess as exc:
+        raise InputNotFound(f"no process with pid {pid}",
+                            hint="check the pid (heygem-diagnose ps without --pid lists "
+                                 "heygem processes)") from exc
+    procs = [root, *_safe(lambda: root.children(recursive=True), [])]
+    tree_pids = {p.pid for p in procs}
+    orphan_procs = find_orphans(exclude=tree_pids) if look_for_orphans else []
+    cpu = _sample_cpu(procs + orphan_procs, cpu_interval)
+    snap = nvml_snapshot()
+    gpu_by_pid: dict[int, list[GpuProcess]] = {}
+    for g in snap.processes:
+        gpu_by_pid.setdefault(g.pid, []).append(g)
+    notes = [] if snap.available else [f"GPU use not shown: {snap.reason}"]
+    if snap.available:
+        notes.append("NVML reports host PIDs; inside a container they may not match these")
+    processes = [_describe(p, cpu.get(p.pid), gpu_by_pid) for p in procs]
+    orphans = [_describe(p, cpu.get(p.pid), gpu_by_pid) for p in orphan_procs]
+    return ProcessTreeReport(pid, processes, _findings(processes, orphans), orphans, notes)
+
+
+def find_heygem_processes(pattern: str = "heygem") -> list[int]:
+    """PIDs of processes whose command line contains ``pattern`` (case-insensitive), tree
+    roots only (a match whose parent also matches is left to the parent's tree), never
+    this process itself."""
+    needle = pattern.lower()
+    matches: dict[int, int] = {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or []).lower()
+        if needle in cmdline and proc.info["pid"] != os.getpid():
+            matches[proc.info["pid"]] = proc.info["ppid"]
+    return sorted(pid for pid, ppid in matches.items() if ppid not in matches)
+
+
+@dataclass(frozen=True)
+class ReapedChild:
+    pid: int
+    exit_code: int  # negative: killed by that signal (as multiprocessing reports it)
+
+
+def reap_zombie_children(only: Collection[int] | None = None) -> list[ReapedChild]:
+    """Reap this process's own zombie children and return how they ended.
+
+    Only a parent can reap: waitpid() works on one's own children alone, so there is no
+    way to reap another process's zombies from outside (stop the parent instead, and PID 1
+    reaps them). Restrict with ``only`` when the children belong to code that tracks them
+    itself: a multiprocessing.Process reaped behind its back can no longer report its
+    exit code.
+    """
+    reaped = []
+    for child in _safe(lambda: psutil.Process().children(), []):
+        if (only is not None and child.pid not in only) or _safe(
+                child.status, "") != psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped meanwhile by its owner
+        if pid:
+            reaped.append(ReapedChild(pid, os.waitstatus_to_exitcode(status)))
+    log.debug("reaped %s", reaped)
+    return reaped
+
+
+def format_process_report(report: ProcessTreeReport) -> str:
+    """Human-readable tree: one line per process, then findings with fixes, then notes."""
+    depth = {report.root_pid: 0}
+    lines = [f"process tree of pid {report.root_pid}: {len(report.processes)} process(es), "
+             f"{len(report.findings)} finding(s)"]
+    for p in report.processes:
+        level = depth.setdefault(p.pid, depth.get(p.ppid, -1) + 1)
+        lines.append("  " * level + _line(p))
+    if report.orphans:
+        lines.append("orphaned workers:")
+        lines += ["  " + _line(p) for p in report.orphans]
+    if report.findings:
+        lines.append("findings:")
+        for f in report.findings:
+            lines += [f"  [{f.kind}] {f.message}", f"    fix: {f.fix}"]
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def _line(p: ProcessInfo) -> str:
+    cpu = "?" if p.cpu_percent is None else f"{p.cpu_percent:.0f}%"
+    rss = "?" if p.rss_bytes is None else fmt_bytes(p.rss_bytes)
+    shm_bytes = sum(s.mapped_bytes or 0 for s in p.shm)
+    shm = f" shm {len({s.path for s in p.shm})} ({fmt_bytes(shm_bytes)} mapped)" if p.shm else ""
+    gpu = "".join(f" gpu{g.device_index} {fmt_bytes(g.used_memory or 0)}" for g in p.gpu)
+    cmd = " ".join(p.cmdline)[:100] or p.name
+    return (f"{p.pid} [{p.display_status}] threads {p.threads if p.threads is not None else '?'}"
+            f" cpu {cpu} rss {rss}{shm}{gpu}  {cmd}")

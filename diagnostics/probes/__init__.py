@@ -1,0 +1,1 @@
+"""Environment-doctor probes: each returns a ``ProbeResult`` and never raises."""

@@ -1,0 +1,362 @@
+"""Machine and container limits: /dev/shm, cgroup CPU/memory, container, LD_LIBRARY_PATH."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diagnostics.probes.base import ProbeResult, Status, fmt_bytes, never_raises
+from heygem.errors import InvalidOption
+
+log = logging.getLogger(__name__)
+
+# Extra room on top of the batches in flight: collate allocates the batch tensor in shared
+# memory before the previous one is freed, tmpfs rounds to pages, and other processes
+# (the multiprocessing queues themselves, ORT, a second job) share the same /dev/shm.
+SHM_SAFETY_FACTOR = 2.0
+
+# Thread-pool variables read once, at import, by OpenMP/MKL/OpenBLAS/NumExpr.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                   "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS")
+
+# cgroup v1 reports "no limit" as a page-rounded LONG_MAX.
+_UNLIMITED = 1 << 60
+
+
+# --- /dev/shm ------------------------------------------------------------------------
+def dataloader_shm_need_bytes(
+    batch_size: int, sample_bytes: int, num_workers: int, prefetch_factor: int = 2
+) -> int:
+    """Shared memory a torch DataLoader with worker processes holds at peak.
+
+    Each worker collates its batches straight into shared memory and keeps up to
+    ``prefetch_factor`` of them in flight; the main process still holds the batch it is
+    consuming. That is ``num_workers * prefetch_factor + 1`` batches, times
+    ``SHM_SAFETY_FACTOR`` (2) for allocation overlap and other users of /dev/shm.
+    ``num_workers=0`` loads in-process and needs none.
+    """
+    if batch_size < 1 or sample_bytes < 0 or num_workers < 0 or prefetch_factor < 1:
+        raise InvalidOption(
+            f"invalid DataLoader shape: batch_size={batch_size}, sample_bytes={sample_bytes}, "
+            f"num_workers={num_workers}, prefetch_factor={prefetch_factor}",
+            hint="batch_size and prefetch_factor >= 1, sample_bytes and num_workers >= 0",
+        )
+    if num_workers == 0:
+        return 0
+    batches = num_workers * prefetch_factor + 1
+    return math.ceil(batches * batch_size * sample_bytes * SHM_SAFETY_FACTOR)
+
+
+@never_raises("shm", "/dev/shm size vs. DataLoader need")
+def probe_shm(need_bytes: int, need_detail: str, path: str = "/dev/shm") -> ProbeResult:
+    title = "/dev/shm size vs. DataLoader need"
+    evidence = [f"DataLoader needs ~{fmt_bytes(need_bytes)}: {need_detail}"]
+    if need_bytes == 0:
+        return ProbeResult("shm", title, Status.INFO,
+                           evidence + ["num_workers=0: batches never go through shared memory"])
+    if not os.path.isdir(path):
+        return ProbeResult("shm", title, Status.FAIL, evidence + [f"{path} does not exist"],
+                           f"Mount a tmpfs at {path} (docker --shm-size=2g).")
+    st = os.statvfs(path)
+    size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    evidence.insert(0, f"{path}: size {fmt_bytes(size)}, free {fmt_bytes(free)} "
+                       f"({_mount_type(path)})")
+    if free >= need_bytes:
+        return ProbeResult("shm", title, Status.OK, evidence)
+    return ProbeResult(
+        "shm", title, Status.FAIL,
+        evidence + [f"free {fmt_bytes(free)} < need {fmt_bytes(need_bytes)}: DataLoader workers "
+                    "die with SIGBUS (exit -7, 'Bus error') and the consumer waits forever"],
+        "Give the container more shared memory: docker run --shm-size=2g (compose: "
+        "shm_size: '2gb'; Kubernetes: an emptyDir with medium: Memory at /dev/shm), or lower "
+        "num_workers / batch size.",
+    )
+
+
+def _mount_type(path: str) -> str:
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            pre, _, post = line.partition(" - ")
+            if pre.split()[4] == path:
+                return f"{post.split()[0]} mount"
+    except OSError:
+        pass
+    return "no separate mount"
+
+
+# --- cgroups -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CgroupLimits:
+    """Effective limits of this process's cgroup (the tightest along its ancestry)."""
+
+    version: str  # "v1", "v2", "hybrid" or "none"
+    cpu_quota: float | None = None  # CPUs (quota / period); None = unlimited
+    memory_limit: int | None = None  # bytes; None = unlimited
+    sources: list[str] = field(default_factory=list)
+
+
+def _cgroup_paths(proc: Path) -> dict[str, str]:
+    """controller -> cgroup path from /proc/<pid>/cgroup; v2 is under key ''."""
+    paths: dict[str, str] = {}
+    for line in (proc / "cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for name in controllers.split(",") if controllers else [""]:
+            paths[name] = path
+    return paths
+
+
+def _cgroup_mounts(proc: Path) -> list[tuple[str, str, str, set[str]]]:
+    """(root, mountpoint, fstype, options) of cgroup mounts in /proc/<pid>/mountinfo."""
+    mounts = []
+    for line in (proc / "mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        fields, post_fields = pre.split(), post.split()
+        if post_fields and post_fields[0] in ("cgroup", "cgroup2"):
+            options = set(post_fields[2].split(",")) if len(post_fields) > 2 else set()
+            mounts.append((fields[3], fields[4], post_fields[0], options))
+    return mounts
+
+
+def _cgroup_dir(proc: Path, controller: str) -> Path | None:
+    """Directory of this process's cgroup for a v1 controller, or v2 when controller ''."""
+    paths = _cgroup_paths(proc)
+    if controller not in paths:
+        return None
+    for root, mountpoint, fstype, options in _cgroup_mounts(proc):
+        if (controller == "" and fstype == "cgroup2") or (
+            controller and fstype == "cgroup" and controller in options
+        ):
+            rel = paths[controller]
+            # Without a cgroup namespace the mount root is our own path prefix.
+            if root != "/" and rel.startswith(root):
+                rel = rel[len(root):]
+            candidate = Path(mountpoint) / rel.lstrip("/")
+            return candidate if candidate.is_dir() else Path(mountpoint)
+    return None
+
+
+def _ancestry(leaf: Path, top: Path) -> list[Path]:
+    dirs = [leaf]
+    while dirs[-1] != top and dirs[-1] != dirs[-1].parent and top in dirs[-1].parents:
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _v1_cpu(cg: Path, top: Path) -> tuple[float | None, str | None]:
+    best: tuple[float | None, str | None] = (None, None)
+    for d in _ancestry(cg, top):
+        quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+        if quota and period and int(quota) > 0:
+            cpus = int(quota) / int(period)
+            if best[0] is None or cpus < best[0]:
+                best = (cpus, f"cgroup v1 {d}/cpu.cfs_quota_us={quota} period={period}")
+    return best
+
+
+def _v2_cpu(cg: Path, top: Path) -> tuple[float | None, str | None]:
+    best: tuple[float | None, str | None] = (None, None)
+    for d in _ancestry(cg, top):
+        text = _read(d / "cpu.max")
+        if text and not text.startswith("max"):
+            quota, period = text.split()
+            cpus = int(quota) / int(period)
+            if best[0] is None or cpus < best[0]:
+                best = (cpus, f"cgroup v2 {d}/cpu.max={text}")
+    return best
+
+
+def _memory(cg: Path, top: Path, filename: str, label: str) -> tuple[int | None, str | None]:
+    best: tuple[int | None, str | None] = (None, None)
+    for d in _ancestry(cg, top):
+        text = _read(d / filename)
+        if text and text != "max" and int(text) < _UNLIMITED:
+            if best[0] is None or int(text) < best[0]:
+                best = (int(text), f"{label} {d}/{filename}={text}")
+    return best
+
+
+def read_cgroup_limits(proc: Path = Path("/proc/self")) -> CgroupLimits:
+    """CPU quota and memory limit of a process's cgroups, v1 or v2, walking up ancestors."""
+    try:
+        paths = _cgroup_paths(proc)
+        mounts = _cgroup_mounts(proc)
+    except OSError:
+        return CgroupLimits("none")
+    has_v1 = any(m[2] == "cgroup" for m in mounts) and len(paths) > 1
+    has_v2 = any(m[2] == "cgroup2" for m in mounts) and "" in paths
+    version = "hybrid" if has_v1 and has_v2 else "v1" if has_v1 else "v2" if has_v2 else "none"
+    cpu: tuple[float | None, str | None] = (None, None)
+    mem: tuple[int | None, str | None] = (None, None)
+    # In hybrid mode the controllers live in v1; v2 is only used where mounted with them.
+    if (cg := _cgroup_dir(proc, "cpu")) is not None:
+        cpu = _v1_cpu(cg, _mount_of(cg, mounts))
+    elif (cg := _cgroup_dir(proc, "")) is not None:
+        cpu = _v2_cpu(cg, _mount_of(cg, mounts))
+    if (cg := _cgroup_dir(proc, "memory")) is not None:
+        mem = _memory(cg, _mount_of(cg, mounts), "memory.limit_in_bytes", "cgroup v1")
+    elif (cg := _cgroup_dir(proc, "")) is not None:
+        mem = _memory(cg, _mount_of(cg, mounts), "memory.max", "cgroup v2")
+    sources = [s for s in (cpu[1], mem[1]) if s]
+    return CgroupLimits(version, cpu[0], mem[0], sources)
+
+
+def _mount_of(cg: Path, mounts: Sequence[tuple[str, str, str, set[str]]]) -> Path:
+    points = [Path(m[1]) for m in mounts if cg == Path(m[1]) or Path(m[1]) in cg.parents]
+    return max(points, key=lambda p: len(p.parts)) if points else cg
+
+
+def usable_cpus(affinity: int, cpu_quota: float | None) -> int:
+    """CPUs this process can actually keep busy: affinity, capped by the CFS quota."""
+    if cpu_quota is None:
+        return affinity
+    return max(1, min(affinity, math.floor(cpu_quota)))
+
+
+@never_raises("cpus", "CPUs usable vs. CPUs libraries will assume")
+def probe_cpus(environ: Mapping[str, str] | None = None) -> ProbeResult:
+    title = "CPUs usable vs. CPUs libraries will assume"
+    env = os.environ if environ is None else environ
+    limits = read_cgroup_limits()
+    total = os.cpu_count() or 1
+    affinity = len(os.sched_getaffinity(0))
+    usable = usable_cpus(affinity, limits.cpu_quota)
+    quota = "none" if limits.cpu_quota is None else f"{limits.cpu_quota:g} CPUs"
+    evidence = [f"os.cpu_count()={total}, sched_getaffinity={affinity}, cgroup quota={quota} "
+                f"({limits.version}) -> usable {usable}", *limits.sources]
+    unset = [v for v in THREAD_ENV_VARS if not env.get(v)]
+    evidence.append("thread vars set: " + (", ".join(
+        f"{v}={env[v]}" for v in THREAD_ENV_VARS if env.get(v)) or "none"))
+    if usable >= total or not unset:
+        return ProbeResult("cpus", title, Status.OK, evidence)
+    return ProbeResult(
+        "cpus", title, Status.WARN,
+        evidence + [f"{', '.join(unset)} unset: NumExpr/OpenBLAS size pools from the "
+                    f"{total} CPUs they see, not the {usable} usable (oversubscription)"],
+        "Export " + " ".join(f"{v}={usable}" for v in THREAD_ENV_VARS)
+        + " before Python starts (Dockerfile ENV or docker run -e).",
+    )
+
+
+@never_raises("cgroup-memory", "Memory limit vs. estimated need")
+def probe_memory(need_bytes: int, need_detail: str) -> ProbeResult:
+    title = "Memory limit vs. estimated need"
+    limits = read_cgroup_limits()
+    import psutil
+
+    vm = psutil.virtual_memory()
+    evidence = [f"need ~{fmt_bytes(need_bytes)}: {need_detail}",
+                f"host RAM {fmt_bytes(vm.total)}, available {fmt_bytes(vm.available)}",
+                f"cgroup ({limits.version}) memory limit: "
+                + ("none" if limits.memory_limit is None else fmt_bytes(limits.memory_limit)),
+                *limits.sources]
+    fix = (f"Raise the container memory limit to at least {fmt_bytes(need_bytes * 1.25)} "
+           "(docker run --memory / compose mem_limit), or lower num_workers. /dev/shm pages "
+           "are charged to the same limit, so --shm-size does not add memory.")
+    limit = limits.memory_limit
+    if limit is not None and limit < need_bytes:
+        return ProbeResult("cgroup-memory", title, Status.FAIL,
+                           evidence + ["the OOM killer will SIGKILL (-9) a process"], fix)
+    if (limit is not None and limit < need_bytes * 1.25) or vm.available < need_bytes:
+        return ProbeResult("cgroup-memory", title, Status.WARN,
+                           evidence + ["less than 25% headroom over the estimate"], fix)
+    return ProbeResult("cgroup-memory", title, Status.OK, evidence)
+
+
+# --- container, LD_LIBRARY_PATH --------------------------------------------------------
+_CONTAINER_WORDS = ("docker", "kubepods", "containerd", "libpod", "lxc", "crio")
+
+
+def container_markers(root: Path = Path("/"), environ: Mapping[str, str] | None = None
+                      ) -> list[str]:
+    """Evidence that we run inside a container; empty when none is found."""
+    env = os.environ if environ is None else environ
+    found = [f"{root / m} exists" for m in (".dockerenv", "run/.containerenv")
+             if (root / m).exists()]
+    cgroup = _read(root / "proc/1/cgroup") or ""
+    words = sorted({w for w in _CONTAINER_WORDS if w in cgroup})
+    if words:
+        found.append(f"/proc/1/cgroup mentions {', '.join(words)}")
+    if env.get("container"):
+        found.append(f"container={env['container']} in the environment")
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        found.append("KUBERNETES_SERVICE_HOST is set")
+    return found
+
+
+@never_raises("container", "Container detection")
+def probe_container() -> ProbeResult:
+    markers = container_markers()
+    if not markers:
+        return ProbeResult("container", "Container detection", Status.INFO,
+                           ["no container markers found: bare metal or VM"])
+    return ProbeResult("container", "Container detection", Status.INFO,
+                       ["running in a container", *markers])
+
+
+def startup_environ(pid: int | str = "self") -> dict[str, str]:
+    """The environment a process was started with (/proc/PID/environ, not later changes)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+_CUDA_GLOBS = ("libcudart.so*", "libcudnn.so*", "libcublas.so*", "libcublasLt.so*")
+
+
+def _entries(value: str | None) -> list[str]:
+    return value.split(":") if value is not None else []
+
+
+@never_raises("ld-library-path", "LD_LIBRARY_PATH")
+def probe_ld_library_path() -> ProbeResult:
+    title = "LD_LIBRARY_PATH"
+    current = os.environ.get("LD_LIBRARY_PATH")
+    at_start = startup_environ().get("LD_LIBRARY_PATH")
+    evidence: list[str] = []
+    problems: list[str] = []
+    # opencv-python's loader prepends its own dirs to os.environ at `import cv2` (leaving a
+    # trailing ':' when the variable was unset). That is not the user's doing: report it,
+    # and judge the rest.
+    entries = _entries(current)
+    by_cv2 = [e for e in entries if "/cv2/" in e]
+    entries = [e for e in entries if "/cv2/" not in e]
+    if by_cv2:
+        if not at_start and entries == [""]:
+            entries = _entries(at_start)
+        evidence.append(f"added by opencv at import: {', '.join(by_cv2)} (this process's "
+                        "loader ignores it; children inherit it)")
+    if entries != _entries(at_start):
+        problems.append(
+            f"changed after this process started (was {at_start!r}, now {current!r}): the "
+            "dynamic loader read it at startup, so dlopen here ignores the change; only "
+            "children started from now on see it")
+    for entry in entries:
+        if entry == "":
+            problems.append("an empty entry (leading/trailing/double ':') means the current "
+                            "directory")
+        elif not os.path.isdir(entry):
+            problems.append(f"{entry}: does not exist")
+        else:
+            libs = sorted({p.name for g in _CUDA_GLOBS for p in Path(entry).glob(g)})
+            evidence.append(entry + (f": {', '.join(libs[:8])}" if libs else ""))
+    if problems:
+        return ProbeResult(
+            "ld-library-path", title, Status.WARN, evidence + problems,
+            "Set LD_LIBRARY_PATH before Python starts (Dockerfile ENV, docker run -e, or a "
+            "wrapper script), with existing directories only and no empty entries.",
+        )
+    if not entries:
+        return ProbeResult("ld-library-path", title, Status.INFO,
+                           ["LD_LIBRARY_PATH is unset at startup", *evidence])
+    return ProbeResult("ld-library-path", title, Status.OK, evidence)

@@ -1,0 +1,3 @@
+"""heygem: a talking-head lip-sync generation pipeline that cannot hang silently."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Bundled media: a public-domain NASA portrait (scikit-image's `astronaut`)."""

@@ -1,0 +1,1 @@
+"""Face detection, tracking/smoothing, crop geometry and the per-template cache."""

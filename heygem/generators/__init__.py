@@ -1,0 +1,1 @@
+"""Lip-sync generators (ONNX Runtime and torch back-ends)."""

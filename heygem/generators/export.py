@@ -1,0 +1,96 @@
+"""Export a generator graph to ONNX that onnxruntime 1.16 and 1.18 both load.
+
+Legacy (TorchScript) exporter, opset <= 17, IR version <= 9 (ORT 1.16 reads IR 9 at
+most), dynamic batch; parity against torch is checked before the file is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from heygem.errors import OutputNotWritable, PipelineError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+MAX_IR_VERSION = 9
+PARITY_TOLERANCE = 2e-4
+
+
+def example_inputs(size: int, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    face = torch.rand(batch, 3, size, size, generator=gen)
+    mel = torch.rand(batch, 1, 80, 16, generator=gen) * 8.0 - 4.0
+    return face, mel
+
+
+def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET) -> Path:
+    """Write ``target`` atomically; raise PipelineError if the export does not match torch."""
+    if opset > OPSET:
+        raise PipelineError(f"opset {opset} requested; onnxruntime 1.16 needs <= {OPSET}",
+                            stage="export")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
+        os.close(fd)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write the ONNX file to {str(target.parent)!r}: {exc}",
+                                hint="choose a writable output path") from exc
+    try:
+        face, mel = example_inputs(size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # legacy-exporter deprecation notices
+            torch.onnx.export(
+                graph.eval(), (face, mel), tmp_name,
+                input_names=["face", "mel"], output_names=["face_out"],
+                dynamic_axes={"face": {0: "batch"}, "mel": {0: "batch"},
+                              "face_out": {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )  # fmt: skip
+        _check_and_pin(Path(tmp_name))
+        verify_parity(graph, Path(tmp_name), size)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    log.info("exported %s (opset %d)", target, opset)
+    return target
+
+
+def _check_and_pin(path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+        onnx.save(model, str(path))
+    onnx.checker.check_model(model)
+    opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    if opsets.get("ai.onnx", 0) > OPSET:
+        raise PipelineError(f"exported opset {opsets} exceeds {OPSET}", stage="export")
+
+
+def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
+    """Max abs difference between torch and ONNX Runtime (CPU) on a seeded batch."""
+    import onnxruntime as ort
+
+    face, mel = example_inputs(size, batch=3, seed=1)
+    with torch.inference_mode():
+        expected = graph.eval()(face, mel).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"face": face.numpy(), "mel": mel.numpy()})[0]
+    diff = float(np.max(np.abs(expected - got)))
+    if not diff <= PARITY_TOLERANCE:
+        raise PipelineError(
+            f"ONNX export differs from torch by {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})",
+            stage="export", hint="report this with `heygem-diagnose env` output",
+        )
+    return diff

@@ -1,0 +1,59 @@
+"""Every generator behind one graph signature, so back-ends and export treat them alike.
+
+Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop), ``mel`` [B,1,80,16] float32 ->
+``face_out`` [B,3,S,S] float32 0..1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from heygem.face.geometry import CropSpec
+from heygem.generators import mouthwarp
+from heygem.generators.wav2lip import FACE_SIZE, Wav2Lip, load_wav2lip_checkpoint
+from heygem.hashing import content_hash
+
+
+class Wav2LipGraph(nn.Module):
+    """Wav2Lip's own preprocessing inside the graph: lower half masked + reference."""
+
+    def __init__(self, model: Wav2Lip) -> None:
+        super().__init__()
+        self.model = model
+        mask = torch.ones(1, 1, FACE_SIZE, 1)
+        mask[:, :, FACE_SIZE // 2 :] = 0.0
+        self.register_buffer("upper_half", mask, persistent=False)
+
+    def forward(self, face: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        masked = face * self.upper_half
+        return self.model(mel, torch.cat([masked, face], dim=1))
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What the pipeline needs to know about a generator besides its graph."""
+
+    name: str
+    crop: CropSpec
+    # Whether silent frames may skip the model: true when silence means "no change".
+    identity_when_silent: bool
+    # Identifies the weights, for the ONNX export cache.
+    fingerprint: str
+
+
+def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:
+    if name == "mouthwarp":
+        spec = GeneratorSpec(name, CropSpec("mouth", mouthwarp.CROP_SIZE), True,
+                             f"mouthwarp-{mouthwarp.CROP_SIZE}-v1")
+        return mouthwarp.MouthWarp().eval(), spec
+    if name == "wav2lip":
+        assert checkpoint is not None  # enforced by GenerateOptions.validated
+        model = load_wav2lip_checkpoint(checkpoint)
+        fingerprint = f"wav2lip-{content_hash(checkpoint)}"
+        spec = GeneratorSpec(name, CropSpec("face", FACE_SIZE), False, fingerprint)
+        return Wav2LipGraph(model).eval(), spec
+    raise ValueError(f"unknown generator {name!r}")

@@ -1,0 +1,1 @@
+"""Media I/O with PyAV: probing and validating inputs, decoding, streamed encoding."""

@@ -1,0 +1,208 @@
+"""Template frames as yuv420p: decode, plane views, crops, and the ping-pong frame source.
+
+The pipeline never converts a whole frame to RGB: decode and encode both speak yuv420p,
+and only the small face/mouth region is converted for the model and pasted back. That
+is what keeps the pipeline close to a plain transcode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from heygem.errors import MediaUnreadable
+from heygem.media.probe import open_container
+
+log = logging.getLogger(__name__)
+
+Region = tuple[int, int, int, int]
+
+
+def output_size(width: int, height: int) -> tuple[int, int]:
+    """yuv420p/libx264 need even sides: drop the odd last row/column."""
+    return width - width % 2, height - height % 2
+
+
+def iter_template_frames(path: Path, width: int, height: int) -> Iterator[av.VideoFrame]:
+    """Every frame of the template as a writable yuv420p frame of ``width`` x ``height``."""
+    with open_container(path, "template video") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads: decode overlaps with our compute
+        try:
+            for frame in container.decode(stream):
+                if frame.format.name != "yuv420p" or frame.width != width or (
+                    frame.height != height
+                ):
+                    frame = frame.reformat(width=width, height=height, format="yuv420p")
+                else:
+                    # Decoded buffers may still be the decoder's reference pictures.
+                    frame.make_writable()
+                yield frame
+        except av.error.FFmpegError as exc:
+            raise MediaUnreadable(
+                f"template video {str(path)!r} stopped decoding: {exc}",
+                hint="re-encode the template (e.g. to MP4/H.264) and try again",
+            ) from exc
+
+
+def planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Writable numpy views of Y, U, V (rows padded to line_size are cut off)."""
+    views = []
+    for plane in frame.planes:
+        buf = np.frombuffer(plane, dtype=np.uint8)
+        views.append(buf.reshape(plane.height, plane.line_size)[:, : plane.width])
+    return views[0], views[1], views[2]
+
+
+def to_i420(frame: av.VideoFrame) -> np.ndarray:
+    """Packed I420 array of shape (H * 3 // 2, W), as cv2 and from_ndarray expect."""
+    y, u, v = planes(frame)
+    h, w = y.shape
+    out = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    out[:h] = y
+    out[h:].reshape(-1)[: u.size] = u.reshape(-1)
+    out[h:].reshape(-1)[u.size :] = v.reshape(-1)
+    return out
+
+
+def from_i420(packed: np.ndarray) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(packed, format="yuv420p")
+
+
+def crop_bgr(frame: av.VideoFrame, region: Region) -> np.ndarray:
+    """The region (even coordinates) converted to BGR, nothing else of the frame."""
+    x0, y0, x1, y1 = region
+    y, u, v = planes(frame)
+    w, h = x1 - x0, y1 - y0
+    packed = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    packed[:h] = y[y0:y1, x0:x1]
+    chroma = packed[h:].reshape(-1)
+    quarter = (h // 2) * (w // 2)
+    chroma[:quarter] = u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].reshape(-1)
+    chroma[quarter:] = v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].reshape(-1)
+    return cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420)
+
+
+def paste_bgr(frame: av.VideoFrame, region: Region, bgr: np.ndarray, mask: np.ndarray) -> None:
+    """Blend ``bgr`` (region-sized) into the frame's planes with a 0..1 ``mask``."""
+    x0, y0, x1, y1 = region
+    w, h = x1 - x0, y1 - y0
+    packed = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    new_y = packed[:h]
+    chroma = packed[h:].reshape(-1)
+    quarter = (h // 2) * (w // 2)
+    new_u = chroma[:quarter].reshape(h // 2, w // 2)
+    new_v = chroma[quarter:].reshape(h // 2, w // 2)
+    y, u, v = planes(frame)
+    _blend(y[y0:y1, x0:x1], new_y, mask)
+    half_mask = mask[::2, ::2]
+    _blend(u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], new_u, half_mask)
+    _blend(v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], new_v, half_mask)
+
+
+def _blend(target: np.ndarray, source: np.ndarray, mask: np.ndarray) -> None:
+    mixed = target * (1.0 - mask) + source * mask
+    target[...] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def template_index(output_index: int, out_fps: float, template_fps: float, n_template: int) -> int:
+    """Which template frame output frame ``output_index`` shows: rate-mapped, ping-pong looped."""
+    unfolded = int(output_index * template_fps / out_fps + 1e-9)
+    if n_template <= 1:
+        return 0
+    period = 2 * n_template - 2
+    k = unfolded % period
+    return k if k < n_template else period - k
+
+
+def unfolded_index(output_index: int, out_fps: float, template_fps: float) -> int:
+    return int(output_index * template_fps / out_fps + 1e-9)
+
+
+class FrameSource:
+    """Yields a fresh writable frame for each output index, in order.
+
+    The first forward pass comes straight from the decoder. If the audio outlasts the
+    template, that pass is also spooled to a raw I420 file on disk, and later (reversed or
+    repeated) frames are read back from it: memory stays flat however long the audio,
+    and the template is decoded exactly once.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        *,
+        n_template: int,
+        template_fps: float,
+        out_fps: float,
+        n_frames: int,
+        spool_dir: Path | None = None,
+    ) -> None:
+        self._path, self._w, self._h = path, width, height
+        self._n_template, self._tfps, self._ofps = n_template, template_fps, out_fps
+        self._n_frames = n_frames
+        self._frame_bytes = width * height * 3 // 2
+        last_unfolded = unfolded_index(n_frames - 1, out_fps, template_fps)
+        self._needs_spool = last_unfolded >= n_template or self._repeats_frames()
+        self._spool_dir = spool_dir
+
+    def _repeats_frames(self) -> bool:
+        return self._ofps > self._tfps + 1e-6
+
+    def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        spool_file = None
+        if self._needs_spool:
+            fd, name = tempfile.mkstemp(prefix="heygem-spool-", suffix=".i420",
+                                        dir=self._spool_dir)
+            os.unlink(name)  # anonymous: the file vanishes with the descriptor, even on crash
+            spool_file = os.fdopen(fd, "w+b", buffering=0)
+        try:
+            yield from self._frames(spool_file)
+        finally:
+            if spool_file is not None:
+                spool_file.close()
+
+    def _frames(self, spool: object) -> Iterator[tuple[int, av.VideoFrame]]:
+        decoded = iter_template_frames(self._path, self._w, self._h)
+        next_decoded = 0  # template index the decoder yields next
+        spooled = 0
+        for i in range(self._n_frames):
+            unfolded = unfolded_index(i, self._ofps, self._tfps)
+            wanted = template_index(i, self._ofps, self._tfps, self._n_template)
+            if unfolded < self._n_template and wanted >= next_decoded:
+                frame = None
+                while next_decoded <= wanted:
+                    frame = next(decoded, None)
+                    if frame is None:
+                        raise MediaUnreadable(
+                            f"template video ended after {next_decoded} frames, "
+                            f"expected {self._n_template}",
+                            hint="the file changed since it was analysed; run again",
+                        )
+                    if spool is not None:
+                        _write_at(spool, spooled * self._frame_bytes, to_i420(frame))
+                        spooled += 1
+                    next_decoded += 1
+                assert frame is not None
+                yield i, frame
+            else:
+                yield i, self._read_spooled(spool, wanted)
+        decoded.close()
+
+    def _read_spooled(self, spool: object, index: int) -> av.VideoFrame:
+        data = os.pread(spool.fileno(), self._frame_bytes, index * self._frame_bytes)  # type: ignore[attr-defined]
+        packed = np.frombuffer(data, dtype=np.uint8).reshape(self._h * 3 // 2, self._w)
+        return from_i420(packed)
+
+
+def _write_at(spool: object, offset: int, packed: np.ndarray) -> None:
+    os.pwrite(spool.fileno(), packed.tobytes(), offset)  # type: ignore[attr-defined]

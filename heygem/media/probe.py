@@ -1,0 +1,122 @@
+"""Open and validate inputs up front, so bad media fails before any work starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from heygem.errors import InputNotFound, InputTooLarge, MediaUnreadable, NoAudioStream
+
+log = logging.getLogger(__name__)
+
+STILL_IMAGE_FPS = 25.0
+# Demuxers that yield a single picture: a still image used as the template.
+_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    width: int
+    height: int
+    fps: float
+    codec: str
+    is_still_image: bool
+    # Container's estimate; the face-track pass counts the real number.
+    estimated_frames: int
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    codec: str
+    duration: float | None
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise InputNotFound(f"{what} {str(path)!r} does not exist", hint="check the path")
+    if not path.is_file():
+        raise InputNotFound(f"{what} {str(path)!r} is not a file", hint="pass a media file")
+    if not os.access(path, os.R_OK):
+        raise InputNotFound(f"{what} {str(path)!r} is not readable", hint="check permissions")
+    if path.stat().st_size == 0:
+        raise MediaUnreadable(f"{what} {str(path)!r} is empty (0 bytes)", hint="re-export it")
+    return path
+
+
+def open_container(path: Path, what: str) -> av.container.InputContainer:
+    """av.open with our error instead of PyAV's (its messages name no file or fix)."""
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise MediaUnreadable(
+            f"{what} {str(path)!r} could not be decoded: {exc}",
+            hint="convert it to a common format (e.g. MP4/H.264, WAV) and try again",
+        ) from exc
+
+
+def probe_video(path: Path, *, max_width: int, max_height: int) -> VideoInfo:
+    require_file(path, "template video")
+    with open_container(path, "template video") as container:
+        if not container.streams.video:
+            raise MediaUnreadable(
+                f"template video {str(path)!r} has no video stream",
+                hint="pass a video (or a still image) showing a face as --video",
+            )
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width <= 0 or height <= 0:
+            raise MediaUnreadable(
+                f"template video {str(path)!r} reports no frame size", hint="re-encode it"
+            )
+        if width > max_width or height > max_height:
+            raise InputTooLarge(
+                f"template video is {width}x{height}, above the {max_width}x{max_height} limit",
+                hint="downscale the template (1080p is plenty for a talking head)",
+            )
+        if width < 64 or height < 64:
+            raise MediaUnreadable(
+                f"template video is only {width}x{height}", hint="use at least 64x64 pixels"
+            )
+        still = container.format.name in _IMAGE_FORMATS or (stream.frames == 1)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = STILL_IMAGE_FPS if still or not rate else float(Fraction(rate))
+        if not 1.0 <= fps <= 240.0:
+            log.warning("template reports %.3f fps; assuming %.0f", fps, STILL_IMAGE_FPS)
+            fps = STILL_IMAGE_FPS
+        estimated = stream.frames or int(round(float(stream.duration * stream.time_base) * fps)
+                                         if stream.duration else 0)
+        return VideoInfo(path, width, height, fps, ctx.name, still, 1 if still else estimated)
+
+
+def probe_audio(path: Path, *, max_seconds: float) -> AudioInfo:
+    require_file(path, "audio")
+    with open_container(path, "audio") as container:
+        if not container.streams.audio:
+            raise NoAudioStream(
+                f"{str(path)!r} has no audio stream",
+                hint="pass a file with speech (WAV, MP3, M4A, or a video with sound) as --audio",
+            )
+        stream = container.streams.audio[0]
+        duration = None
+        if stream.duration is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        if duration is not None and duration > max_seconds:
+            raise InputTooLarge(
+                f"audio is {duration:.0f} s long, above the {max_seconds:.0f} s limit",
+                hint="split the audio into shorter parts or raise the limit",
+            )
+        ctx = stream.codec_context
+        return AudioInfo(path, int(ctx.sample_rate or 0), int(ctx.channels or 0), ctx.name,
+                         duration)

@@ -1,0 +1,433 @@
+"""The generation pipeline: audio + template video in, lip-synced MP4 out.
+
+``Pipeline.generate`` is one call split into named steps (``check_inputs``,
+``audio_features``, ``plan_template``, ``stream``) in the manner of diffusers' pipelines.
+The streaming part runs four stages in threads, connected by bounded channels:
+
+    decode ──frames──────────────────────────────┐
+    load (DataLoader) ──batches──> generate ──generated──> compose (paste + encode + mux)
+
+Every stage beats a heartbeat; a watchdog turns silence into ``PipelineStalled`` naming
+the stuck stage, and a dead DataLoader worker into ``StageCrashed`` with its decoded
+exit; every child is reaped and the output is only published on success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heygem.audio import features
+from heygem.batches import FrameSamples, FrameTiming, make_loader
+from heygem.composite import composite
+from heygem.config import GenerateOptions
+from heygem.errors import (
+    Cancelled,
+    HeygemError,
+    InputTooLarge,
+    PipelineError,
+    StageCrashed,
+)
+from heygem.face.template import TemplatePlan, plan_template
+from heygem.generators.graphs import GeneratorSpec
+from heygem.generators.loader import load_generator
+from heygem.generators.runtime import GraphRunner
+from heygem.media.audio import decode_audio_mono
+from heygem.media.frames import FrameSource, output_size
+from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
+from heygem.media.writer import Mp4Writer, check_output_writable
+from heygem.resources import ThreadBudget
+from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
+from heygem.runner.monitor import StageMonitor
+from heygem.runner.watchdog import ChildProcess, Watchdog
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+STAGES = ("decode", "load", "generate", "compose")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    audio: AudioInfo
+    video: VideoInfo
+    output: Path
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    n_frames: int
+    fps: float
+    seconds: float
+    mel: np.ndarray  # (80, T) padded so every frame has a full window
+    active: np.ndarray  # (n_frames,) bool
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    output: Path
+    frames: int
+    fps: float
+    duration: float  # seconds of audio = seconds of output
+    width: int
+    height: int
+    timings: dict[str, float]
+    backend: str
+    providers_requested: tuple[str, ...]
+    providers_used: tuple[str, ...]
+    warnings: tuple[str, ...]
+    template_from_cache: bool
+    faceless_frames: int
+    silent_frames: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output"] = str(self.output)
+        return data
+
+
+@dataclass
+class _Job:
+    """Mutable state shared by one job's stage threads."""
+
+    cancel: threading.Event
+    monitors: dict[str, StageMonitor]
+    errors: list[BaseException] = field(default_factory=list)
+    loader_workers: list[Any] = field(default_factory=list)
+    finished: threading.Event = field(default_factory=threading.Event)
+    running: int = len(STAGES)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        self.cancel.set()
+
+    def stage_ended(self) -> None:
+        with self._lock:
+            self.running -= 1
+            if self.running == 0:
+                self.finished.set()
+
+
+class Pipeline:
+    """A warm pipeline: the generator is loaded once and reused by every ``generate``."""
+
+    def __init__(self, options: GenerateOptions | None = None,
+                 budget: ThreadBudget | None = None) -> None:
+        self.options = (options or GenerateOptions()).validated()
+        self.budget = budget or ThreadBudget.for_machine()
+        self._runner: GraphRunner | None = None
+        self._spec: GeneratorSpec | None = None
+        self._lock = threading.Lock()  # one job at a time per warm pipeline
+
+    # -- steps ---------------------------------------------------------------------------
+    def load(self) -> tuple[GraphRunner, GeneratorSpec]:
+        if self._runner is None or self._spec is None:
+            opts = self.options
+            self._runner, self._spec = load_generator(
+                opts.generator, opts.checkpoint, backend=opts.backend, device=opts.device,
+                threads=self.budget.ort_threads, require_gpu=opts.require_gpu,
+                cache_dir=opts.cache_dir,
+            )
+            log.info("generator %s on %s, providers %s", self._spec.name,
+                     self._runner.info.backend, ",".join(self._runner.info.used))
+        return self._runner, self._spec
+
+    def check_inputs(self, audio: Path, video: Path, output: Path) -> Inputs:
+        opts = self.options
+        video_info = probe_video(video, max_width=opts.max_width, max_height=opts.max_height)
+        audio_info = probe_audio(audio, max_seconds=opts.max_audio_seconds)
+        check_output_writable(output)
+        return Inputs(audio_info, video_info, output)
+
+    def audio_features(self, inputs: Inputs) -> AudioFeatures:
+        wav = decode_audio_mono(inputs.audio.path)
+        seconds = wav.size / features.SAMPLE_RATE
+        if seconds > self.options.max_audio_seconds:
+            raise InputTooLarge(
+                f"audio is {seconds:.0f} s long, above the {self.options.max_audio_seconds:.0f} s "
+                "limit", hint="split the audio into shorter parts or raise the limit")
+        fps = self.options.fps or inputs.video.fps
+        n_frames = features.frame_count(wav.size, fps)
+        mel = features.pad_mel_for_frames(features.melspectrogram(wav), n_frames, fps)
+        activity = features.voice_activity(wav, n_frames, fps)
+        return AudioFeatures(n_frames, fps, seconds, mel, activity.active)
+
+    def plan_template(self, inputs: Inputs, spec: GeneratorSpec,
+                      on_progress: Callable[[int], None] | None = None) -> TemplatePlan:
+        width, height = output_size(inputs.video.width, inputs.video.height)
+        return plan_template(
+            inputs.video.path, width, height, spec.crop, cache_dir=self.options.cache_dir,
+            use_cache=self.options.use_face_cache, max_frames=self.options.max_template_frames,
+            on_progress=on_progress,
+        )
+
+    # -- the whole job -------------------------------------------------------------------
+    def generate(self, audio: Path, video: Path, output: Path, *,
+                 progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        with self._lock:
+            return self._generate(Path(audio), Path(video), Path(output), progress,
+                                  cancel or threading.Event())
+
+    def _generate(self, audio: Path, video: Path, output: Path,
+                  progress: ProgressCallback | None, cancel: threading.Event) -> GenerationResult:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        with _timed(timings, "check_inputs"):
+            inputs = self.check_inputs(audio, video, output)
+        with _timed(timings, "load_model"):
+            runner, spec = self.load()
+        with _timed(timings, "audio_features"):
+            feats = self.audio_features(inputs)
+        _raise_if_cancelled(cancel)
+        with _timed(timings, "face_track"):
+            plan = self.plan_template(inputs, spec)
+        _raise_if_cancelled(cancel)
+        warnings = list(runner.info.warnings)
+        if plan.faceless_frames:
+            warnings.append(f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
+                            "detectable face and pass through unchanged")
+        with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
+            stage_seconds = self.stream(inputs, feats, plan, runner, spec, Path(workdir),
+                                        progress, cancel)
+        timings.update(stage_seconds)
+        timings["total"] = time.perf_counter() - started
+        return GenerationResult(
+            output=inputs.output, frames=feats.n_frames, fps=feats.fps, duration=feats.seconds,
+            width=plan.width, height=plan.height, timings=timings, backend=runner.info.backend,
+            providers_requested=runner.info.requested, providers_used=runner.info.used,
+            warnings=tuple(warnings), template_from_cache=plan.from_cache,
+            faceless_frames=plan.faceless_frames,
+            silent_frames=int((~feats.active).sum()),
+        )
+
+    def stream(self, inputs: Inputs, feats: AudioFeatures, plan: TemplatePlan,
+               runner: GraphRunner, spec: GeneratorSpec, workdir: Path,
+               progress: ProgressCallback | None, cancel: threading.Event) -> dict[str, float]:
+        """Run the four streaming stages under the watchdog; return their busy seconds."""
+        opts = self.options
+        mel_path = workdir / "mel.npy"
+        np.save(mel_path, feats.mel)
+        timing = FrameTiming(feats.n_frames, feats.fps, inputs.video.fps, plan.n_frames)
+        monitors = {name: StageMonitor(name) for name in STAGES}
+        if opts.num_workers and opts.start_method != "fork":
+            monitors["load"].first_item_grace = 3.0 * opts.num_workers + 5.0
+        job = _Job(cancel=threading.Event(), monitors=monitors)
+        batch_frames = opts.batch_size
+        frames_ch: Channel[tuple[int, Any]] = Channel(
+            "frames", 2 * batch_frames, monitors["decode"], monitors["compose"], job.cancel)
+        batches_ch: Channel[Any] = Channel(
+            "batches", 2, monitors["load"], monitors["generate"], job.cancel)
+        generated_ch: Channel[tuple[np.ndarray, np.ndarray]] = Channel(
+            "generated", 2, monitors["generate"], monitors["compose"], job.cancel)
+        writer = Mp4Writer(inputs.output, width=plan.width, height=plan.height, fps=feats.fps,
+                           preset=opts.preset, crf=opts.crf, threads=self.budget.x264_threads,
+                           audio_path=inputs.audio.path)
+        try:
+            source = FrameSource(inputs.video.path, plan.width, plan.height,
+                             n_template=plan.n_frames, template_fps=inputs.video.fps,
+                                 out_fps=feats.fps, n_frames=feats.n_frames, spool_dir=workdir)
+        except BaseException:
+            writer.abort()
+            raise
+        samples = FrameSamples(plan.crops_path, mel_path, timing, opts.fault)
+        stages: dict[str, Callable[[], None]] = {
+            "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"]),
+            "load": lambda: self._load_stage(samples, batches_ch, job),
+            "generate": lambda: _generate_stage(runner, batches_ch, generated_ch,
+                                                monitors["generate"]),
+            "compose": lambda: _compose_stage(
+                frames_ch, generated_ch, writer, plan, timing, feats.active, spec,
+                monitors["compose"], progress),
+        }
+        threads = [threading.Thread(target=self._run_stage, args=(name, fn, job),
+                                    name=f"heygem-{name}", daemon=True)
+                   for name, fn in stages.items()]
+        watchdog = Watchdog(list(monitors.values()), [frames_ch, batches_ch, generated_ch],
+                            opts.stall_timeout, children=lambda: _children(job))
+        for thread in threads:
+            thread.start()
+        try:
+            self._supervise(job, watchdog, cancel)
+        finally:
+            if job.errors or cancel.is_set():
+                job.cancel.set()
+            self._teardown(threads, job, writer)
+        if job.errors:
+            raise job.errors[0]
+        return {f"stage_{name}": round(m.busy_seconds_total, 3) for name, m in monitors.items()}
+
+    # -- stage plumbing ------------------------------------------------------------------
+    def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
+        monitor = job.monitors[name]
+        monitor.attach()
+        fault = self.options.fault
+        try:
+            if fault is not None and fault.stage == name and fault.kind == "never_start":
+                job.cancel.wait()  # a consumer that never starts: only teardown ends it
+                raise JobCancelled
+            body()
+            monitor.finish()
+        except JobCancelled:
+            monitor.finish(failed=True)
+        except HeygemError as exc:
+            monitor.finish(failed=True)
+            job.fail(exc)
+        except BaseException as exc:
+            monitor.finish(failed=True)
+            job.fail(_stage_error(name, exc))
+        finally:
+            job.stage_ended()
+
+    def _load_stage(self, samples: FrameSamples, out: Channel[Any], job: _Job) -> None:
+        opts = self.options
+        loader = make_loader(samples, opts.batch_size, opts.num_workers, opts.start_method)
+        iterator = iter(loader)
+        job.loader_workers = list(getattr(iterator, "_workers", []))
+        monitor = job.monitors["load"]
+        try:
+            for batch in iterator:
+                out.put(batch)
+                monitor.beat(len(batch[0]))
+            out.put(END)
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _supervise(self, job: _Job, watchdog: Watchdog, cancel: threading.Event) -> None:
+        while not job.finished.is_set():
+            if job.errors:
+                return
+            if cancel.is_set():
+                job.fail(Cancelled("the job was cancelled", stage=None))
+                return
+            problem = watchdog.check()
+            if problem is not None:
+                log.error("%s", problem)
+                job.fail(problem)
+                return
+            job.finished.wait(0.1)
+
+    def _teardown(self, threads: list[threading.Thread], job: _Job, writer: Mp4Writer) -> None:
+        _stop_workers(job.loader_workers)
+        deadline = time.monotonic() + 3.0
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            log.warning("stage threads still busy after teardown (left as daemons): %s", stuck)
+        if job.errors or stuck:
+            writer.abort()
+        multiprocessing.active_children()  # joins (reaps) any finished child
+
+
+def _decode_stage(source: FrameSource, out: Channel[tuple[int, Any]],
+                  monitor: StageMonitor) -> None:
+    for index, frame in source:
+        out.put((index, frame))
+        monitor.beat(1)
+    out.put(END)
+
+
+def _generate_stage(runner: GraphRunner, inp: Channel[Any],
+                    out: Channel[tuple[np.ndarray, np.ndarray]], monitor: StageMonitor) -> None:
+    while not isinstance(item := inp.get(), EndOfStream):
+        indices, crops, mels = item
+        face = crops.numpy().transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+        result = runner.run(np.ascontiguousarray(face), mels.numpy())
+        pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        out.put((indices.numpy(), pixels))
+        monitor.beat(len(pixels))
+    out.put(END)
+
+
+def _compose_stage(frames: Channel[tuple[int, Any]],
+                   generated: Channel[tuple[np.ndarray, np.ndarray]], writer: Mp4Writer,
+                   plan: TemplatePlan, timing: FrameTiming, active: np.ndarray,
+                   spec: GeneratorSpec, monitor: StageMonitor,
+                   progress: ProgressCallback | None) -> None:
+    pending: deque[tuple[int, np.ndarray]] = deque()
+    for index, frame in _until_end(frames):
+        while not pending:
+            batch = generated.get()
+            if isinstance(batch, EndOfStream):
+                raise StageCrashed(f"generator output ended before frame {index}",
+                                   stage="generate")
+            pending.extend(zip(batch[0].tolist(), batch[1], strict=True))
+        gen_index, crop = pending.popleft()
+        if gen_index != index:
+            raise StageCrashed(f"frame order broken: got {gen_index}, expected {index}",
+                               stage="compose")
+        template_frame = timing.template_frame(index)
+        if plan.valid[template_frame] and (active[index] or not spec.identity_when_silent):
+            region = tuple(int(v) for v in plan.regions[template_frame])
+            composite(frame, region, crop, spec.crop.kind)  # type: ignore[arg-type]
+        writer.write_video(frame)
+        monitor.beat(1)
+        if progress is not None:
+            progress(index + 1, timing.n_frames)
+    writer.finish()
+
+
+def _until_end(channel: Channel[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    while not isinstance(item := channel.get(), EndOfStream):
+        yield item
+
+
+def _children(job: _Job) -> list[ChildProcess]:
+    if job.monitors["load"].state.value in ("done", "failed"):
+        return []  # workers were shut down on purpose
+    return [ChildProcess("load", p.pid, p.exitcode) for p in job.loader_workers]
+
+
+def _stop_workers(workers: list[Any]) -> None:
+    """Terminate DataLoader workers the loading thread could not shut down itself."""
+    for proc in workers:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in workers:
+        proc.join(timeout=2.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=2.0)
+
+
+def _stage_error(stage: str, exc: BaseException) -> PipelineError:
+    text = str(exc) or repr(exc)
+    hint = None
+    if "DataLoader worker" in text and ("Bus error" in text or "shared memory" in text):
+        hint = ("DataLoader workers ran out of /dev/shm: docker run --shm-size=2g, or "
+                "--num-workers 0")
+    elif "DataLoader worker" in text:
+        hint = "a DataLoader worker died; `heygem-diagnose env` checks shm and memory limits"
+    error = StageCrashed(f"stage '{stage}' failed: {type(exc).__name__}: {text}",
+                         stage="load" if "DataLoader worker" in text else stage, hint=hint)
+    error.__cause__ = exc
+    return error
+
+
+def _raise_if_cancelled(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise Cancelled("the job was cancelled before streaming started")
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 3)

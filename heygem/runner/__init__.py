@@ -1,0 +1,1 @@
+"""The staged runner: bounded channels, heartbeats, a watchdog, clean cancellation."""

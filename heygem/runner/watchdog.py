@@ -1,0 +1,111 @@
+"""Turn a silent stage or a dead child into a typed error that names the culprit.
+
+A stage blocked on a full queue is not the problem, its consumer is; a stage starved
+of input points at its producer. Following those edges from the first silent stage
+finds the stage that is really stuck, and the error carries what an operator needs:
+queue depths, what each side last did, the stuck thread's Python stack, child exits.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from heygem.errors import PipelineError, PipelineStalled, StageCrashed
+from heygem.runner.channels import Channel
+from heygem.runner.exits import describe_exit
+from heygem.runner.monitor import StageMonitor, StageState
+
+
+@dataclass(frozen=True)
+class ChildProcess:
+    """A child the job started (a DataLoader worker), as the watchdog sees it."""
+
+    stage: str
+    pid: int | None
+    exitcode: int | None
+
+
+class Watchdog:
+    def __init__(self, monitors: Sequence[StageMonitor], channels: Sequence[Channel[object]],
+                 stall_timeout: float,
+                 children: Callable[[], list[ChildProcess]] = list) -> None:
+        self._monitors = {m.name: m for m in monitors}
+        self._channels = {c.name: c for c in channels}
+        self._timeout = stall_timeout
+        self._children = children
+
+    def check(self) -> PipelineError | None:
+        return self._dead_child() or self._stall()
+
+    def _dead_child(self) -> PipelineError | None:
+        for child in self._children():
+            if child.exitcode is not None and child.exitcode != 0:
+                what, fix = describe_exit(child.exitcode)
+                return StageCrashed(
+                    f"stage '{child.stage}': worker process {child.pid} died: {what}",
+                    stage=child.stage, hint=fix,
+                )
+        return None
+
+    def _stall(self) -> PipelineStalled | None:
+        for monitor in self._monitors.values():
+            if monitor.state in (StageState.DONE, StageState.FAILED):
+                continue
+            if monitor.silent_for > self._timeout + monitor.deadline:
+                return self._report(self._blame(monitor), monitor)
+        return None
+
+    def _blame(self, monitor: StageMonitor) -> StageMonitor:
+        seen: set[str] = set()
+        while monitor.name not in seen and monitor.waiting_on in self._channels:
+            seen.add(monitor.name)
+            channel = self._channels[monitor.waiting_on]
+            if monitor.state == StageState.WAITING_OUTPUT:
+                monitor = channel.consumer
+            elif monitor.state == StageState.WAITING_INPUT:
+                monitor = channel.producer
+            else:
+                break
+        return monitor
+
+    def _report(self, culprit: StageMonitor, noticed: StageMonitor) -> PipelineStalled:
+        silent = culprit.silent_for
+        lines = [f"stage '{culprit.name}' made no progress for {silent:.1f} s "
+                 f"(state: {culprit.state.value}; last action: {culprit.last_action}; "
+                 f"{culprit.items} items done)"]
+        summary = ""
+        feeding = [c for c in self._channels.values() if c.consumer is culprit]
+        for channel in feeding:
+            if culprit.items == 0 and channel.get_count == 0 and channel.depth() >= (
+                channel.maxsize
+            ):
+                summary = (f"consumer never started or died: '{channel.producer.name}' filled "
+                           f"'{channel.name}' to its maxsize {channel.maxsize} and "
+                           f"'{culprit.name}' never took an item")
+        if noticed is not culprit:
+            lines.append(f"noticed at stage '{noticed.name}' ({noticed.state.value})")
+        lines.append("queues: " + "; ".join(c.describe() for c in self._channels.values()))
+        for child in self._children():
+            lines.append(f"child {child.pid} ({child.stage}): {describe_exit(child.exitcode)[0]}")
+        stack = _thread_stack(culprit.thread_id)
+        if stack:
+            lines.append("stack of the stuck stage:\n" + stack)
+        message = (summary + "\n" if summary else "") + "\n".join(lines)
+        return PipelineStalled(
+            message, stage=culprit.name,
+            hint=("run `heygem-diagnose env` (shared memory, CUDA libraries) and try "
+                  "--num-workers 0 to take DataLoader workers out of the picture"),
+        )
+
+
+def _thread_stack(thread_id: int | None, limit: int = 12) -> str:
+    """The Python stack of a live thread (faulthandler's view, but as text we can keep)."""
+    if thread_id is None:
+        return ""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return ""
+    return "".join(traceback.format_stack(frame, limit=limit)).rstrip()
