@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ import psutil
 
 from diagnostics.probes.base import fmt_bytes
 from diagnostics.probes.gpu import GpuProcess, nvml_snapshot
+from diagnostics.probes.system import cgroup_dir
 from heygem.errors import InputNotFound, InvalidOption
 
 log = logging.getLogger(__name__)
@@ -110,10 +112,10 @@ class ProcessTreeReport:
 
 
 # --- per-process facts ----------------------------------------------------------------
-def _safe(fn: Any, default: T) -> T:
+def _safe(fn: Callable[[], T], default: T) -> T:
     """psutil raises for zombies, vanished processes and permissions: that is a blank."""
     try:
-        return fn()  # type: ignore[no-any-return]
+        return fn()
     except (psutil.Error, OSError):
         return default
 
@@ -126,8 +128,9 @@ def shm_fds(pid: int) -> list[ShmUse]:
     """
     uses: dict[str, ShmUse] = {}
     fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in _safe(lambda: os.listdir(fd_dir), []):
-        target = _safe(lambda fd=fd: os.readlink(fd_dir / fd), "")
+    no_fds: list[str] = []
+    for fd in _safe(lambda: os.listdir(fd_dir), no_fds):
+        target = _safe(partial(os.readlink, fd_dir / fd), "")
         if target.startswith(SHM_DIR + "/"):
             path, deleted = _strip_deleted(target)
             uses.setdefault(path, ShmUse(path, "fd", deleted))
@@ -153,6 +156,18 @@ def shm_maps(pid: int) -> list[ShmUse]:
 def _strip_deleted(target: str) -> tuple[str, bool]:
     suffix = " (deleted)"
     return (target[: -len(suffix)], True) if target.endswith(suffix) else (target, False)
+
+
+def frozen_by(pid: int) -> str | None:
+    """The cgroup freezer holding ``pid`` (docker pause, a frozen job), if any."""
+    proc = Path(f"/proc/{pid}")
+    v1 = _safe(partial(cgroup_dir, proc, "freezer"), None)
+    if v1 is not None and _safe((v1 / "freezer.state").read_text, "").strip() == "FROZEN":
+        return f"{v1} (freezer.state=FROZEN)"
+    v2 = _safe(partial(cgroup_dir, proc, ""), None)
+    if v2 is not None and _safe((v2 / "cgroup.freeze").read_text, "").strip() == "1":
+        return f"{v2} (cgroup.freeze=1)"
+    return None
 
 
 def _wchan(pid: int) -> str | None:
@@ -182,10 +197,10 @@ def _describe(proc: psutil.Process, cpu: float | None,
 def _sample_cpu(procs: list[psutil.Process], interval: float) -> dict[int, float | None]:
     """CPU % of each process over one shared interval (the first psutil call is a baseline)."""
     for p in procs:
-        _safe(lambda p=p: p.cpu_percent(None), None)
+        _safe(partial(p.cpu_percent, None), None)
     if interval > 0:
         time.sleep(interval)  # a measurement window, not waiting for a condition
-    return {p.pid: _safe(lambda p=p: p.cpu_percent(None), None) for p in procs}
+    return {p.pid: _safe(partial(p.cpu_percent, None), None) for p in procs}
 
 
 # --- orphans and findings -------------------------------------------------------------
@@ -209,7 +224,7 @@ def find_orphans(exclude: Collection[int] = ()) -> list[psutil.Process]:
                 info["cmdline"] or []):
             continue
         ppid = info["ppid"]
-        parent = _safe(lambda ppid=ppid: psutil.Process(ppid), None) if ppid else None
+        parent = _safe(partial(psutil.Process, ppid), None) if ppid else None
         if ppid in (0, 1) or parent is None or not _is_python(parent):
             orphans.append(proc)
     return orphans
@@ -237,25 +252,34 @@ def _zombie_finding(p: ProcessInfo) -> Finding:
     return Finding("zombie", p.pid, message, fix)
 
 
+def _d_state_finding(p: ProcessInfo) -> Finding:
+    where = f"pid {p.pid} ({p.name}) is in uninterruptible sleep (D)"
+    freezer = frozen_by(p.pid)
+    if freezer:
+        return Finding("d-state", p.pid, f"{where}: frozen by the cgroup freezer {freezer}",
+                       "Thaw it: docker unpause, or write THAWED to freezer.state "
+                       "(cgroup v1) / 0 to cgroup.freeze (v2).")
+    return Finding(
+        "d-state", p.pid,
+        f"{where} in {p.wchan or 'an unknown kernel function'}: blocked in the kernel "
+        "(disk/NFS I/O, GPU driver) and immune to signals until it returns",
+        "Look at the device or mount it waits on (wchan above, dmesg); a stuck GPU driver "
+        "call usually needs the GPU reset.",
+    )
+
+
 def _findings(processes: list[ProcessInfo], orphans: list[ProcessInfo]) -> list[Finding]:
     found = []
     for p in [*processes, *orphans]:
         if p.is_zombie:
             found.append(_zombie_finding(p))
         elif p.status == psutil.STATUS_DISK_SLEEP:
-            found.append(Finding(
-                "d-state", p.pid,
-                f"pid {p.pid} ({p.name}) is in uninterruptible sleep (D) in "
-                f"{p.wchan or 'an unknown kernel function'}: blocked in the kernel "
-                "(disk/NFS I/O, GPU driver) and immune to signals until it returns",
-                "Look at the device or mount it waits on (wchan above, dmesg); a stuck GPU "
-                "driver call usually needs the GPU reset.",
-            ))
+            found.append(_d_state_finding(p))
     for p in orphans:
         if not p.is_zombie:
             found.append(Finding(
                 "orphan", p.pid,
-                f"pid {p.pid} ({' '.join(p.cmdline)[:120]}) was re-parented to {p.ppid}: "
+                f"pid {p.pid} ({' '.join(p.cmdline)[:120]!r}) was re-parented to {p.ppid}: "
                 "its parent died without stopping it",
                 f"Kill it (kill {p.pid}); make the parent stop its workers on every exit "
                 "path (daemon=True, or terminate()+join() in a finally).",
@@ -323,7 +347,8 @@ def reap_zombie_children(only: Collection[int] | None = None) -> list[ReapedChil
     exit code.
     """
     reaped = []
-    for child in _safe(lambda: psutil.Process().children(), []):
+    no_children: list[psutil.Process] = []
+    for child in _safe(lambda: psutil.Process().children(), no_children):
         if (only is not None and child.pid not in only) or _safe(
                 child.status, "") != psutil.STATUS_ZOMBIE:
             continue
@@ -362,6 +387,6 @@ def _line(p: ProcessInfo) -> str:
     shm_bytes = sum(s.mapped_bytes or 0 for s in p.shm)
     shm = f" shm {len({s.path for s in p.shm})} ({fmt_bytes(shm_bytes)} mapped)" if p.shm else ""
     gpu = "".join(f" gpu{g.device_index} {fmt_bytes(g.used_memory or 0)}" for g in p.gpu)
-    cmd = " ".join(p.cmdline)[:100] or p.name
+    cmd = " ".join(p.cmdline).replace("\n", " ")[:100] or p.name
     return (f"{p.pid} [{p.display_status}] threads {p.threads if p.threads is not None else '?'}"
             f" cpu {cpu} rss {rss}{shm}{gpu}  {cmd}")

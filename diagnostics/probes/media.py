@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from diagnostics.probes.base import ProbeResult, Status, never_raises
 
 # (codec name, mode 'r' decode / 'w' encode, what the pipeline uses it for)
-REQUIRED_CODECS: tuple[tuple[str, str, str], ...] = (
+Mode = Literal["r", "w"]
+REQUIRED_CODECS: tuple[tuple[str, Mode, str], ...] = (
     ("libx264", "w", "H.264 encoder for the output video"),
     ("aac", "w", "AAC encoder for the output audio"),
     ("h264", "r", "H.264 decoder for template videos"),
@@ -15,7 +17,7 @@ REQUIRED_CODECS: tuple[tuple[str, str, str], ...] = (
 
 
 @never_raises("av-codecs", "PyAV codecs")
-def probe_av_codecs(required: Sequence[tuple[str, str, str]] = REQUIRED_CODECS) -> ProbeResult:
+def probe_av_codecs(required: Sequence[tuple[str, Mode, str]] = REQUIRED_CODECS) -> ProbeResult:
     import av
     from av.codec import Codec
 

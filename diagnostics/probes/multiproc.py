@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
+from typing import Any
 
 from diagnostics.probes.base import ProbeResult, Status, never_raises
 from diagnostics.probes.system import THREAD_ENV_VARS, startup_environ
@@ -28,7 +29,7 @@ def read_child_env(method: str, names: Sequence[str], timeout: float) -> ChildVi
 
     Returns an error string instead of raising (child failed to start, timed out).
     """
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)  # typeshed types str methods loosely
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_report_env, args=(send, tuple(names)), daemon=True,
                        name=f"heygem-doctor-{method}")
@@ -112,7 +113,9 @@ def probe_thread_env(timeout: float = 20.0) -> ProbeResult:
     parent = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
     fs_before = forkserver_pid()
     method_before = multiprocessing.get_start_method(allow_none=True)
-    children = {m: read_child_env(m, THREAD_ENV_VARS, timeout) for m in methods}
+    children: dict[str, ChildView] = {
+        m: read_child_env(m, THREAD_ENV_VARS, timeout) for m in methods
+    }
     if method_before is None:
         # Spawning records get_start_method() in the child's preparation data, which fixes
         # the default for the whole process; undo that side effect of the check.

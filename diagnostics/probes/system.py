@@ -121,7 +121,7 @@ def _cgroup_mounts(proc: Path) -> list[tuple[str, str, str, set[str]]]:
     return mounts
 
 
-def _cgroup_dir(proc: Path, controller: str) -> Path | None:
+def cgroup_dir(proc: Path, controller: str) -> Path | None:
     """Directory of this process's cgroup for a v1 controller, or v2 when controller ''."""
     paths = _cgroup_paths(proc)
     if controller not in paths:
@@ -199,13 +199,13 @@ def read_cgroup_limits(proc: Path = Path("/proc/self")) -> CgroupLimits:
     cpu: tuple[float | None, str | None] = (None, None)
     mem: tuple[int | None, str | None] = (None, None)
     # In hybrid mode the controllers live in v1; v2 is only used where mounted with them.
-    if (cg := _cgroup_dir(proc, "cpu")) is not None:
+    if (cg := cgroup_dir(proc, "cpu")) is not None:
         cpu = _v1_cpu(cg, _mount_of(cg, mounts))
-    elif (cg := _cgroup_dir(proc, "")) is not None:
+    elif (cg := cgroup_dir(proc, "")) is not None:
         cpu = _v2_cpu(cg, _mount_of(cg, mounts))
-    if (cg := _cgroup_dir(proc, "memory")) is not None:
+    if (cg := cgroup_dir(proc, "memory")) is not None:
         mem = _memory(cg, _mount_of(cg, mounts), "memory.limit_in_bytes", "cgroup v1")
-    elif (cg := _cgroup_dir(proc, "")) is not None:
+    elif (cg := cgroup_dir(proc, "")) is not None:
         mem = _memory(cg, _mount_of(cg, mounts), "memory.max", "cgroup v2")
     sources = [s for s in (cpu[1], mem[1]) if s]
     return CgroupLimits(version, cpu[0], mem[0], sources)
@@ -315,7 +315,7 @@ _CUDA_GLOBS = ("libcudart.so*", "libcudnn.so*", "libcublas.so*", "libcublasLt.so
 
 
 def _entries(value: str | None) -> list[str]:
-    return value.split(":") if value is not None else []
+    return value.split(":") if value else []  # an empty value is ignored by ld.so
 
 
 @never_raises("ld-library-path", "LD_LIBRARY_PATH")

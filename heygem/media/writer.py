@@ -44,6 +44,12 @@ def check_output_writable(target: Path) -> None:
                                 hint="name the output like result.mp4")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def video_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
@@ -74,6 +80,7 @@ class Mp4Writer:
             self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
             self._audio_frames: Iterator[av.AudioFrame] = self._audio_in.decode(source)
             self._audio_seconds = 0.0
+            self._audio_samples = 0
             self._audio_rate = rate
         except BaseException:
             self._cleanup()
@@ -100,8 +107,12 @@ class Mp4Writer:
 
     def _encode_audio(self, frames: list[av.AudioFrame]) -> None:
         for out in frames:
-            out.pts = None
-            self._audio_seconds += out.samples / self._audio_rate
+            # Real timestamps from 0: the AAC encoder then shifts its priming samples to
+            # negative time and the MP4 muxer writes an edit list, so audio starts in sync.
+            out.pts = self._audio_samples
+            out.time_base = Fraction(1, self._audio_rate)
+            self._audio_samples += out.samples
+            self._audio_seconds = self._audio_samples / self._audio_rate
             for packet in self._audio.encode(out):
                 self._out.mux(packet)
 
@@ -120,6 +131,7 @@ class Mp4Writer:
         self._pump_audio(float("inf"))
         self._out.close()
         self._audio_in.close()
+        os.chmod(self._tmp, 0o666 & ~_current_umask())  # mkstemp made it private (0600)
         os.replace(self._tmp, self.target)
         log.info("wrote %s (%d frames)", self.target, self.frames_written)
         return self.target

@@ -1,0 +1,180 @@
+"""The whole pipeline on generated media, checked the way a user would look at the output."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heygem.audio.features import frame_count
+from heygem.config import GenerateOptions
+from heygem.media.audio import decode_audio_mono
+from heygem.pipeline import Pipeline
+from tests.helpers import read_gray_frames, stream_summary
+
+
+def _template_gray(template: Path, n_out: int) -> np.ndarray:
+    """Template frames in output order (ping-pong), to compare the output against."""
+    from heygem.media.frames import template_index
+
+    frames = read_gray_frames(template)
+    order = [template_index(i, 25.0, 25.0, len(frames)) for i in range(n_out)]
+    return frames[order]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, speech_wav: Path, template_mp4: Path):
+    out = tmp_path_factory.mktemp("out") / "result.mp4"
+    options = GenerateOptions(cache_dir=tmp_path_factory.mktemp("c"), batch_size=8)
+    result = Pipeline(options).generate(speech_wav, template_mp4, out)
+    return result, out
+
+
+def test_output_has_exact_frames_duration_and_audio(demo_run, speech_wav: Path) -> None:
+    result, out = demo_run
+    samples = decode_audio_mono(speech_wav).size
+    expected = math.ceil(samples * 25 / 16000)
+    summary = stream_summary(out)
+    assert result.frames == expected == summary["frames"]
+    assert summary["fps"] == 25
+    assert abs(summary["audio_seconds"] - samples / 16000) < 0.01
+    assert result.output == out and out.exists()
+    assert not list(out.parent.glob(".*part*")), "temporary files left next to the output"
+    assert result.providers_used == ("CPUExecutionProvider",)
+    assert set(result.timings) >= {"audio_features", "face_track", "stage_generate", "total"}
+
+
+def test_pixels_outside_the_mouth_are_unchanged(demo_run, template_mp4: Path) -> None:
+    _, out = demo_run
+    produced = read_gray_frames(out).astype(np.int16)
+    original = _template_gray(template_mp4, len(produced)).astype(np.int16)
+    diff = np.abs(produced - original)
+    # The head sways across the middle; the left/right margins and top never hold the mouth.
+    outside = np.concatenate([diff[:, :, :100].ravel(), diff[:, :, -100:].ravel(),
+                              diff[:, :80, :].ravel()])
+    assert outside.mean() < 1.5, "background changed beyond re-encoding noise"
+
+
+def test_mouth_moves_with_speech_and_rests_in_silence(demo_run, template_mp4: Path,
+                                                      speech_wav: Path) -> None:
+    from heygem.audio.features import voice_activity
+
+    _, out = demo_run
+    produced = read_gray_frames(out).astype(np.float32)
+    original = _template_gray(template_mp4, len(produced)).astype(np.float32)
+    # The mouth of the 480x360 test template sits around (x 210, y 148).
+    change = np.abs(produced - original)[:, 120:180, 170:250].mean(axis=(1, 2))
+    wav = decode_audio_mono(speech_wav)
+    activity = voice_activity(wav, len(produced), 25.0)
+    speech_change = change[activity.active].mean()
+    silence_change = change[~activity.active].mean()
+    assert speech_change > 3 * silence_change, (speech_change, silence_change)
+
+    # Envelope vs mouth opening: clearly above a control shifted by a second.
+    envelope = activity.loudness_db
+    aligned = np.corrcoef(envelope, change)[0, 1]
+    shifted = np.corrcoef(np.roll(envelope, 25), change)[0, 1]
+    assert aligned > 0.4 and aligned > shifted + 0.2, (aligned, shifted)
+
+
+def test_long_audio_loops_template_and_keeps_last_partial_batch(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
+    # 5 s audio over a 2 s template: ping-pong; batch 7 leaves a partial last batch.
+    out = tmp_path / "loop.mp4"
+    result = Pipeline(replace(options, batch_size=7)).generate(speech_wav, template_mp4, out)
+    assert result.frames % 7 != 0
+    assert stream_summary(out)["frames"] == result.frames
+    produced = read_gray_frames(out).astype(np.int16)
+    original = _template_gray(template_mp4, len(produced)).astype(np.int16)
+    # Backgrounds follow the ping-pong order (frame 60 shows template frame 38).
+    assert np.abs(produced[:, :, :100] - original[:, :, :100]).mean() < 1.5
+
+
+def test_short_audio_cuts_template(options: GenerateOptions, template_mp4: Path,
+                                   tmp_path: Path) -> None:
+    from heygem.audio.synth import synth_speech
+    from heygem.demo import write_wav
+
+    audio = write_wav(tmp_path / "short.wav", synth_speech(0.9, seed=3))
+    out = tmp_path / "short.mp4"
+    result = Pipeline(options).generate(audio, template_mp4, out)
+    assert result.frames == frame_count(int(0.9 * 16000), 25.0) == stream_summary(out)["frames"]
+
+
+def test_any_rate_and_layout_and_a_still_image(options: GenerateOptions, speech_48k_stereo: Path,
+                                               still_png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "still.mp4"
+    result = Pipeline(options).generate(speech_48k_stereo, still_png, out)
+    summary = stream_summary(out)
+    assert (result.width, result.height) == (480, 360)  # odd sides trimmed for yuv420p
+    assert summary["frames"] == result.frames
+    assert abs(summary["audio_seconds"] - 3.0) < 0.08
+
+
+def test_faceless_frames_pass_through_with_a_warning(
+    options: GenerateOptions, speech_wav: Path, template_with_gap: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gap.mp4"
+    result = Pipeline(options).generate(speech_wav, template_with_gap, out)
+    assert result.faceless_frames >= 10
+    assert any("no detectable face" in w for w in result.warnings)
+    produced = read_gray_frames(out)
+    assert np.abs(produced[25].astype(int) - 128).mean() < 2  # the grey card, untouched
+
+
+def test_template_cache_skips_detection_second_time(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
+    pipeline = Pipeline(options)
+    first = pipeline.generate(speech_wav, template_mp4, tmp_path / "a.mp4")
+    second = pipeline.generate(speech_wav, template_mp4, tmp_path / "b.mp4")
+    assert not first.template_from_cache and second.template_from_cache
+    assert second.timings["face_track"] < first.timings["face_track"] / 5
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_dataloader_workers_are_real_processes(options: GenerateOptions, speech_wav: Path,
+                                               template_mp4: Path, tmp_path: Path,
+                                               workers: int) -> None:
+    import multiprocessing
+
+    out = tmp_path / "workers.mp4"
+    opts = replace(options, num_workers=workers, stall_timeout=20.0)
+    result = Pipeline(opts).generate(speech_wav, template_mp4, out)
+    assert stream_summary(out)["frames"] == result.frames
+    assert multiprocessing.active_children() == []  # every worker reaped
+
+
+def test_torch_backend_matches_onnxruntime(options: GenerateOptions, speech_wav: Path,
+                                           template_mp4: Path, tmp_path: Path) -> None:
+    ort_out, torch_out = tmp_path / "ort.mp4", tmp_path / "torch.mp4"
+    Pipeline(options).generate(speech_wav, template_mp4, ort_out)
+    result = Pipeline(replace(options, backend="torch")).generate(speech_wav, template_mp4,
+                                                                  torch_out)
+    assert result.providers_used == ("cpu",)
+    a = read_gray_frames(ort_out).astype(np.int16)
+    b = read_gray_frames(torch_out).astype(np.int16)
+    assert np.abs(a - b).mean() < 0.5
+
+
+def test_cancel_leaves_no_output(options: GenerateOptions, speech_wav: Path,
+                                 template_mp4: Path, tmp_path: Path) -> None:
+    import threading
+
+    from heygem.errors import Cancelled
+
+    cancel = threading.Event()
+    out = tmp_path / "cancelled.mp4"
+
+    def progress(done: int, total: int) -> None:
+        if done == 10:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        Pipeline(options).generate(speech_wav, template_mp4, out, progress=progress,
+                                   cancel=cancel)
+    assert list(tmp_path.glob("*.mp4")) == [] and list(tmp_path.glob(".*")) == []
