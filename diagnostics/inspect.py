@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Command-line fragments of processes this project (or multiprocessing on its behalf)
-# starts; used to recognise orphaned workers among unrelated processes.
+# Command-line fragments of worker processes multiprocessing starts (spawn children, the
+# forkserver, the resource tracker); used to recognise orphaned workers. "heygem" is not
+# one: a top-level heygem process legitimately has PID 1 or a shell as its parent.
 WORKER_MARKERS = (
-    "heygem",
     "multiprocessing.spawn",
     "multiprocessing.forkserver",
     "multiprocessing.resource_tracker",
@@ -116,7 +116,7 @@ def _safe(fn: Callable[[], T], default: T) -> T:
     """psutil raises for zombies, vanished processes and permissions: that is a blank."""
     try:
         return fn()
-    except (psutil.Error, OSError):
+    except (psutil.Error, OSError, ValueError):
         return default
 
 
@@ -209,23 +209,29 @@ def looks_like_ours(cmdline: Iterable[str]) -> bool:
     return any(marker in text for marker in WORKER_MARKERS)
 
 
-def _is_python(proc: psutil.Process) -> bool:
-    return "python" in _safe(proc.name, "").lower() or "python" in " ".join(
-        _safe(proc.cmdline, [])[:1]).lower()
+# Processes that adopt orphans (PID 1 or a child subreaper); a worker whose parent is one
+# of these has lost the process that started it.
+REAPER_NAMES = frozenset({"init", "systemd", "tini", "docker-init", "dumb-init", "catatonit",
+                          "containerd-shim", "containerd-shim-runc-v2", "s6-svscan"})
+
+
+def _name_of(pid: int) -> str:
+    return str(psutil.Process(pid).name())
 
 
 def find_orphans(exclude: Collection[int] = ()) -> list[psutil.Process]:
-    """Worker-looking processes whose parent is gone: re-parented to PID 1 or to a
-    non-Python subreaper (a multiprocessing child's parent is always a Python process)."""
+    """multiprocessing workers whose parent is gone: re-parented to PID 1 or to a known
+    init/subreaper. Plain fork() children carry their parent's command line and cannot be
+    told apart this way."""
+    skip = {*exclude, 1, os.getpid()}
     orphans = []
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
         info = proc.info
-        if info["pid"] in exclude or info["pid"] == 1 or not looks_like_ours(
-                info["cmdline"] or []):
+        if info["pid"] in skip or not looks_like_ours(info["cmdline"] or []):
             continue
         ppid = info["ppid"]
-        parent = _safe(partial(psutil.Process, ppid), None) if ppid else None
-        if ppid in (0, 1) or parent is None or not _is_python(parent):
+        parent_name = _safe(partial(_name_of, ppid), "") if ppid else ""
+        if ppid in (0, 1) or parent_name in REAPER_NAMES:
             orphans.append(proc)
     return orphans
 
@@ -239,7 +245,7 @@ def _parent_text(ppid: int) -> str:
 
 def _zombie_finding(p: ProcessInfo) -> Finding:
     age = _safe(lambda: time.time() - psutil.Process(p.pid).create_time(), None)
-    since = f", started {age:.0f}s ago" if age is not None else ""
+    since = f", created {age:.0f}s ago" if age is not None else ""
     message = (f"pid {p.pid} ({p.name}) is <defunct>{since}: it exited but its "
                f"{_parent_text(p.ppid)} has not wait()ed for it")
     if p.ppid == 1:

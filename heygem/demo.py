@@ -9,6 +9,7 @@ sound with pauses, so both speech and silence handling show.
 from __future__ import annotations
 
 import math
+import wave
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from importlib import resources
@@ -73,15 +74,13 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 25.0,
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000) -> Path:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    with av.open(str(path), mode="w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=sample_rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    """16-bit mono PCM WAV (the stdlib writes the header even for zero samples)."""
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
     return path
 
 

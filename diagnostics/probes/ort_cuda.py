@@ -148,12 +148,22 @@ def tiny_identity_model() -> bytes:
 
 def session_with_evidence(
     ort: Any, providers: Sequence[str], model: bytes | None = None
-) -> tuple[Any, list[str]]:
-    """Create a session, returning it with ORT's native log lines and Python warnings."""
+) -> tuple[Any | None, list[str]]:
+    """Create a session; return it with ORT's native log lines and Python warnings.
+
+    On failure the session is None and the last line says why (the log lines that explain
+    it are kept either way).
+    """
+    session, error = None, None
     with capture_native_stderr() as native, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        session = ort.InferenceSession(model or tiny_identity_model(), providers=list(providers))
-    return session, native + [str(w.message) for w in caught]
+        try:
+            session = ort.InferenceSession(model or tiny_identity_model(),
+                                           providers=list(providers))
+        except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+            error = f"InferenceSession failed: {type(exc).__name__}: {exc}"
+    lines = native + [str(w.message) for w in caught]
+    return session, lines + ([error] if error else [])
 
 
 # --- what the dynamic loader cannot find --------------------------------------------
@@ -348,7 +358,11 @@ def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None)
     title = "ONNX Runtime CUDA provider actually loads"
     requested = [CUDA_EP, CPU_EP]
     session, lines = session_with_evidence(ort, requested)
-    check = check_session_providers(session, requested, log_lines=lines)
+    if session is None:  # some builds raise instead of falling back
+        check = ProbeResult("ort-session-providers", title, Status.FAIL,
+                            [f"ORT: {line}" for line in lines[-5:]])
+    else:
+        check = check_session_providers(session, requested, log_lines=lines)
     if check.status is Status.OK:
         return dataclasses.replace(check, id="ort-cuda", title=title)
     evidence = list(check.evidence)

@@ -267,9 +267,13 @@ def probe_memory(need_bytes: int, need_detail: str) -> ProbeResult:
     if limit is not None and limit < need_bytes:
         return ProbeResult("cgroup-memory", title, Status.FAIL,
                            evidence + ["the OOM killer will SIGKILL (-9) a process"], fix)
-    if (limit is not None and limit < need_bytes * 1.25) or vm.available < need_bytes:
+    if limit is not None and limit < need_bytes * 1.25:
         return ProbeResult("cgroup-memory", title, Status.WARN,
-                           evidence + ["less than 25% headroom over the estimate"], fix)
+                           evidence + ["the limit leaves less than 25% headroom"], fix)
+    if vm.available < need_bytes:
+        return ProbeResult("cgroup-memory", title, Status.WARN,
+                           evidence + ["the host has less memory available than needed now"],
+                           "Free memory on the host or lower num_workers.")
     return ProbeResult("cgroup-memory", title, Status.OK, evidence)
 
 

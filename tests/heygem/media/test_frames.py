@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heygem.media.frames import FrameSource, crop_bgr, planes, template_index, to_i420
+from tests.helpers import read_gray_frames
+
+
+def test_ping_pong_order() -> None:
+    order = [template_index(i, 25, 25, 4) for i in range(10)]
+    assert order == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert [template_index(i, 25, 25, 1) for i in range(3)] == [0, 0, 0]
+    # 50 fps output of a 25 fps template shows each frame twice.
+    assert [template_index(i, 50, 25, 3) for i in range(6)] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("out_fps", [25.0, 50.0])
+def test_frame_source_ping_pongs_from_the_spool(template_mp4: Path, out_fps: float) -> None:
+    template = read_gray_frames(template_mp4)
+    n = len(template)
+    source = FrameSource(template_mp4, 480, 360, n_template=n, template_fps=25.0,
+                         out_fps=out_fps, n_frames=3 * n)
+    for index, frame in source:
+        expected = template[template_index(index, out_fps, 25.0, n)]
+        luma = planes(frame)[0]
+        assert np.array_equal(luma, expected), index
+
+
+def test_crops_convert_only_the_region(template_mp4: Path) -> None:
+    source = FrameSource(template_mp4, 480, 360, n_template=50, template_fps=25.0,
+                         out_fps=25.0, n_frames=1)
+    _, frame = next(iter(source))
+    crop = crop_bgr(frame, (100, 60, 180, 140))
+    assert crop.shape == (80, 80, 3)
+    import cv2
+
+    full = cv2.cvtColor(to_i420(frame), cv2.COLOR_YUV2BGR_I420)
+    assert np.abs(full[60:140, 100:180].astype(int) - crop.astype(int)).max() <= 2
