@@ -308,7 +308,8 @@ def inspect_process_tree(
         raise InputNotFound(f"no process with pid {pid}",
                             hint="check the pid (heygem-diagnose ps without --pid lists "
                                  "heygem processes)") from exc
-    procs = [root, *_safe(lambda: root.children(recursive=True), [])]
+    no_children: list[psutil.Process] = []
+    procs = [root, *_safe(lambda: root.children(recursive=True), no_children)]
     tree_pids = {p.pid for p in procs}
     orphan_procs = find_orphans(exclude=tree_pids) if look_for_orphans else []
     cpu = _sample_cpu(procs + orphan_procs, cpu_interval)

@@ -8,9 +8,6 @@ shared memory but the batches themselves.
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from heygem.audio.features import MEL_STEPS, mel_window_start
 from heygem.config import FaultInjection
 from heygem.media.frames import template_index
+from heygem.runner.faults import inject
 
 
 @dataclass(frozen=True)
@@ -55,26 +53,12 @@ class FrameSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
         if self._crops is None or self._mel is None:
             self._crops = np.load(self.crops_path, mmap_mode="r")
             self._mel = np.load(self.mel_path, mmap_mode="r")
-        if self.fault is not None:
-            _inject(self.fault, index)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        inject(self.fault, "load", index, in_worker=in_worker)
         crop = np.array(self._crops[self.timing.template_frame(index)])
         start = mel_window_start(index, self.timing.out_fps)
         mel = np.array(self._mel[:, start : start + MEL_STEPS], dtype=np.float32)[None]
         return index, torch.from_numpy(crop), torch.from_numpy(mel)
-
-
-def _inject(fault: FaultInjection, index: int) -> None:
-    """Rehearsed failures inside a DataLoader worker (or the loading thread)."""
-    in_worker = torch.utils.data.get_worker_info() is not None
-    if fault.kind == "slow":
-        time.sleep(fault.seconds or 0.5)
-    elif fault.kind == "crash":
-        raise RuntimeError(f"injected fault: sample {index} failed to load")
-    elif fault.kind == "hang":
-        time.sleep(fault.seconds or 3600)
-    elif fault.kind in ("kill", "sigbus", "never_start") and in_worker:
-        sig = signal.SIGBUS if fault.kind == "sigbus" else signal.SIGKILL
-        os.kill(os.getpid(), sig)
 
 
 def make_loader(samples: FrameSamples, batch_size: int, num_workers: int,

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from heygem import __version__
 from heygem.config import BACKENDS, DEVICES, GENERATORS, X264_PRESETS, FaultInjection
@@ -35,7 +36,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crf", type=int, default=23)
     group.add_argument("--stall-timeout", type=float, default=10.0,
                        help="seconds a stage may stay silent before the job fails")
-    group.add_argument("--cache-dir", type=Path, help="template/ONNX cache (default ~/.cache/heygem)")
+    group.add_argument("--cache-dir", type=Path,
+                       help="template/ONNX cache (default ~/.cache/heygem)")
     group.add_argument("--no-cache", action="store_true", help="re-analyse the template")
 
 
@@ -94,7 +96,7 @@ def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
     from heygem.pipeline import Pipeline
 
     pipeline = Pipeline(_options(args))
-    bar: tqdm[None] | None = None
+    bar: Any = None  # a tqdm bar, created lazily
 
     def progress(done: int, total: int) -> None:
         nonlocal bar

@@ -49,7 +49,7 @@ def iter_template_frames(seconds: float, fps: float = 25.0,
         dx = sway * 0.012 * width * math.sin(2 * math.pi * 0.25 * t)
         dy = sway * 0.008 * height * math.sin(2 * math.pi * 0.33 * t + 1.0)
         matrix = cv2.getRotationMatrix2D((head.shape[1] / 2, head.shape[0] * 0.4), angle, 1.0)
-        matrix[:, 2] += (x_off + dx, dy)
+        matrix[:, 2] += np.array([x_off + dx, dy])
         frame = cv2.warpAffine(head, matrix, (width, height), borderMode=cv2.BORDER_TRANSPARENT,
                                dst=backdrop.copy())
         yield frame

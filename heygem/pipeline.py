@@ -31,7 +31,7 @@ import numpy as np
 from heygem.audio import features
 from heygem.batches import FrameSamples, FrameTiming, make_loader
 from heygem.composite import composite
-from heygem.config import GenerateOptions
+from heygem.config import FaultInjection, GenerateOptions
 from heygem.errors import (
     Cancelled,
     HeygemError,
@@ -49,7 +49,8 @@ from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from heygem.media.writer import Mp4Writer, check_output_writable
 from heygem.resources import ThreadBudget
 from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
-from heygem.runner.monitor import StageMonitor
+from heygem.runner.faults import inject
+from heygem.runner.monitor import StageMonitor, StageState
 from heygem.runner.watchdog import ChildProcess, Watchdog
 
 log = logging.getLogger(__name__)
@@ -244,13 +245,13 @@ class Pipeline:
             raise
         samples = FrameSamples(plan.crops_path, mel_path, timing, opts.fault)
         stages: dict[str, Callable[[], None]] = {
-            "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"]),
+            "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
             "generate": lambda: _generate_stage(runner, batches_ch, generated_ch,
-                                                monitors["generate"]),
+                                                monitors["generate"], opts.fault),
             "compose": lambda: _compose_stage(
                 frames_ch, generated_ch, writer, plan, timing, feats.active, spec,
-                monitors["compose"], progress),
+                monitors["compose"], progress, opts.fault),
         }
         threads = [threading.Thread(target=self._run_stage, args=(name, fn, job),
                                     name=f"heygem-{name}", daemon=True)
@@ -273,6 +274,7 @@ class Pipeline:
     def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
         monitor = job.monitors[name]
         monitor.attach()
+        monitor.set_state(StageState.WORKING, "started")
         fault = self.options.fault
         try:
             if fault is not None and fault.stage == name and fault.kind == "never_start":
@@ -285,7 +287,7 @@ class Pipeline:
         except HeygemError as exc:
             monitor.finish(failed=True)
             job.fail(exc)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - converted to our error tree here
             monitor.finish(failed=True)
             job.fail(_stage_error(name, exc))
         finally:
@@ -335,16 +337,21 @@ class Pipeline:
 
 
 def _decode_stage(source: FrameSource, out: Channel[tuple[int, Any]],
-                  monitor: StageMonitor) -> None:
+                  monitor: StageMonitor, fault: FaultInjection | None) -> None:
     for index, frame in source:
+        inject(fault, "decode", index)
         out.put((index, frame))
         monitor.beat(1)
     out.put(END)
 
 
 def _generate_stage(runner: GraphRunner, inp: Channel[Any],
-                    out: Channel[tuple[np.ndarray, np.ndarray]], monitor: StageMonitor) -> None:
+                    out: Channel[tuple[np.ndarray, np.ndarray]], monitor: StageMonitor,
+                    fault: FaultInjection | None) -> None:
+    batch_number = 0
     while not isinstance(item := inp.get(), EndOfStream):
+        inject(fault, "generate", batch_number)
+        batch_number += 1
         indices, crops, mels = item
         face = crops.numpy().transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
         result = runner.run(np.ascontiguousarray(face), mels.numpy())
@@ -358,9 +365,10 @@ def _compose_stage(frames: Channel[tuple[int, Any]],
                    generated: Channel[tuple[np.ndarray, np.ndarray]], writer: Mp4Writer,
                    plan: TemplatePlan, timing: FrameTiming, active: np.ndarray,
                    spec: GeneratorSpec, monitor: StageMonitor,
-                   progress: ProgressCallback | None) -> None:
+                   progress: ProgressCallback | None, fault: FaultInjection | None) -> None:
     pending: deque[tuple[int, np.ndarray]] = deque()
     for index, frame in _until_end(frames):
+        inject(fault, "compose", index)
         while not pending:
             batch = generated.get()
             if isinstance(batch, EndOfStream):

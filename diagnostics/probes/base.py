@@ -66,7 +66,7 @@ def never_raises(
                 return fn(*args, **kwargs)
             except KeyboardInterrupt:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - a probe must never raise
+            except BaseException as exc:
                 log.debug("probe %s crashed", probe_id, exc_info=True)
                 tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
                 return ProbeResult(

@@ -65,7 +65,7 @@ def nvml_snapshot() -> NvmlSnapshot:
     finally:
         try:
             pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - shutdown failure changes nothing
+        except Exception:
             log.debug("nvmlShutdown failed", exc_info=True)
 
 

@@ -180,9 +180,10 @@ def _memory(cg: Path, top: Path, filename: str, label: str) -> tuple[int | None,
     best: tuple[int | None, str | None] = (None, None)
     for d in _ancestry(cg, top):
         text = _read(d / filename)
-        if text and text != "max" and int(text) < _UNLIMITED:
-            if best[0] is None or int(text) < best[0]:
-                best = (int(text), f"{label} {d}/{filename}={text}")
+        if not text or text == "max" or int(text) >= _UNLIMITED:
+            continue
+        if best[0] is None or int(text) < best[0]:
+            best = (int(text), f"{label} {d}/{filename}={text}")
     return best
 
 

@@ -36,7 +36,7 @@ class HaarFaceDetector:
     """Frontal-face Haar cascade; picks the face that continues the previous one."""
 
     def __init__(self, detect_width: int = DETECT_WIDTH) -> None:
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
             raise RuntimeError(f"OpenCV's Haar cascade is missing at {path}")

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -115,7 +116,7 @@ def _detect_track(
             )
         box = detector.detect(planes(frame)[0], previous)
         previous = box or previous
-        raw.append((box.x, box.y, box.w, box.h) if box else (np.nan,) * 4)  # type: ignore[arg-type]
+        raw.append((box.x, box.y, box.w, box.h) if box else (np.nan,) * 4)
         if on_progress:
             on_progress(index + 1)
     boxes, valid = smooth_track(np.array(raw, dtype=np.float64).reshape(-1, 4))
@@ -142,7 +143,8 @@ def _extract_crops(
             if index >= len(valid):
                 break
             if valid[index]:
-                crop = crop_bgr(frame, tuple(regions[index]))  # type: ignore[arg-type]
+                x0, y0, x1, y1 = (int(v) for v in regions[index])
+                crop = crop_bgr(frame, (x0, y0, x1, y1))
                 crops[index] = cv2.resize(crop, (spec.size, spec.size),
                                           interpolation=cv2.INTER_AREA)
         crops.flush()
@@ -153,7 +155,7 @@ def _extract_crops(
         raise
 
 
-def _atomic_savez(target: Path, **arrays: np.ndarray) -> None:
+def _atomic_savez(target: Path, **arrays: Any) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".npz.part")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -19,7 +19,7 @@ SMOOTH_WINDOW = 9
 def smooth_track(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``raw`` is (N, 4) x, y, w, h with NaN rows for misses -> (boxes, valid)."""
     boxes = raw.astype(np.float64).copy()
-    valid = ~np.isnan(boxes).any(axis=1)
+    valid = np.asarray(~np.isnan(boxes).any(axis=1), dtype=bool)
     _drop_size_outliers(boxes, valid)
     _fill_short_gaps(boxes, valid)
     for start, stop in _runs(valid):

@@ -21,6 +21,8 @@ from heygem.hashing import content_hash
 class Wav2LipGraph(nn.Module):
     """Wav2Lip's own preprocessing inside the graph: lower half masked + reference."""
 
+    upper_half: torch.Tensor
+
     def __init__(self, model: Wav2Lip) -> None:
         super().__init__()
         self.model = model

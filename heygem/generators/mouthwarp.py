@@ -22,6 +22,10 @@ ENERGY_OPEN = -1.3
 class MouthWarp(nn.Module):
     """face [B,3,S,S] in 0..1 (BGR, mouth centred), mel [B,1,80,16] -> face [B,3,S,S]."""
 
+    u: torch.Tensor
+    v: torch.Tensor
+    cavity: torch.Tensor
+
     def __init__(self, size: int = CROP_SIZE, max_open: float = 0.22) -> None:
         super().__init__()
         axis = torch.linspace(-1.0, 1.0, size)

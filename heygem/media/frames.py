@@ -56,7 +56,7 @@ def planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Writable numpy views of Y, U, V (rows padded to line_size are cut off)."""
     views = []
     for plane in frame.planes:
-        buf = np.frombuffer(plane, dtype=np.uint8)
+        buf = np.frombuffer(memoryview(plane), dtype=np.uint8)
         views.append(buf.reshape(plane.height, plane.line_size)[:, : plane.width])
     return views[0], views[1], views[2]
 
@@ -196,7 +196,7 @@ class FrameSource:
                 yield i, frame
             else:
                 yield i, self._read_spooled(spool, wanted)
-        decoded.close()
+        decoded.close()  # type: ignore[attr-defined]
 
     def _read_spooled(self, spool: object, index: int) -> av.VideoFrame:
         data = os.pread(spool.fileno(), self._frame_bytes, index * self._frame_bytes)  # type: ignore[attr-defined]

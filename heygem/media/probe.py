@@ -93,8 +93,9 @@ def probe_video(path: Path, *, max_width: int, max_height: int) -> VideoInfo:
         if not 1.0 <= fps <= 240.0:
             log.warning("template reports %.3f fps; assuming %.0f", fps, STILL_IMAGE_FPS)
             fps = STILL_IMAGE_FPS
-        estimated = stream.frames or int(round(float(stream.duration * stream.time_base) * fps)
-                                         if stream.duration else 0)
+        seconds = float(stream.duration * stream.time_base) if (
+            stream.duration and stream.time_base) else 0.0
+        estimated = stream.frames or round(seconds * fps)
         return VideoInfo(path, width, height, fps, ctx.name, still, 1 if still else estimated)
 
 
@@ -108,7 +109,7 @@ def probe_audio(path: Path, *, max_seconds: float) -> AudioInfo:
             )
         stream = container.streams.audio[0]
         duration = None
-        if stream.duration is not None:
+        if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base

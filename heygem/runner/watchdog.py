@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from heygem.errors import PipelineError, PipelineStalled, StageCrashed
 from heygem.runner.channels import Channel
@@ -29,11 +30,11 @@ class ChildProcess:
 
 
 class Watchdog:
-    def __init__(self, monitors: Sequence[StageMonitor], channels: Sequence[Channel[object]],
+    def __init__(self, monitors: Sequence[StageMonitor], channels: Sequence[Channel[Any]],
                  stall_timeout: float,
                  children: Callable[[], list[ChildProcess]] = list) -> None:
         self._monitors = {m.name: m for m in monitors}
-        self._channels = {c.name: c for c in channels}
+        self._channels: dict[str, Channel[Any]] = {c.name: c for c in channels}
         self._timeout = stall_timeout
         self._children = children
 
@@ -55,7 +56,10 @@ class Watchdog:
             if monitor.state in (StageState.DONE, StageState.FAILED):
                 continue
             if monitor.silent_for > self._timeout + monitor.deadline:
-                return self._report(self._blame(monitor), monitor)
+                culprit = self._blame(monitor)
+                # A neighbour still inside its start-up allowance is slow, not stuck.
+                if culprit.silent_for > self._timeout + culprit.deadline:
+                    return self._report(culprit, monitor)
         return None
 
     def _blame(self, monitor: StageMonitor) -> StageMonitor:
