@@ -36,3 +36,23 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     _install_project(session)
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (pytest-benchmark): JSON + Markdown summary in bench-results/.
+
+    ``nox -s bench -- --compare bench-results/baseline.json`` flags regressions by ratio.
+    """
+    _install_project(session)
+    compare: list[str] = []
+    args = list(session.posargs)
+    if "--compare" in args:
+        at = args.index("--compare")
+        compare = ["--compare", args[at + 1]]
+        del args[at : at + 2]
+    session.run("mkdir", "-p", "bench-results", external=True)
+    session.run("pytest", "benchmarks", "-p", "no:cacheprovider",
+                "--benchmark-json=bench-results/latest.json", *args)
+    session.run("python", "-m", "benchmarks.summary", "bench-results/latest.json",
+                "-o", "bench-results/summary.md", *compare)

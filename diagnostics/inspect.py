@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -325,15 +325,36 @@ def inspect_process_tree(
     return ProcessTreeReport(pid, processes, _findings(processes, orphans), orphans, notes)
 
 
+def _program_words(argv: Sequence[str]) -> list[str]:
+    """What a command line runs: the program, or for Python the script or ``-m`` module.
+
+    Arguments are not the program: ``tail -f heygem.log`` or ``watch heygem-diagnose ps``
+    must not count as a heygem process.
+    """
+    if not argv:
+        return []
+    words = [Path(argv[0]).name.lower()]
+    if words[0].startswith("python"):
+        rest = list(argv[1:])
+        for i, arg in enumerate(rest):
+            if arg == "-m" and i + 1 < len(rest):
+                words.append(rest[i + 1].lower())
+                break
+            if not arg.startswith("-"):
+                words.append(Path(arg).name.lower())
+                break
+    return words
+
+
 def find_heygem_processes(pattern: str = "heygem") -> list[int]:
-    """PIDs of processes whose command line contains ``pattern`` (case-insensitive), tree
-    roots only (a match whose parent also matches is left to the parent's tree), never
-    this process itself."""
+    """PIDs of processes whose program (see ``_program_words``) contains ``pattern``
+    (case-insensitive), tree roots only (a match whose parent also matches is left to the
+    parent's tree), never this process itself."""
     needle = pattern.lower()
     matches: dict[int, int] = {}
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or []).lower()
-        if needle in cmdline and proc.info["pid"] != os.getpid():
+        words = _program_words(proc.info["cmdline"] or [])
+        if any(needle in w for w in words) and proc.info["pid"] != os.getpid():
             matches[proc.info["pid"]] = proc.info["ppid"]
     return sorted(pid for pid, ppid in matches.items() if ppid not in matches)
 

@@ -416,13 +416,17 @@ def _stop_workers(workers: list[Any]) -> None:
 def _stage_error(stage: str, exc: BaseException) -> PipelineError:
     text = str(exc) or repr(exc)
     hint = None
-    if "DataLoader worker" in text and ("Bus error" in text or "shared memory" in text):
+    in_worker = "DataLoader worker" in text
+    if in_worker and text.lstrip().startswith("Caught"):
+        # The dataset raised inside a live worker: the traceback is the evidence.
+        hint = "the worker's traceback above names the failing code; the worker itself is fine"
+    elif in_worker and ("Bus error" in text or "shared memory" in text):
         hint = ("DataLoader workers ran out of /dev/shm: docker run --shm-size=2g, or "
                 "--num-workers 0")
-    elif "DataLoader worker" in text:
+    elif in_worker:
         hint = "a DataLoader worker died; `heygem-diagnose env` checks shm and memory limits"
     error = StageCrashed(f"stage '{stage}' failed: {type(exc).__name__}: {text}",
-                         stage="load" if "DataLoader worker" in text else stage, hint=hint)
+                         stage="load" if in_worker else stage, hint=hint)
     error.__cause__ = exc
     return error
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from heygem.errors import ProviderUnavailable
+from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,11 @@ class GraphRunner(Protocol):
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray: ...
 
 
-def _fallback_warning(what: str, requested: str, used: str, require_gpu: bool) -> str:
+def _fallback_warning(what: str, requested: str, used: str, require_gpu: bool,
+                      reason: str = "") -> str:
     message = f"{what}: requested {requested} but the session runs on {used} (CPU fallback)"
+    if reason:
+        message += f": {reason}"
     if require_gpu:
         raise ProviderUnavailable(
             message, stage="generate",
@@ -52,6 +56,17 @@ def _fallback_warning(what: str, requested: str, used: str, require_gpu: bool) -
         )
     log.warning("%s; run `heygem-diagnose env` to see why", message)
     return message
+
+
+def _why_no_cuda_provider() -> str:
+    """Name what is missing, so nobody has to guess (the HeyGem 1.18 -> 1.16 downgrades)."""
+    lib, missing = ort_cuda_provider_missing_libs()
+    if lib is None:
+        return ("this onnxruntime build has no CUDA provider (CPU-only wheel); install "
+                "onnxruntime-gpu instead of onnxruntime")
+    if missing:
+        return f"{lib.name} cannot load: the dynamic loader does not find {', '.join(missing)}"
+    return f"{lib.name} is present and its libraries resolve; check the GPU driver / device"
 
 
 class OrtRunner:
@@ -70,7 +85,8 @@ class OrtRunner:
         used = tuple(self._session.get_providers())
         warnings: tuple[str, ...] = ()
         if wants_cuda and used[0] != CUDA_EP:
-            warnings = (_fallback_warning("onnxruntime", CUDA_EP, used[0], require_gpu),)
+            warnings = (_fallback_warning("onnxruntime", CUDA_EP, used[0], require_gpu,
+                                          _why_no_cuda_provider()),)
         self.info = BackendInfo("onnxruntime", requested, used, warnings)
 
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:

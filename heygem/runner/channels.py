@@ -52,7 +52,7 @@ class Channel(Generic[T]):
             except queue.Full:
                 continue
         self.put_count += 1
-        self.producer.set_state(StageState.WORKING)
+        self.producer.set_state(StageState.WORKING, f"producing the next item after {self.name}")
 
     def get(self) -> T | EndOfStream:
         self.consumer.set_state(StageState.WAITING_INPUT, f"get from {self.name}", self.name)
@@ -65,7 +65,7 @@ class Channel(Generic[T]):
             except queue.Empty:
                 continue
         self.get_count += 1
-        self.consumer.set_state(StageState.WORKING)
+        self.consumer.set_state(StageState.WORKING, f"processing an item from {self.name}")
         return item
 
     def describe(self) -> str:

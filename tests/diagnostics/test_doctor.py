@@ -283,7 +283,7 @@ def test_missing_sonames_of_a_real_elf_via_ldd_and_without_ldd(
     fake_cuda_provider: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert missing_sonames(fake_cuda_provider) == ["libcudart.so.12", "libcudnn.so.9"]
-    monkeypatch.setattr("diagnostics.probes.ort_cuda.run_ldd", lambda path: None)
+    monkeypatch.setattr("heygem.generators.cuda_libs.run_ldd", lambda path: None)
     assert missing_sonames(fake_cuda_provider) == ["libcudart.so.12", "libcudnn.so.9"]
 
 

@@ -91,9 +91,9 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def spawn_tree(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, str]]:
-    script = tmp_path / "tree.py"
+    script = tmp_path / "heygem-test-tree.py"  # the program's name is what is matched
     script.write_text(TREE_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), "heygem-test-tree"], text=True,
+    proc = subprocess.Popen([sys.executable, str(script)], text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdin is not None
     child_pid, shm_name = proc.stdout.readline().split()
@@ -213,7 +213,7 @@ def test_real_d_state_process_in_a_frozen_cgroup() -> None:
         group.rmdir()
 
 
-def test_find_heygem_processes_finds_roots_only() -> None:
+def test_find_heygem_processes_finds_roots_only(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import subprocess, sys
         child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
@@ -223,7 +223,11 @@ def test_find_heygem_processes_finds_roots_only() -> None:
         child.stdin.close(); child.wait()
     """)
     marker = f"heygem-test-{uuid.uuid4().hex[:6]}"
-    root = subprocess.Popen([sys.executable, "-c", code, marker], text=True,
+    script = tmp_path / f"{marker}.py"
+    script.write_text(code)
+    # An argument that merely mentions heygem is not a heygem process.
+    bystander = subprocess.Popen(["sleep", "30", marker])
+    root = subprocess.Popen([sys.executable, str(script)], text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert root.stdout is not None
@@ -232,6 +236,8 @@ def test_find_heygem_processes_finds_roots_only() -> None:
         assert root.pid in found and child_pid not in found
         assert find_heygem_processes(marker) == [root.pid]
     finally:
+        bystander.kill()
+        bystander.wait()
         assert root.stdin is not None
         root.stdin.close()
         root.wait(timeout=20)

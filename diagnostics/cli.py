@@ -1,0 +1,364 @@
+"""`heygem-diagnose`: name why a HeyGem-style generation hangs, crashes or crawls.
+
+Subcommands: env (the environment doctor), log (analyse a HeyGem dh.log or a heygem JSON
+log), ps (inspect live heygem processes), run-probe (one small generation run under the
+watchdogs). Human text by default, --json for machines.
+
+Exit codes: 0 healthy, 1 problems found, 2 could not run (bad arguments, missing file,
+unexpected error: one line on stderr; -v adds the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+# Only light modules at import time: `heygem-diagnose --help` must not import torch.
+from heygem import __version__
+from heygem.config import BACKENDS, DEVICES, GENERATORS, START_METHODS, FaultInjection
+
+if TYPE_CHECKING:
+    from diagnostics.inspect import ProcessTreeReport
+    from diagnostics.probe import ProbeConfig
+
+log = logging.getLogger("diagnostics.cli")
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_COULD_NOT_RUN = 2
+EXIT_INTERRUPTED = 130
+PROG = "heygem-diagnose"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_COULD_NOT_RUN, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --- argument types (argparse turns ArgumentTypeError into a one-line usage error) ----
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    from diagnostics.probe import parse_size
+    from heygem.errors import HeygemError
+
+    try:
+        return parse_size(text)
+    except HeygemError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fault(text: str) -> FaultInjection:
+    from diagnostics.probe import parse_fault
+    from heygem.errors import HeygemError
+
+    try:
+        return parse_fault(text)
+    except HeygemError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:  # SECONDS that is not a number
+        raise argparse.ArgumentTypeError(f"{text!r} is not STAGE:KIND[:SECONDS]") from None
+
+
+# --- parser ---------------------------------------------------------------------------
+def _common() -> _Parser:
+    # SUPPRESS: a subcommand's default must not overwrite `heygem-diagnose -v/--json CMD`.
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, tracebacks on errors")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the report as JSON on stdout")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} (heygem-harness {__version__})")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, tracebacks on errors")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common()]
+    raw = argparse.RawDescriptionHelpFormatter  # keep the paragraphs of the descriptions
+    _add_env(sub.add_parser("env", parents=common, help="check this machine (the doctor)",
+                            description=ENV_HELP, formatter_class=raw))
+    _add_log(sub.add_parser("log", parents=common, help="analyse a HeyGem dh.log",
+                            description=LOG_HELP, formatter_class=raw))
+    _add_ps(sub.add_parser("ps", parents=common, help="inspect live heygem processes",
+                           description=PS_HELP, formatter_class=raw))
+    _add_probe(sub.add_parser("run-probe", parents=common,
+                              help="one small generation under the watchdogs",
+                              description=PROBE_HELP, formatter_class=raw))
+    return parser
+
+
+ENV_HELP = """\
+Run the environment doctor: library versions and ABI rules, ONNX Runtime CUDA
+libraries, GPU, multiprocessing start method and thread env vars, /dev/shm and
+memory against the DataLoader workload given below, cgroup limits, codecs.
+
+Exit 1 if any check FAILs. WARN results are printed but exit 0, because many
+are advice (e.g. no GPU on a CPU-only host); --strict makes WARN exit 1 too."""
+
+LOG_HELP = """\
+Analyse a HeyGem dh.log (or `docker logs` output, or heygem's own JSON log):
+per-task timeline and the likely cause with evidence lines.
+
+Exit 1 if the worst finding is WARN or FAIL, 0 if the log looks healthy."""
+
+PS_HELP = """\
+Inspect a live process tree (states, zombies, threads, CPU, RSS, /dev/shm held,
+GPU use) and orphaned multiprocessing workers. Without --pid, every process
+whose command line contains 'heygem' is inspected; none found is not a problem.
+
+Exit 1 if any zombie, orphan or D-state process is found, else 0."""
+
+PROBE_HELP = """\
+Build small synthetic inputs (speech-like audio and a face template, no
+downloads) in a temporary directory, generate once under the pipeline's
+watchdogs and an outer deadline, and report the outcome (ok, stalled, crashed,
+bad-input or error) with the classified cause, evidence, throughput, providers
+requested/used, library versions and child processes left behind.
+Without --fault, HEYGEM_FAULT=STAGE:KIND[:SECONDS] is honoured.
+
+Exit 0 only for a healthy run: ok, no CPU fallback (CUDA requested, CPU used)
+and no leftover child processes; 1 otherwise."""
+
+
+def _add_env(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=4, help="DataLoader batch size (4)")
+    p.add_argument("--num-workers", type=_count, default=4,
+                   help="DataLoader workers, HeyGem's num_threads (4)")
+    p.add_argument("--prefetch", type=int, default=2, help="DataLoader prefetch_factor (2)")
+    p.add_argument("--face-size", type=int, default=512, help="face crop side in pixels (512)")
+    p.add_argument("--only", action="append", metavar="ID",
+                   help="run only this probe (repeatable); see --list")
+    p.add_argument("--list", action="store_true", help="list the probe ids and exit")
+    p.add_argument("--strict", action="store_true", help="exit 1 on WARN as well as FAIL")
+
+
+def _add_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, metavar="FILE", help="dh.log, docker logs or JSON log")
+
+
+def _add_ps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pid", type=int, help="root of the tree to inspect")
+    p.add_argument("--pattern", default="heygem",
+                   help="without --pid: command-line substring to look for (heygem)")
+
+
+def _add_probe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds of speech (3)")
+    p.add_argument("--template-seconds", type=float, default=2.0,
+                   help="seconds of template video (2; shorter than the speech, so the "
+                        "ping-pong loop runs)")
+    p.add_argument("--size", type=_size, default=(512, 512), metavar="WxH",
+                   help="template size (512x512, HeyGem's face size)")
+    p.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
+    p.add_argument("--checkpoint", type=Path, help="Wav2Lip .pth (for --generator wav2lip)")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--require-gpu", action="store_true",
+                   help="a CPU fallback is an error instead of a warning")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=_count, default=0,
+                   help="DataLoader worker processes (HeyGem's num_threads)")
+    p.add_argument("--start-method", choices=START_METHODS, default="spawn")
+    p.add_argument("--stall-timeout", type=float, default=10.0,
+                   help="seconds a stage may stay silent before the watchdog fires (10)")
+    p.add_argument("--fault", type=_fault, metavar="STAGE:KIND[:SECONDS]",
+                   help="inject a failure: stage decode/load/generate/compose, kind "
+                        "hang/crash/slow/kill/sigbus/never_start")
+    p.add_argument("--cache-dir", type=Path, help="template/ONNX cache (~/.cache/heygem)")
+    p.add_argument("--keep-output", type=Path, metavar="PATH",
+                   help="keep the generated MP4 here")
+    p.add_argument("--timeout", type=float,
+                   help="outer deadline in seconds, in case the watchdog never fires "
+                        "(default: derived from the inputs and options)")
+
+
+# --- commands -------------------------------------------------------------------------
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    try:
+        print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): not a failure, the verdict is the exit code.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from diagnostics.doctor import PROBES, DoctorConfig, Status, format_doctor_report, run_doctor
+
+    if args.list:
+        _emit(args, {"probes": list(PROBES)}, "\n".join(PROBES))
+        return EXIT_OK
+    config = DoctorConfig(batch_size=args.batch_size, num_workers=args.num_workers,
+                          prefetch_factor=args.prefetch, face_size=args.face_size)
+    report = run_doctor(config, only=args.only)
+    _emit(args, report.to_dict(), format_doctor_report(report))
+    bad = {Status.FAIL, Status.WARN} if args.strict else {Status.FAIL}
+    return EXIT_PROBLEMS if report.worst in bad else EXIT_OK
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from diagnostics.logs import Severity, analyze_log, format_log_report
+
+    report = analyze_log(args.file)
+    _emit(args, report.to_dict(), format_log_report(report).rstrip("\n"))
+    return EXIT_OK if report.worst_severity is Severity.OK else EXIT_PROBLEMS
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from diagnostics.inspect import (
+        find_heygem_processes,
+        format_process_report,
+        inspect_process_tree,
+    )
+
+    if args.pid is not None:
+        reports = [inspect_process_tree(args.pid)]  # a wrong pid is the user's: exit 2
+    else:
+        reports = _inspect_found(find_heygem_processes(args.pattern))
+    pids = [r.root_pid for r in reports]
+    if reports:
+        text = "\n\n".join(format_process_report(r) for r in reports)
+    else:
+        text = f"no {args.pattern} processes found"
+    _emit(args, {"pids": pids, "reports": [r.to_dict() for r in reports]}, text)
+    return EXIT_OK if all(r.healthy for r in reports) else EXIT_PROBLEMS
+
+
+def _inspect_found(pids: list[int]) -> list[ProcessTreeReport]:
+    """Inspect each process found by a scan; one that exited meanwhile is skipped."""
+    from diagnostics.inspect import inspect_process_tree
+    from heygem.errors import InputNotFound
+
+    reports = []
+    for pid in pids:
+        try:
+            reports.append(inspect_process_tree(pid))
+        except InputNotFound:
+            log.debug("pid %d exited before it could be inspected", pid)
+    return reports
+
+
+def _probe_config(args: argparse.Namespace) -> ProbeConfig:
+    from diagnostics.probe import ProbeConfig, parse_fault
+    from heygem.config import GenerateOptions
+
+    env_fault = os.environ.get("HEYGEM_FAULT")
+    fault = args.fault or (parse_fault(env_fault) if env_fault else None)
+    extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    options = GenerateOptions(
+        generator=args.generator, checkpoint=args.checkpoint, backend=args.backend,
+        device=args.device, require_gpu=args.require_gpu, batch_size=args.batch_size,
+        num_workers=args.num_workers, start_method=args.start_method,
+        stall_timeout=args.stall_timeout, fault=fault,
+        **extra,
+    )
+    return ProbeConfig(options=options, audio_seconds=args.seconds,
+                       template_seconds=args.template_seconds, size=args.size,
+                       keep_output=args.keep_output, timeout=args.timeout)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from diagnostics.probe import format_probe_outcome, run_probe
+
+    config = _probe_config(args)  # invalid options raise here: exit 2, not a finding
+    with _progress_bar(enabled=not args.json and sys.stderr.isatty()) as progress:
+        outcome = run_probe(config, progress=progress, echo_logs=args.verbose)
+    _emit(args, outcome.to_dict(), format_probe_outcome(outcome))
+    return EXIT_OK if outcome.healthy else EXIT_PROBLEMS
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar on stderr for interactive runs; nothing when piped or --json."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: list[tqdm[Any]] = []  # created on the first frame, so early errors print cleanly
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="frame", desc="probe", leave=False))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "env": cmd_env, "log": cmd_log, "ps": cmd_ps, "run-probe": cmd_probe,
+}
+
+
+# --- entry point ----------------------------------------------------------------------
+def _exit_code(code: object) -> int:
+    """SystemExit.code as an int: argparse uses 0 (--help/--version) and our 2."""
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else EXIT_COULD_NOT_RUN
+
+
+def _could_not_run(exc: BaseException, verbose: bool) -> int:
+    from heygem.errors import HeygemError
+
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    text = str(exc) if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
+    print(f"{PROG}: error: {' '.join(text.split())}", file=sys.stderr)
+    return EXIT_COULD_NOT_RUN
+
+
+def _configure_logging(verbose: bool) -> None:
+    # basicConfig leaves an already configured root alone (an embedding app, pytest).
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed
+        return _exit_code(exc.code)
+    _configure_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the edge: any failure to run is exit 2
+        return _could_not_run(exc, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

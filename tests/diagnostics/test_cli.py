@@ -1,0 +1,247 @@
+"""`heygem-diagnose` end to end, in process: exit codes, text and JSON, real probe runs
+(healthy, hung, SIGBUS-killed worker, never-started consumer) on tiny generated inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from diagnostics.cli import main
+from diagnostics.probe import (
+    FAULT_STAGES,
+    Outcome,
+    ProbeDeadlineExceeded,
+    classify_error,
+    leftover_children,
+)
+from heygem.errors import NoFaceFound, PipelineStalled, ProviderUnavailable, StageCrashed
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--size", "256x256", "--seconds", "1.5"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code, out, _ = run(capsys, *argv, "--json")
+    return code, json.loads(out)
+
+
+def assert_one_line_error(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("heygem-diagnose") and "error:" in lines[0]
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0]
+
+
+# --- top level ------------------------------------------------------------------------
+def test_help_starts_without_torch() -> None:
+    code = ("import sys, diagnostics.cli as c; c.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'av', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and "heygem-harness" in out
+    code, out, _ = run(capsys, "run-probe", "--help")
+    assert code == 0 and "--fault" in out and "Exit 0 only for a healthy run" in out
+    code, _, err = run(capsys)
+    assert code == 2
+    assert_one_line_error(err, "COMMAND")
+    code, _, err = run(capsys, "run-probe", "--fault", "nowhere:hang")
+    assert code == 2
+    assert_one_line_error(err, "nowhere")
+    code, _, err = run(capsys, "run-probe", "--size", "255x255")  # odd: H.264 4:2:0 refuses
+    assert code == 2
+    assert_one_line_error(err, "255x255")
+
+
+# --- env ------------------------------------------------------------------------------
+def test_env_json_has_every_probe(capsys: pytest.CaptureFixture[str]) -> None:
+    from diagnostics.doctor import PROBES
+
+    code, data = run_json(capsys, "env", "--num-workers", "1")
+    assert [r["id"] for r in data["results"]] == list(PROBES)
+    assert code == (1 if data["worst"] == "fail" else 0)
+
+
+def test_env_unknown_probe_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "env", "--only", "no-such-probe")
+    assert code == 2
+    assert_one_line_error(err, "no-such-probe")
+
+
+# --- log ------------------------------------------------------------------------------
+def test_log_names_the_consumer_that_never_started(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "log", str(FIXTURES / "consumer_never_started.log"))
+    assert code == 1
+    assert "consumer never started or died" in out and "FAIL" in out
+    code, data = run_json(capsys, "log", str(FIXTURES / "consumer_never_started.log"))
+    assert code == 1 and data["worst_severity"] == "fail"
+
+
+def test_log_healthy_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "log", str(FIXTURES / "healthy.log"))
+    assert code == 0 and "OK" in out
+
+
+def test_log_missing_file_is_one_line(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    code, out, err = run(capsys, "log", str(tmp_path / "dh.log"))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "not found", "dh.log")
+
+
+# --- ps -------------------------------------------------------------------------------
+def test_ps_of_this_process(capsys: pytest.CaptureFixture[str]) -> None:
+    code, data = run_json(capsys, "ps", "--pid", str(os.getpid()))
+    (report,) = data["reports"]
+    assert os.getpid() in [p["pid"] for p in report["processes"]]
+    ours = {p["pid"] for p in report["processes"]}
+    # Orphans of unrelated programs on this machine would be real findings, not ours.
+    foreign = [f for f in report["findings"] if f["kind"] == "orphan" and f["pid"] not in ours]
+    assert code == (0 if len(foreign) == len(report["findings"]) == 0 else 1)
+    assert len(foreign) == len(report["findings"])
+
+
+def test_ps_unknown_pid_and_nothing_found(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "ps", "--pid", "999999999")
+    assert code == 2
+    assert_one_line_error(err, "999999999")
+    code, out, _ = run(capsys, "ps", "--pattern", "no-such-process-7f3a9c")
+    assert code == 0 and "no no-such-process-7f3a9c processes found" in out
+
+
+# --- run-probe ------------------------------------------------------------------------
+def test_fault_stages_mirror_the_pipeline() -> None:
+    from heygem.pipeline import STAGES
+
+    assert FAULT_STAGES == STAGES
+
+
+def test_classification_of_errors() -> None:
+    assert classify_error(StageCrashed("stage 'load': worker process 9 died: exit -7 (SIGBUS)",
+                                       stage="load")) == (Outcome.CRASHED,
+                                                          "shared memory exhausted (SIGBUS)")
+    assert classify_error(StageCrashed("DataLoader worker (pid 9) is killed by signal: Killed.",
+                                       stage="load"))[1].startswith("worker killed (SIGKILL)")
+    caught = StageCrashed("stage 'load' failed: RuntimeError: Caught RuntimeError in "
+                          "DataLoader worker process 0.", stage="load")
+    assert classify_error(caught)[1] == "stage 'load' raised an error in a DataLoader worker"
+    assert classify_error(PipelineStalled("stuck", stage="compose")) == (
+        Outcome.STALLED, "stage 'compose' made no progress")
+    assert classify_error(ProbeDeadlineExceeded("late"))[1].startswith("no answer")
+    assert classify_error(ProviderUnavailable("cpu")) == (Outcome.ERROR,
+                                                          "CPU fallback (GPU required)")
+    assert classify_error(NoFaceFound("none"))[0] is Outcome.BAD_INPUT
+    assert classify_error(ValueError("x")) == (Outcome.ERROR, "unexpected ValueError")
+
+
+def test_invalid_probe_options_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "run-probe", *TINY, "--fault", "load:sigbus")  # needs workers
+    assert code == 2
+    assert_one_line_error(err, "sigbus")
+
+
+def probe(capsys: pytest.CaptureFixture[str], cache: Path,
+          *argv: str) -> tuple[int, dict[str, Any], float]:
+    started = time.monotonic()
+    code, data = run_json(capsys, "run-probe", *TINY, "--cache-dir", str(cache), *argv)
+    return code, data, time.monotonic() - started
+
+
+def test_probe_ok(capsys: pytest.CaptureFixture[str], shared_cache: Path,
+                  tmp_path: Path) -> None:
+    kept = tmp_path / "probe.mp4"
+    code, data, _ = probe(capsys, shared_cache, "--keep-output", str(kept))
+    assert code == 0, data["evidence"]
+    assert data["outcome"] == "ok" and data["healthy"] and data["cause"] is None
+    assert data["frames"] > 0 and data["fps"] > 0
+    assert data["providers_used"] and not data["cpu_fallback"]
+    assert data["leftover_children"] == 0
+    assert {"python", "numpy", "torch", "onnxruntime", "av"} <= data["versions"].keys()
+    assert data["output"] == str(kept) and kept.stat().st_size > 0
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")  # ORT's own notice
+def test_probe_cpu_fallback_is_a_problem(capsys: pytest.CaptureFixture[str],
+                                         shared_cache: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here: nothing falls back")
+    code, data, _ = probe(capsys, shared_cache, "--device", "cuda")
+    assert code == 1
+    assert data["outcome"] == "ok" and not data["healthy"] and data["cause"] == "CPU fallback"
+    assert data["cpu_fallback"] and "CUDAExecutionProvider" in data["providers_requested"]
+    assert data["providers_used"] == ["CPUExecutionProvider"]
+
+
+def test_probe_hang_is_stalled_in_generate(capsys: pytest.CaptureFixture[str],
+                                           shared_cache: Path) -> None:
+    code, data, wall = probe(capsys, shared_cache, "--fault", "generate:hang:30",
+                             "--stall-timeout", "2")
+    assert code == 1
+    assert data["outcome"] == "stalled"
+    assert data["evidence"]["stage"] == "generate" and "generate" in data["cause"]
+    assert wall < 10.0
+    assert data["leftover_children"] == 0
+
+
+def test_probe_sigbus_is_shared_memory(capsys: pytest.CaptureFixture[str],
+                                       shared_cache: Path) -> None:
+    code, data, _ = probe(capsys, shared_cache, "--fault", "load:sigbus", "--num-workers", "1")
+    assert code == 1
+    assert data["outcome"] == "crashed"
+    assert "shared memory" in data["cause"] and "SIGBUS" in data["cause"]
+    assert data["evidence"]["stage"] == "load" and "shm" in data["evidence"]["hint"]
+    assert data["leftover_children"] == 0, data["leftover_detail"]
+
+
+def test_probe_never_started_consumer_in_text(capsys: pytest.CaptureFixture[str],
+                                              shared_cache: Path) -> None:
+    code, out, _ = run(capsys, "run-probe", *TINY, "--cache-dir", str(shared_cache),
+                       "--fault", "generate:never_start", "--stall-timeout", "2")
+    assert code == 1
+    first = out.splitlines()[0]
+    assert first.startswith("heygem probe: STALLED") and "consumer never started" in first
+    assert "leftover child processes: 0" in out
+
+
+def test_probe_outer_deadline_catches_a_silent_watchdog(capsys: pytest.CaptureFixture[str],
+                                                        shared_cache: Path) -> None:
+    # The watchdog allows 60 s of silence, the probe only 3 s in total: the probe answers.
+    code, data, wall = probe(capsys, shared_cache, "--fault", "generate:hang:30",
+                             "--stall-timeout", "60", "--timeout", "3")
+    assert code == 1
+    assert data["outcome"] == "stalled" and "watchdog did not fire" in data["cause"]
+    assert wall < 15.0
+
+
+def test_leftover_children_counts_new_zombies() -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        left = leftover_children(before, grace=0.5)  # running, or a zombie until waited
+        assert any(f"pid {child.pid}" in d for d in left)
+    finally:
+        child.wait()
+    assert not [d for d in leftover_children(before, grace=0.0) if f"pid {child.pid}" in d]
