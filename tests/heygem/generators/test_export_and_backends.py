@@ -75,6 +75,12 @@ def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None
     path = export_onnx(graph, spec.crop.size, tmp_path / "mw.onnx")
     runner = OrtRunner(path, "cuda", 1, require_gpu=False)
     assert runner.info.fell_back_to_cpu and "CPU fallback" in runner.info.warnings[0]
+    from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs
+
+    lib, missing = ort_cuda_provider_missing_libs()  # the reason is named, whichever it is
+    expected = "no CUDA provider (CPU-only wheel)" if lib is None else (
+        missing[0] if missing else "present and its libraries resolve")
+    assert expected in runner.info.warnings[0]
     from heygem.errors import ProviderUnavailable
 
     with pytest.raises(ProviderUnavailable, match="CPU fallback"):

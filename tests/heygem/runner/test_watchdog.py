@@ -123,3 +123,25 @@ def test_worker_killed_by_sigbus_is_reported_as_shared_memory(
     assert caught.value.hint and "shm" in caught.value.hint
     assert not out.exists()
     _wait_for(_no_children_left)
+
+
+def test_worker_killed_is_reported_as_likely_oom(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
+    opts = replace(options, num_workers=1, stall_timeout=2.0,
+                   fault=FaultInjection("load", "kill"))
+    with pytest.raises(StageCrashed) as caught:
+        Pipeline(opts).generate(speech_wav, template_mp4, tmp_path / "killed.mp4")
+    assert caught.value.stage == "load"
+    assert "SIGKILL" in caught.value.message or "killed by signal: Killed" in caught.value.message
+    assert not (tmp_path / "killed.mp4").exists()
+    _wait_for(_no_children_left)
+
+
+def test_slow_but_progressing_stage_is_not_a_stall(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
+    # 0.3 s per batch is slow, but each batch is a heartbeat well inside the 1 s deadline.
+    opts = replace(options, stall_timeout=1.0, fault=FaultInjection("generate", "slow", 0.3))
+    result = Pipeline(opts).generate(speech_wav, template_mp4, tmp_path / "slow.mp4")
+    assert result.frames == 125 and (tmp_path / "slow.mp4").exists()
