@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+_PRINTED_BY_CLI = {"stage_stalled", "stage_crashed", "job_failed"}
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -40,6 +41,8 @@ def configure_logging(verbosity: int = 0, json_file: Path | None = None) -> None
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler()
     console.setLevel(level)
+    # The CLI prints a failed job's error once itself; its log events are for the JSON file.
+    console.addFilter(lambda record: getattr(record, "event", None) not in _PRINTED_BY_CLI)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
     if json_file is not None:

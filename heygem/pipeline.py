@@ -20,6 +20,7 @@ import multiprocessing
 import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from heygem.errors import (
     HeygemError,
     InputTooLarge,
     PipelineError,
+    PipelineStalled,
     StageCrashed,
 )
 from heygem.face.template import TemplatePlan, plan_template
@@ -57,6 +59,13 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 STAGES = ("decode", "load", "generate", "compose")
+PROGRESS_EVERY = 25  # frames between stage_progress log events
+
+
+def event(level: int, message: str, name: str, job_id: str, **fields: object) -> None:
+    """A structured log record: the JSON log lines `heygem-diagnose log` reads back."""
+    log.log(level, message, extra={"event": name, "job_id": job_id,
+                                   **{k: v for k, v in fields.items() if v is not None}})
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class _Job:
 
     cancel: threading.Event
     monitors: dict[str, StageMonitor]
+    job_id: str = "-"
     errors: list[BaseException] = field(default_factory=list)
     loader_workers: list[Any] = field(default_factory=list)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -177,13 +187,26 @@ class Pipeline:
     # -- the whole job -------------------------------------------------------------------
     def generate(self, audio: Path, video: Path, output: Path, *,
                  progress: ProgressCallback | None = None,
-                 cancel: threading.Event | None = None) -> GenerationResult:
+                 cancel: threading.Event | None = None,
+                 job_id: str | None = None) -> GenerationResult:
+        job_id = job_id or uuid.uuid4().hex[:12]
         with self._lock:
-            return self._generate(Path(audio), Path(video), Path(output), progress,
-                                  cancel or threading.Event())
+            event(logging.INFO, "job started", "job_started", job_id, audio=str(audio),
+                  video=str(video), output=str(output))
+            try:
+                result = self._generate(Path(audio), Path(video), Path(output), progress,
+                                        cancel or threading.Event(), job_id)
+            except HeygemError as exc:
+                event(logging.ERROR, f"job failed: {exc}", "job_failed", job_id,
+                      stage=getattr(exc, "stage", None), error_type=type(exc).__name__)
+                raise
+            event(logging.INFO, f"job finished: {result.frames} frames", "job_finished",
+                  job_id, frames=result.frames, seconds=round(result.timings["total"], 3))
+            return result
 
     def _generate(self, audio: Path, video: Path, output: Path,
-                  progress: ProgressCallback | None, cancel: threading.Event) -> GenerationResult:
+                  progress: ProgressCallback | None, cancel: threading.Event,
+                  job_id: str) -> GenerationResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         with _timed(timings, "check_inputs"):
@@ -202,7 +225,7 @@ class Pipeline:
                             "detectable face and pass through unchanged")
         with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
             stage_seconds = self.stream(inputs, feats, plan, runner, spec, Path(workdir),
-                                        progress, cancel)
+                                        progress, cancel, job_id)
         timings.update(stage_seconds)
         timings["total"] = time.perf_counter() - started
         return GenerationResult(
@@ -216,7 +239,8 @@ class Pipeline:
 
     def stream(self, inputs: Inputs, feats: AudioFeatures, plan: TemplatePlan,
                runner: GraphRunner, spec: GeneratorSpec, workdir: Path,
-               progress: ProgressCallback | None, cancel: threading.Event) -> dict[str, float]:
+               progress: ProgressCallback | None, cancel: threading.Event,
+               job_id: str = "-") -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
         mel_path = workdir / "mel.npy"
@@ -225,7 +249,7 @@ class Pipeline:
         monitors = {name: StageMonitor(name) for name in STAGES}
         if opts.num_workers and opts.start_method != "fork":
             monitors["load"].first_item_grace = 3.0 * opts.num_workers + 5.0
-        job = _Job(cancel=threading.Event(), monitors=monitors)
+        job = _Job(cancel=threading.Event(), monitors=monitors, job_id=job_id)
         batch_frames = opts.batch_size
         frames_ch: Channel[tuple[int, Any]] = Channel(
             "frames", 2 * batch_frames, monitors["decode"], monitors["compose"], job.cancel)
@@ -249,7 +273,7 @@ class Pipeline:
             "load": lambda: self._load_stage(samples, batches_ch, job),
             "generate": lambda: _generate_stage(runner, batches_ch, generated_ch,
                                                 monitors["generate"], opts.fault),
-            "compose": lambda: _compose_stage(
+            "compose": lambda: _compose_stage(job_id,
                 frames_ch, generated_ch, writer, plan, timing, feats.active, spec,
                 monitors["compose"], progress, opts.fault),
         }
@@ -275,6 +299,7 @@ class Pipeline:
         monitor = job.monitors[name]
         monitor.attach()
         monitor.set_state(StageState.WORKING, "started")
+        event(logging.DEBUG, f"stage {name} started", "stage_started", job.job_id, stage=name)
         fault = self.options.fault
         try:
             if fault is not None and fault.stage == name and fault.kind == "never_start":
@@ -282,6 +307,9 @@ class Pipeline:
                 raise JobCancelled
             body()
             monitor.finish()
+            event(logging.INFO, f"stage {name} finished", "stage_finished", job.job_id,
+                  stage=name, frames=monitor.items, busy_seconds=round(
+                      monitor.busy_seconds_total, 3))
         except JobCancelled:
             monitor.finish(failed=True)
         except HeygemError as exc:
@@ -318,7 +346,11 @@ class Pipeline:
                 return
             problem = watchdog.check()
             if problem is not None:
-                log.error("%s", problem)
+                kind = "stage_stalled" if isinstance(problem, PipelineStalled) else "stage_crashed"
+                stuck = job.monitors.get(problem.stage or "")
+                event(logging.ERROR, str(problem), kind, job.job_id, stage=problem.stage,
+                      frames=stuck.items if stuck else None,
+                      queue_depth=watchdog.input_depth(problem.stage))
                 job.fail(problem)
                 return
             job.finished.wait(0.1)
@@ -361,7 +393,7 @@ def _generate_stage(runner: GraphRunner, inp: Channel[Any],
     out.put(END)
 
 
-def _compose_stage(frames: Channel[tuple[int, Any]],
+def _compose_stage(job_id: str, frames: Channel[tuple[int, Any]],
                    generated: Channel[tuple[np.ndarray, np.ndarray]], writer: Mp4Writer,
                    plan: TemplatePlan, timing: FrameTiming, active: np.ndarray,
                    spec: GeneratorSpec, monitor: StageMonitor,
@@ -385,6 +417,9 @@ def _compose_stage(frames: Channel[tuple[int, Any]],
             composite(frame, region, crop, spec.crop.kind)  # type: ignore[arg-type]
         writer.write_video(frame)
         monitor.beat(1)
+        if (index + 1) % PROGRESS_EVERY == 0:
+            event(logging.DEBUG, f"{index + 1}/{timing.n_frames} frames", "stage_progress",
+                  job_id, stage="compose", frames=index + 1)
         if progress is not None:
             progress(index + 1, timing.n_frames)
     writer.finish()

@@ -41,6 +41,11 @@ class Watchdog:
     def check(self) -> PipelineError | None:
         return self._dead_child() or self._stall()
 
+    def input_depth(self, stage: str | None) -> int | None:
+        """Items queued for ``stage`` (the backlog a stuck consumer left behind)."""
+        depths = [c.depth() for c in self._channels.values() if c.consumer.name == stage]
+        return max(depths) if depths else None
+
     def _dead_child(self) -> PipelineError | None:
         for child in self._children():
             if child.exitcode is not None and child.exitcode != 0:

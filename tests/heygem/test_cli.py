@@ -143,3 +143,22 @@ def test_export_onnx_command(tmp_path: Path, capsys) -> None:
     assert code == 0
     info = json.loads(stdout)
     assert info["max_abs_diff_vs_torch"] < 2e-4 and out.exists()
+
+
+def test_json_log_is_readable_by_the_log_analyzer(tmp_path: Path, capsys, speech_wav: Path,
+                                                  template_mp4: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from diagnostics.logs import analyze_log
+
+    base = ["generate", "-a", str(speech_wav), "-i", str(template_mp4), "-q",
+            "--cache-dir", str(tmp_path / "c"), "--stall-timeout", "1"]
+    good_log, bad_log = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    assert run(capsys, *base, "-o", str(tmp_path / "a.mp4"), "--log-json", str(good_log))[0] == 0
+    monkeypatch.setenv("HEYGEM_FAULT", "generate:never_start")
+    code, _, stderr = run(capsys, *base, "-o", str(tmp_path / "b.mp4"), "--log-json",
+                          str(bad_log))
+    assert code == 21 and stderr.count("consumer never started or died") == 1
+    assert analyze_log(good_log).worst_severity.value == "ok"
+    bad = analyze_log(bad_log)
+    assert bad.worst_severity.value == "fail"
+    assert "consumer-never-started" in {f.id for t in bad.tasks for f in t.findings}
