@@ -68,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(demo)
     _add_common(demo)
 
+    serve = sub.add_parser("serve", help="run the REST generation service (uvicorn)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
+    serve.add_argument("--port", type=int, help="port (default 8383)")
+    serve.add_argument("--workers", type=int,
+                       help="worker processes, each holding a warm pipeline (default 1)")
+    serve.add_argument("--data-dir", type=Path, help="job store, uploads and results")
+    serve.add_argument("--media-root", type=Path,
+                       help="directory the HeyGem-compatible API may read paths from")
+    _add_common(serve)
+
     export = sub.add_parser("export-onnx", help="export a generator to ONNX (ORT 1.16+)")
     export.add_argument("-o", "--output", type=Path, required=True)
     export.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
@@ -165,8 +175,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    # The CLI is an edge: the service (FastAPI, uvicorn) is imported only on use, so the
+    # pipeline package itself never depends on it.
+    from service.cli import serve_args
+
+    return serve_args(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate, "demo": cmd_demo, "export-onnx": cmd_export,
+    "serve": cmd_serve,
 }
 
 

@@ -1,0 +1,146 @@
+"""Request and response shapes (they are also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.jobs import Job, JobState
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(description="Error class, e.g. QueueFull, MediaUnreadable")
+    message: str = Field(description="What happened and what was expected (never empty)")
+    hint: str | None = Field(default=None, description="What to do about it")
+    status: int
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx of the native API has this shape."""
+
+    error: ErrorInfo
+
+
+class JobErrorInfo(BaseModel):
+    type: str
+    message: str
+    hint: str | None = None
+    stage: str | None = None
+
+
+class GenerationStatus(BaseModel):
+    id: str
+    state: JobState
+    stage: str = Field(description="queued, starting, preparing, generating or done")
+    progress: int = Field(ge=0, le=100)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_position: int | None = Field(default=None, description="1 = next to run (queued jobs)")
+    attempts: int
+    cancel_requested: bool
+    options: dict[str, Any]
+    timings: dict[str, float] = Field(description="Seconds per stage (queued wait included)")
+    providers_requested: list[str]
+    providers_used: list[str]
+    warnings: list[str]
+    frames: int | None = None
+    fps: float | None = None
+    duration: float | None = None
+    error: JobErrorInfo | None = None
+    worker_pid: int | None = None
+    code: str | None = Field(default=None, description="HeyGem task code (compat API jobs)")
+    result_url: str | None = None
+
+    @classmethod
+    def of(cls, job: Job, queue_position: int | None = None) -> GenerationStatus:
+        result = job.result
+        timings = {k: float(v) for k, v in dict(result.get("timings") or {}).items()
+                   if isinstance(v, int | float)}
+        if job.started_at is not None:
+            timings = {"queued": round(job.started_at - job.created_at, 3)} | timings
+        return cls(
+            id=job.id, state=job.state, stage=job.stage, progress=job.progress,
+            created_at=datetime.fromtimestamp(job.created_at, UTC),
+            started_at=_time(job.started_at), finished_at=_time(job.finished_at),
+            queue_position=queue_position,
+            attempts=job.attempts, cancel_requested=job.cancel_requested,
+            options=job.options, timings=timings,
+            providers_requested=[str(p) for p in result.get("providers_requested") or ()],
+            providers_used=[str(p) for p in result.get("providers_used") or ()],
+            warnings=list(job.warnings), frames=result.get("frames"), fps=result.get("fps"),
+            duration=result.get("duration"),
+            error=JobErrorInfo(**job.error.__dict__) if job.error else None,
+            worker_pid=job.worker_pid, code=job.code,
+            result_url=f"/v1/generations/{job.id}/result"
+            if job.state is JobState.SUCCEEDED else None,
+        )
+
+
+class GenerationList(BaseModel):
+    items: list[GenerationStatus]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None = Field(default=None, description="offset of the next page, if any")
+
+
+class UploadInfo(BaseModel):
+    id: str
+    filename: str
+    size: int
+    created_at: datetime
+    has_audio: bool
+    has_video: bool
+    duration: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class CompatSubmit(BaseModel):
+    """HeyGem's /easy/submit body. Unknown keys are ignored, as HeyGem does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    audio_url: str | None = Field(default=None, description="path under the media root, or an "
+                                                    "allow-listed http(s) URL")
+    video_url: str | None = None
+    code: str | None = Field(default=None, description="the client's task id")
+    watermark_switch: int | None = 0
+    digital_auth: int | None = 0
+    chaofen: int | None = 0
+    pn: int | None = 1
+
+
+class CompatQueryData(BaseModel):
+    code: str
+    status: int = Field(description="1 running (or queued), 2 success, 3 error")
+    progress: int
+    result: str
+    msg: str
+
+
+class CompatResponse(BaseModel):
+    code: int = Field(description="10000 ok, 10001 busy, 10002 missing parameter, "
+                                  "10004 task not found, 9999 system error")
+    success: bool
+    msg: str
+    data: Any = None
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, Check]
+    workers: list[dict[str, Any]]
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)

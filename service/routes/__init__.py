@@ -1,0 +1,1 @@
+"""Small routers, one per API area."""

@@ -1,0 +1,36 @@
+"""Polling and request helpers shared by the service tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+SPEECH_SECONDS = 2.0  # the media root's speech.wav
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05
+             ) -> Any:
+    """Poll until ``condition()`` is truthy; return its value (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"condition not reached in {timeout} s"
+        time.sleep(interval)
+    return value
+
+
+def wait_final(client: TestClient, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        status = client.get(f"/v1/generations/{job_id}").json()
+        return status if status["state"] in FINAL else None
+
+    result: dict[str, Any] = wait_for(final, timeout)
+    return result
+
+
+def files(audio: Path, video: Path) -> dict[str, Any]:
+    return {"audio": (audio.name, audio.read_bytes()), "video": (video.name, video.read_bytes())}
