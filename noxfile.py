@@ -5,6 +5,10 @@ Run ``nox -l`` to list sessions. Sessions reuse their virtualenvs with ``-R``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -56,3 +60,73 @@ def bench(session: nox.Session) -> None:
                 "--benchmark-json=bench-results/latest.json", *args)
     session.run("python", "-m", "benchmarks.summary", "bench-results/latest.json",
                 "-o", "bench-results/summary.md", *compare)
+
+
+# --- the version matrix (matrix/; README "Version matrix") ------------------------------
+# One session per package combination, each with its own reused virtualenv; the runtime
+# axes (num_workers x /dev/shm) run inside it. Select with nox (`-s "matrix(ID)"`,
+# `-t ort-1.18.0`, `-k 2.4.1`) or with options after `--` (`-- --ort 1.18.0 --shm 64m`).
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # matrix/ is stdlib-only here
+
+from matrix import cells as matrix_cells  # noqa: E402
+from matrix import install as matrix_install  # noqa: E402
+from matrix import run_cell as matrix_run_cell  # noqa: E402
+from matrix.results import append_results  # noqa: E402
+
+MATRIX_RESULTS = "matrix-results/results.jsonl"
+
+
+def _matrix_params(combos: tuple[matrix_cells.Packages, ...]) -> list[Any]:
+    return [nox.param(p, id=p.id, tags=list(p.tags)) for p in combos]
+
+
+def _run_matrix_cells(session: nox.Session, packages: matrix_cells.Packages) -> None:
+    args = ["--packages", packages.id, "--session", session.name, *session.posargs]
+    try:
+        options = matrix_run_cell.parse_args(args)
+    except ValueError as exc:
+        session.error(f"matrix: {exc}")
+    cells = options.selection.cells(packages)
+    if not cells:
+        session.skip(f"no cell of {packages.id} is selected")
+    python = Path(session.bin) / "python"
+    log_file = options.log_dir / packages.id / "install.log"
+    session.log(f"installing {packages.id} (log: {log_file})")
+    report = matrix_install.install(python, packages, Path.cwd(), log_file)
+    if not report.ok:
+        append_results(options.results, matrix_install.failure_records(cells, report,
+                                                                       session.name))
+        session.warn(f"install failed after {report.seconds:g} s; recorded as install-failed "
+                     f"in {options.results}:\n  " + "\n  ".join(report.tail))
+        session.skip(f"{packages.id}: install failed (recorded)")
+    if not report.reused:
+        session.log(f"installed {packages.id} in {report.seconds:g} s")
+        args += ["--install-seconds", f"{report.seconds:g}"]
+    session.run("python", "-m", "matrix.run_cell", *args)
+
+
+@nox.session(tags=["matrix"], default=False)
+@nox.parametrize("packages", _matrix_params(matrix_cells.FULL_PACKAGES))
+def matrix(session: nox.Session, packages: matrix_cells.Packages) -> None:
+    """The HeyGem version matrix: torch x onnxruntime x CPU/GPU wheel, 4 runtime cells each.
+
+    ``nox -s matrix -- --ort 1.18.0 --shm 64m`` runs a subset; results are appended to
+    matrix-results/results.jsonl, then ``nox -s matrix_report``.
+    """
+    _run_matrix_cells(session, packages)
+
+
+@nox.session(tags=["matrix_quick"], default=False)
+@nox.parametrize("packages", _matrix_params(matrix_cells.QUICK_PACKAGES))
+def matrix_quick(session: nox.Session, packages: matrix_cells.Packages) -> None:
+    """The CI subset: the on-disk CPU torch with both onnxruntime CPU wheels, 4 cells each."""
+    _run_matrix_cells(session, packages)
+
+
+@nox.session(venv_backend="none", default=False)
+def matrix_report(session: nox.Session) -> None:
+    """Markdown + self-contained HTML report of the matrix results (matrix-results/report/).
+
+    ``nox -s matrix_report -- RESULTS.jsonl -o DIR --tag quick`` for another file/subset.
+    """
+    session.run(sys.executable, "-m", "matrix.report", *session.posargs)
