@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 DETECT_WIDTH = 320
-DETECTOR_VERSION = f"haar-frontalface-default-w{DETECT_WIDTH}-v1"
+DETECTOR_VERSION = f"haar-frontalface-default-w{DETECT_WIDTH}-v2"
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,57 @@ class HaarFaceDetector:
         self._detect_width = detect_width
 
     def detect(self, luma: np.ndarray, previous: Box | None = None) -> Box | None:
-        height, width = luma.shape[:2]
+        """Track near ``previous`` first (a small window, sizes close to it), then fall
+        back to a full-frame search: faces in talking-head templates barely move, and the
+        window costs a fraction of a full pass."""
+        if previous is not None:
+            tracked = self._detect_near(luma, previous)
+            if tracked is not None:
+                return tracked
+        return self._detect_full(luma, previous)
+
+    def _scaled(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        width = image.shape[1]
         scale = min(1.0, self._detect_width / width)
-        small = cv2.resize(luma, (round(width * scale), round(height * scale)),
-                           interpolation=cv2.INTER_AREA) if scale < 1.0 else luma
+        if scale == 1.0:
+            return image, 1.0
+        size = (round(width * scale), round(image.shape[0] * scale))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+    def _detect_full(self, luma: np.ndarray, previous: Box | None) -> Box | None:
+        small, scale = self._scaled(luma)
         min_side = max(20, small.shape[1] // 16)
         found = self._cascade.detectMultiScale(
             small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
         )
-        if len(found) == 0:
-            return None
         boxes = [Box(*(float(v) / scale for v in row)) for row in found]
+        if not boxes:
+            return None
         if previous is not None:
             best = max(boxes, key=previous.iou)
             if best.iou(previous) > 0.1:
                 return best
         return max(boxes, key=lambda b: b.w * b.h)
+
+    def _detect_near(self, luma: np.ndarray, previous: Box) -> Box | None:
+        height, width = luma.shape[:2]
+        margin = 0.5 * previous.w
+        x0, y0 = max(0, int(previous.x - margin)), max(0, int(previous.y - margin))
+        x1 = min(width, int(previous.x + previous.w + margin))
+        y1 = min(height, int(previous.y + previous.h + margin))
+        window = luma[y0:y1, x0:x1]
+        # Same pixel scale as the full search, so boxes agree between the two paths.
+        scale = min(1.0, self._detect_width / width)
+        if scale < 1.0:
+            window = cv2.resize(window, (max(1, round(window.shape[1] * scale)),
+                                         max(1, round(window.shape[0] * scale))),
+                                interpolation=cv2.INTER_AREA)
+        side = previous.w * scale
+        found = self._cascade.detectMultiScale(
+            window, scaleFactor=1.1, minNeighbors=5,
+            minSize=(max(20, int(side * 0.75)),) * 2, maxSize=(int(side * 1.35) + 1,) * 2,
+        )
+        boxes = [Box(x0 + r[0] / scale, y0 + r[1] / scale, r[2] / scale, r[3] / scale)
+                 for r in found]
+        best = max(boxes, key=previous.iou, default=None)
+        return best if best is not None and best.iou(previous) > 0.3 else None
