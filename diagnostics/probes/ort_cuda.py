@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import re
@@ -328,7 +329,10 @@ def compare_cuda_builds(
 
 
 def _ort_cuda_majors() -> tuple[int | None, int | None, str]:
-    from onnxruntime.capi import build_and_package_info as info
+    try:
+        info: Any = importlib.import_module("onnxruntime.capi.build_and_package_info")
+    except ImportError:  # not shipped by e.g. the 1.18.0 wheels: read the provider library
+        info = None
 
     cuda_v, cudnn_v = getattr(info, "cuda_version", None), getattr(info, "cudnn_version", None)
     if cuda_v:
