@@ -130,3 +130,15 @@ def matrix_report(session: nox.Session) -> None:
     ``nox -s matrix_report -- RESULTS.jsonl -o DIR --tag quick`` for another file/subset.
     """
     session.run(sys.executable, "-m", "matrix.report", *session.posargs)
+
+
+@nox.session(tags=["ci"])
+def regress(session: nox.Session) -> None:
+    """Golden fingerprints: did the output change? `heygem-diagnose regress check` vs tests/golden.
+
+    ``nox -s regress -- --update`` re-records deliberately; other options pass through
+    (``-- --scenario still --json``). Performance is compared by ``nox -s bench -- --compare``.
+    """
+    _install_project(session)
+    session.run("heygem-diagnose", "regress", "check", "--golden", "tests/golden",
+                *session.posargs)

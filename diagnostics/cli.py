@@ -2,7 +2,8 @@
 
 Subcommands: env (the environment doctor), log (analyse a HeyGem dh.log or a heygem JSON
 log), ps (inspect live heygem processes), run-probe (one small generation run under the
-watchdogs). Human text by default, --json for machines.
+watchdogs), regress (golden fingerprints: did a library upgrade change the output?).
+Human text by default, --json for machines.
 
 Exit codes: 0 healthy, 1 problems found, 2 could not run (bad arguments, missing file,
 unexpected error: one line on stderr; -v adds the traceback).
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(sub.add_parser("run-probe", parents=common,
                               help="one small generation under the watchdogs",
                               description=PROBE_HELP, formatter_class=raw))
+    _add_regress(sub.add_parser("regress", parents=common,
+                                help="golden output fingerprints: record, check for drift",
+                                description=REGRESS_HELP, formatter_class=raw))
     return parser
 
 
@@ -143,6 +147,74 @@ Without --fault, HEYGEM_FAULT=STAGE:KIND[:SECONDS] is honoured.
 
 Exit 0 only for a healthy run: ok, no CPU fallback (CUDA requested, CPU used)
 and no leftover child processes; 1 otherwise."""
+
+REGRESS_HELP = """\
+Run fixed generated scenarios (synthetic speech over the bundled portrait: a
+video, a still PNG, a clip with face-less frames, a 12 s ping-pong loop) through
+the real pipeline on CPU and fingerprint every stage: inputs, audio_features
+(mel, voice activity), face_track (regions, crops), generate (a seeded batch and
+the scenario's own crops), composite (sampled frames by PSNR/SSIM, per-frame
+change) and mux (frame count, durations, A/V offset, lip lag).
+
+  record  write the fingerprints as a golden directory (regress.json + PNGs)
+  check   rerun with the golden's settings and compare by per-metric tolerances;
+          names the first stage that drifted and by how much
+
+Typical use: `regress record --out DIR` before upgrading onnxruntime, torch,
+librosa, opencv or PyAV, `regress check --golden DIR` after. Performance is
+compared separately: python -m benchmarks.summary new.json --compare base.json
+
+Exit codes: record 0; check 0 within tolerance, 1 regression (0 with --update,
+which re-records the golden on purpose); 2 could not run."""
+
+RECORD_HELP = """\
+Run the scenarios and write their fingerprints as a golden directory
+(regress.json + frames/*.png, ~160 KiB); an existing golden there is replaced."""
+
+CHECK_HELP = """\
+Run the golden's scenarios with its settings and compare by per-metric tolerance.
+--perturb STAGE:AMOUNT rehearses a drift (audio_features: mel offset, face_track:
+pixels, generate: output offset) to see the checker fail."""
+
+
+def _perturbation(text: str) -> Any:
+    from diagnostics.regress_scenarios import parse_perturbation
+    from heygem.errors import HeygemError
+
+    try:
+        return parse_perturbation(text)
+    except HeygemError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_regress(p: argparse.ArgumentParser) -> None:
+    from diagnostics.regress_scenarios import DEFAULT_GOLDEN, SCENARIO_NAMES
+
+    actions = p.add_subparsers(dest="regress_command", required=True, metavar="ACTION")
+    common = [_common()]
+    record = actions.add_parser("record", parents=common, help="run the scenarios, write a "
+                                "golden directory", description=RECORD_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    check = actions.add_parser("check", parents=common, help="compare a fresh run with a "
+                               "golden record", description=CHECK_HELP,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    scenario_help = f"run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)}"
+    for action in (record, check):
+        action.add_argument("--scenario", action="append", choices=SCENARIO_NAMES,
+                            metavar="NAME", help=scenario_help)
+    record.add_argument("--out", type=Path, default=DEFAULT_GOLDEN, metavar="DIR",
+                        help="golden directory to write (default: the checkout's "
+                             "tests/golden)")
+    record.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    record.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (default: reproducible) or cuda/auto to fingerprint a GPU")
+    check.add_argument("--golden", type=Path, default=DEFAULT_GOLDEN, metavar="DIR",
+                       help="golden directory (default: the checkout's tests/golden)")
+    check.add_argument("--update", action="store_true",
+                       help="after comparing, write this run as the new golden (deliberate "
+                            "re-record)")
+    check.add_argument("--perturb", type=_perturbation, metavar="STAGE:AMOUNT",
+                       help="rehearse a drift, e.g. generate:0.01")
 
 
 def _add_env(p: argparse.ArgumentParser) -> None:
@@ -316,8 +388,43 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
             bar.close()
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from diagnostics import regress
+
+    interactive = not args.json and sys.stderr.isatty()
+    if args.regress_command == "record":
+        with _scenario_progress(interactive) as on_scenario:
+            record = regress.record_run(args.scenario, backend=args.backend,
+                                        device=args.device, on_scenario=on_scenario)
+        regress.write_golden(args.out, record)
+        files, size = regress.golden_size(args.out)
+        _emit(args, {"golden": str(args.out), "scenarios": list(record["scenarios"]),
+                     "files": files, "bytes": size, "environment": record["environment"]},
+              regress.format_record_summary(args.out, record))
+        return EXIT_OK
+    with _scenario_progress(interactive) as on_scenario:
+        report = regress.check(args.golden, args.scenario, perturb=args.perturb,
+                               update=args.update, on_scenario=on_scenario)
+    _emit(args, report.to_dict(), regress.format_check_report(report))
+    return EXIT_OK if report.ok or args.update else EXIT_PROBLEMS
+
+
+@contextlib.contextmanager
+def _scenario_progress(enabled: bool) -> Iterator[Callable[[str], None] | None]:
+    """One stderr line per scenario for interactive runs (each takes seconds)."""
+    if not enabled:
+        yield None
+        return
+
+    def started(name: str) -> None:
+        print(f"{PROG}: regress: running scenario {name}", file=sys.stderr)
+
+    yield started
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "env": cmd_env, "log": cmd_log, "ps": cmd_ps, "run-probe": cmd_probe,
+    "regress": cmd_regress,
 }
 
 

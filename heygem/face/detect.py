@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 DETECT_WIDTH = 320
-DETECTOR_VERSION = f"haar-frontalface-default-w{DETECT_WIDTH}-v2"
+DETECTOR_VERSION = f"haar-frontalface-default-w{DETECT_WIDTH}-v3"
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,9 @@ class HaarFaceDetector:
     def _detect_full(self, luma: np.ndarray, previous: Box | None) -> Box | None:
         small, scale = self._scaled(luma)
         min_side = max(20, small.shape[1] // 16)
-        found = self._cascade.detectMultiScale(
-            small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+        found, _, weights = self._cascade.detectMultiScale3(
+            small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side),
+            outputRejectLevels=True,
         )
         boxes = [Box(*(float(v) / scale for v in row)) for row in found]
         if not boxes:
@@ -73,7 +74,10 @@ class HaarFaceDetector:
             best = max(boxes, key=previous.iou)
             if best.iou(previous) > 0.1:
                 return best
-        return max(boxes, key=lambda b: b.w * b.h)
+        # The cascade's confidence, not the size: a larger false positive on a textured
+        # background must not win over the real face.
+        confidence = np.asarray(weights, dtype=np.float64).reshape(-1)
+        return boxes[int(np.argmax(confidence))]
 
     def _detect_near(self, luma: np.ndarray, previous: Box) -> Box | None:
         height, width = luma.shape[:2]

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import ColorRange
 
 from heygem.errors import MediaUnreadable
 from heygem.media.probe import open_container
@@ -40,7 +41,10 @@ def iter_template_frames(path: Path, width: int, height: int) -> Iterator[av.Vid
                 if frame.format.name != "yuv420p" or frame.width != width or (
                     frame.height != height
                 ):
-                    frame = frame.reformat(width=width, height=height, format="yuv420p")
+                    # Limited ("MPEG") range, as the encoder tags it: without this, PyAV 18
+                    # converts RGB stills to full-range luma and the output looks too harsh.
+                    frame = frame.reformat(width=width, height=height, format="yuv420p",
+                                           dst_color_range=ColorRange.MPEG)
                 else:
                     # Decoded buffers may still be the decoder's reference pictures.
                     frame.make_writable()

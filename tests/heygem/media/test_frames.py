@@ -39,3 +39,12 @@ def test_crops_convert_only_the_region(template_mp4: Path) -> None:
 
     full = cv2.cvtColor(to_i420(frame), cv2.COLOR_YUV2BGR_I420)
     assert np.abs(full[60:140, 100:180].astype(int) - crop.astype(int)).max() <= 2
+
+
+def test_still_images_become_limited_range_like_the_encoder_expects(still_png: Path) -> None:
+    from heygem.media.frames import iter_template_frames
+
+    frame = next(iter_template_frames(still_png, 480, 360))
+    luma = planes(frame)[0]
+    # Full-range luma (0..255) in a stream tagged limited range looks harsh in players.
+    assert luma.min() >= 16 and luma.max() <= 235
