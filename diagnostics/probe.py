@@ -15,9 +15,7 @@ pipeline, PyAV) are imported inside ``run_probe`` only.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata as md
 import logging
-import platform
 import tempfile
 import threading
 import time
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from diagnostics.probes.versions import installed_versions
 from heygem.config import FaultInjection, GenerateOptions
 from heygem.errors import (
     Cancelled,
@@ -232,17 +231,7 @@ def _fault_text(fault: FaultInjection) -> str:
 
 
 def library_versions() -> dict[str, str | None]:
-    """Installed versions from package metadata: no imports, so a broken build still shows."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name, dists in _DISTRIBUTIONS.items():
-        versions[name] = None
-        for dist in dists:
-            with contextlib.suppress(md.PackageNotFoundError):
-                versions[name] = md.version(dist)
-                if dist != name:
-                    versions[f"{name}_distribution"] = dist
-                break
-    return versions
+    return installed_versions(_DISTRIBUTIONS)
 
 
 def _uses_gpu(providers: tuple[str, ...]) -> bool:

@@ -21,8 +21,6 @@ A golden directory holds ``regress.json`` and the sampled frames as PNG files
 from __future__ import annotations
 
 import base64
-import contextlib
-import importlib.metadata as md
 import json
 import logging
 import math
@@ -34,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from diagnostics.probes.versions import installed_versions
 from diagnostics.regress_metrics import Finding, compare_stage, decode_png
 from diagnostics.regress_scenarios import (
     DEFAULT_GOLDEN,
@@ -76,14 +75,7 @@ _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 
 # --- records --------------------------------------------------------------------------
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name, dists in _DISTRIBUTIONS.items():
-        versions[name] = None
-        for dist in dists:
-            with contextlib.suppress(md.PackageNotFoundError):
-                versions[name] = md.version(dist)
-                break
-    return versions
+    return installed_versions(_DISTRIBUTIONS)
 
 
 def record_run(scenarios: Sequence[str] | None = None, *, backend: str = "onnxruntime",

@@ -142,3 +142,24 @@ def probe_versions() -> ProbeResult:
             "you want): the last one installed silently overwrote the other's files.",
         )
     return ProbeResult("versions", "Library versions", Status.INFO, evidence)
+
+
+def installed_versions(distributions: Mapping[str, tuple[str, ...]]) -> dict[str, str | None]:
+    """Versions from package metadata (no imports: a broken build still shows).
+
+    ``distributions`` maps a name to the distributions that provide it, first match
+    wins; ``<name>_distribution`` notes which one when it is not the plain name (e.g.
+    onnxruntime-gpu providing onnxruntime).
+    """
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name, dists in distributions.items():
+        versions[name] = None
+        for dist in dists:
+            try:
+                versions[name] = md.version(dist)
+            except md.PackageNotFoundError:
+                continue
+            if dist != name:
+                versions[f"{name}_distribution"] = dist
+            break
+    return versions
