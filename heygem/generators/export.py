@@ -6,6 +6,7 @@ most), dynamic batch; parity against torch is checked before the file is publish
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -46,6 +47,10 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
                                 hint="choose a writable output path") from exc
     try:
         face, mel = example_inputs(size)
+        # torch >= 2.5 defaults towards the dynamo exporter; torch 2.1-2.4 has no `dynamo`
+        # argument and always uses the legacy one.
+        legacy_only = "dynamo" in inspect.signature(torch.onnx.export).parameters
+        legacy = {"dynamo": False} if legacy_only else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # legacy-exporter deprecation notices
             torch.onnx.export(
@@ -53,7 +58,7 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
                 input_names=["face", "mel"], output_names=["face_out"],
                 dynamic_axes={"face": {0: "batch"}, "mel": {0: "batch"},
                               "face_out": {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
+                opset_version=opset, do_constant_folding=True, **legacy,
             )  # fmt: skip
         _check_and_pin(Path(tmp_name))
         verify_parity(graph, Path(tmp_name), size)
