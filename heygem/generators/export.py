@@ -12,6 +12,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
         # torch >= 2.5 defaults towards the dynamo exporter; torch 2.1-2.4 has no `dynamo`
         # argument and always uses the legacy one.
         legacy_only = "dynamo" in inspect.signature(torch.onnx.export).parameters
-        legacy = {"dynamo": False} if legacy_only else {}
+        legacy: dict[str, Any] = {"dynamo": False} if legacy_only else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # legacy-exporter deprecation notices
             torch.onnx.export(
