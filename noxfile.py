@@ -42,19 +42,43 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
-@nox.session
-def bench(session: nox.Session) -> None:
-    """Benchmarks (pytest-benchmark): JSON + Markdown summary in bench-results/.
+BENCH_BASELINE = Path("benchmarks/baseline.json")
 
-    ``nox -s bench -- --compare bench-results/baseline.json`` flags regressions by ratio.
-    """
-    _install_project(session)
-    compare: list[str] = []
-    args = list(session.posargs)
+
+def _bench_compare(args: list[str]) -> list[str]:
+    """Take ``--compare FILE`` / ``--no-compare`` out of ``args`` (the rest goes to pytest);
+    the summary's compare arguments: the committed baseline unless told otherwise."""
+    if "--no-compare" in args:
+        args.remove("--no-compare")
+        return []
     if "--compare" in args:
         at = args.index("--compare")
-        compare = ["--compare", args[at + 1]]
+        compare = args[at : at + 2]
         del args[at : at + 2]
+        return compare
+    return ["--compare", str(BENCH_BASELINE)] if BENCH_BASELINE.is_file() else []
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (pytest-benchmark): JSON + Markdown summary in bench-results/, compared
+    by ratio with the committed benchmarks/baseline.json (the session fails when anything
+    got slower than the threshold, 1.25x after normalising by each run's transcode floor).
+
+    ``-- --compare FILE`` compares with another file, ``-- --no-compare`` with none; other
+    arguments go to pytest (``-- -k e2e``). The baseline changes only on purpose: to
+    refresh it, run ``nox -s bench`` on an idle machine and copy bench-results/latest.json
+    over benchmarks/baseline.json in a commit that says why (what got faster or slower and
+    that it is intended). The committed file has pytest-benchmark's per-round ``data``
+    arrays removed (the comparison reads only min/median/mean); a full copy works as well.
+    """
+    args = list(session.posargs)
+    compare = _bench_compare(args)
+    if compare and (len(compare) < 2 or not Path(compare[1]).is_file()):
+        # Before the benchmarks run, not after half an hour of them.
+        session.error(f"bench: --compare needs an existing pytest-benchmark JSON file, got "
+                      f"{compare[1] if len(compare) > 1 else 'none'}")
+    _install_project(session)
     session.run("mkdir", "-p", "bench-results", external=True)
     session.run("pytest", "benchmarks", "-p", "no:cacheprovider",
                 "--benchmark-json=bench-results/latest.json", *args)
@@ -111,7 +135,9 @@ def matrix(session: nox.Session, packages: matrix_cells.Packages) -> None:
     """The HeyGem version matrix: torch x onnxruntime x CPU/GPU wheel, 4 runtime cells each.
 
     ``nox -s matrix -- --ort 1.18.0 --shm 64m`` runs a subset; results are appended to
-    matrix-results/results.jsonl, then ``nox -s matrix_report``.
+    matrix-results/results.jsonl, each combination's regression fingerprints go to
+    matrix-results/results.fingerprints/ (``-- --fingerprint-scenarios all`` for every
+    scenario, ``-- --no-fingerprint`` to keep the stored ones), then ``nox -s matrix_report``.
     """
     _run_matrix_cells(session, packages)
 
@@ -119,7 +145,8 @@ def matrix(session: nox.Session, packages: matrix_cells.Packages) -> None:
 @nox.session(tags=["matrix_quick"], default=False)
 @nox.parametrize("packages", _matrix_params(matrix_cells.QUICK_PACKAGES))
 def matrix_quick(session: nox.Session, packages: matrix_cells.Packages) -> None:
-    """The CI subset: the on-disk CPU torch with both onnxruntime CPU wheels, 4 cells each."""
+    """The CI subset: the on-disk CPU torch with both onnxruntime CPU wheels, 4 cells each,
+    plus each combination's regression fingerprints."""
     _run_matrix_cells(session, packages)
 
 
@@ -128,6 +155,8 @@ def matrix_report(session: nox.Session) -> None:
     """Markdown + self-contained HTML report of the matrix results (matrix-results/report/).
 
     ``nox -s matrix_report -- RESULTS.jsonl -o DIR --tag quick`` for another file/subset.
+    Runs in nox's own interpreter: the numeric drift section needs numpy and opencv there
+    (the project's virtualenv has them); without them the section says why it is empty.
     """
     session.run(sys.executable, "-m", "matrix.report", *session.posargs)
 

@@ -9,19 +9,25 @@ as uint8) plus a mel window, and every batch a worker prepares travels through
 prefetch 2) while the consumer is slower than the loaders, as a generator on a GPU-less
 box is, so the prefetched batches pile up in shared memory the way they do in HeyGem.
 
+A full ``/dev/shm`` fails in one of two ways, by a race: the worker's allocation raises
+and the loader re-raises it (crashed), or the worker's queue feeder thread raises, the
+batch is lost and the loader waits for it forever (HeyGem's stall). The consumer therefore
+gives up after ``stall_seconds`` without a batch and reports "stalled".
+
 Runs inside a cell's virtualenv (needs torch, numpy, heygem); prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +52,9 @@ class LoadConfig:
     channels: int = 6  # masked crop + reference
     batches: int = 12  # more than workers x prefetch, so the prefetch queue fills
     consumer_seconds: float = 0.1  # per batch: the generator is slower than the loaders
+    # No batch for this long: stalled. Healthy loads with 4 spawn workers on 2 cores take
+    # ~10-20 s in all, start-up included; the cell's outer timeout stays the backstop.
+    stall_seconds: float = 60.0
     start_method: str = "spawn"
 
     @property
@@ -79,6 +88,30 @@ def _write_inputs(directory: Path, config: LoadConfig) -> tuple[Path, Path, int]
     return crops_path, mel_path, n_template
 
 
+class LoadStalled(Exception):
+    """No batch within the stall deadline: the loader waits for one that never comes."""
+
+
+@contextlib.contextmanager
+def _stall_alarm(seconds: float) -> Iterator[Callable[[], None]]:
+    """Raise LoadStalled in the main thread (where the consumer waits on the loader) when
+    ``seconds`` pass without the yielded ``rearm()`` being called; 0 disables it."""
+    def expired(signum: int, frame: object) -> None:
+        raise LoadStalled(f"no batch for {seconds:g} s: the DataLoader is waiting for a "
+                          "batch that does not come")
+
+    def rearm() -> None:
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.0))
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    rearm()
+    try:
+        yield rearm
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_load(config: LoadConfig) -> StepResult:
     """Load ``batches`` batches; a failed load is the finding, never an exception."""
     from heygem.batches import FrameSamples, FrameTiming, make_loader
@@ -100,14 +133,17 @@ def run_load(config: LoadConfig) -> StepResult:
                                  template_fps=_FPS, n_template=n_template)
             loader = make_loader(FrameSamples(crops_path, mel_path, timing),
                                  config.batch_size, config.workers, config.start_method)
-            batches = iter(loader)
-            for _, crops, _mel in batches:
-                int(crops[:, 0, 0, 0].sum())  # touch the shared pages
-                loaded += 1
-                time.sleep(config.consumer_seconds)
+            with _stall_alarm(config.stall_seconds) as rearm:
+                batches = iter(loader)
+                for _, crops, _mel in batches:
+                    int(crops[:, 0, 0, 0].sum())  # touch the shared pages
+                    loaded += 1
+                    time.sleep(config.consumer_seconds)
+                    rearm()
         except Exception as exc:  # noqa: BLE001 - the failure is what this step measures
             exits = _worker_exits(batches)
-            outcome, cause = classify_load_error(exc, exits)
+            outcome, cause = ((Outcome.STALLED, str(exc)) if isinstance(exc, LoadStalled)
+                              else classify_load_error(exc, exits))
             detail["batches"] = loaded
             detail["worker_exits"] = [code for _, code in exits]
             evidence = _evidence(exc) + tuple(f"worker {pid}: {_describe(code)}"
@@ -175,12 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--face-size", type=int, default=defaults.face_size)
     parser.add_argument("--batches", type=int, default=defaults.batches)
     parser.add_argument("--consumer-seconds", type=float, default=defaults.consumer_seconds)
+    parser.add_argument("--stall-seconds", type=float, default=defaults.stall_seconds)
     parser.add_argument("--start-method", default=defaults.start_method)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = LoadConfig(workers=args.workers, batch_size=args.batch_size,
                         face_size=args.face_size, batches=args.batches,
-                        consumer_seconds=args.consumer_seconds, start_method=args.start_method)
+                        consumer_seconds=args.consumer_seconds, start_method=args.start_method,
+                        stall_seconds=args.stall_seconds)
     result = run_load(config)
     print(json.dumps(result.to_dict()))  # the parent reads this line: CLI output
     return 0 if result.outcome is Outcome.OK else 1

@@ -5,7 +5,14 @@
 setting, coloured by outcome), outcome counts per combination, and for each hypothesis
 from the HeyGem reports a verdict backed by the cells: pairs of cells that differ only in
 that setting, and whether the outcome differs between them. The latest record of each
-cell counts (results files only grow). Standard library only.
+cell counts (results files only grow).
+
+"Numeric drift between versions" compares the package combinations' golden-regression
+fingerprints (stored beside each results file by ``run_cell``) with
+``diagnostics.regress.drift_table``: per stage, the largest difference between any two
+combinations against the regression tolerance. That needs numpy and opencv, imported only
+then; everything else is standard library, and without them the section says why it is
+empty.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from matrix.cells import (
     Cell,
@@ -31,10 +38,18 @@ from matrix.cells import (
     add_selection_arguments,
     selection_from_namespace,
 )
-from matrix.results import CellResult, Outcome, latest_by_cell, read_results
+from matrix.results import (
+    CellResult,
+    Fingerprint,
+    Outcome,
+    latest_by_cell,
+    read_fingerprints,
+    read_results,
+)
 
 __all__ = [
     "HYPOTHESES",
+    "Drift",
     "MatrixReport",
     "Verdict",
     "VerdictStatus",
@@ -256,6 +271,69 @@ def verdicts(results: Sequence[CellResult]) -> list[Verdict]:
     return [judge.get(h.id, axis_verdict)(results, h) for h in HYPOTHESES]
 
 
+# --- numeric drift --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Drift:
+    """``diagnostics.regress.drift_table`` over the fingerprinted combinations."""
+
+    packages: tuple[str, ...]  # the report's combinations, in its order
+    fingerprints: tuple[Fingerprint, ...]  # the newest of each combination that has one
+    rows: tuple[Mapping[str, Any], ...]
+    note: str | None  # why there are no rows, or None
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Combinations without stored fingerprints (install failed, or never taken)."""
+        taken = {f.packages_id for f in self.fingerprints}
+        return tuple(p for p in self.packages if p not in taken)
+
+    @property
+    def compared(self) -> tuple[Fingerprint, ...]:
+        return tuple(f for f in self.fingerprints if f.ok and f.record)
+
+    @property
+    def scenarios(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s for f in self.compared
+                                   for s in (f.record or {}).get("scenarios", {})))
+
+    @property
+    def summary(self) -> str:
+        taken = f"{len(self.compared)} of {len(self.packages)} combinations fingerprinted"
+        if not self.rows:
+            return f"{taken}; {self.note}"
+        over = [str(r["stage"]) for r in self.rows if r["exceeds"]]
+        same = sum(bool(r["identical"]) for r in self.rows)
+        verdict = (f"beyond tolerance in {', '.join(over)}" if over
+                   else "every stage within tolerance")
+        return f"{taken}; {verdict} ({same} of {len(self.rows)} stages identical)"
+
+
+def _drift_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    if len(records) < 2:
+        return [], "fewer than two combinations have fingerprints to compare"
+    try:
+        from diagnostics.regress import drift_table
+    except ImportError as exc:
+        return [], (f"not computed: {exc} (render the report with a Python that has the "
+                    "project installed, e.g. `.venv/bin/python -m matrix.report`)")
+    try:
+        return drift_table(records), None
+    except Exception as exc:  # a malformed stored record must not cost the whole report
+        log.warning("drift table failed", exc_info=True)
+        return [], f"not computed: {type(exc).__name__}: {exc}"
+
+
+def numeric_drift(fingerprints: Iterable[Fingerprint], packages: Sequence[str]) -> Drift:
+    """The newest fingerprints of each of ``packages``, and their drift table."""
+    newest: dict[str, Fingerprint] = {}
+    for fingerprint in sorted(fingerprints, key=lambda f: f.started):
+        newest[fingerprint.packages_id] = fingerprint
+    taken = tuple(newest[p] for p in packages if p in newest)
+    records = [dict(f.record) for f in taken if f.ok and f.record]
+    rows, note = _drift_rows(records)
+    return Drift(tuple(packages), taken, tuple(rows), note)
+
+
 # --- the report model -----------------------------------------------------------------
 def _shm_bytes(size: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -280,13 +358,15 @@ class MatrixReport:
     verdicts: tuple[Verdict, ...]
     sources: tuple[str, ...]
     generated: str
+    drift: Drift
 
     @property
     def counts(self) -> Counter[str]:
         return Counter(str(r.outcome) for r in self.results)
 
 
-def build_report(results: Iterable[CellResult], sources: Sequence[str] = ()) -> MatrixReport:
+def build_report(results: Iterable[CellResult], sources: Sequence[str] = (),
+                 fingerprints: Iterable[Fingerprint] = ()) -> MatrixReport:
     latest = sorted(latest_by_cell(results).values(),
                     key=lambda r: (_packages_key(r), r.workers, _shm_bytes(r.shm)))
     packages = tuple(dict.fromkeys(r.packages_id for r in latest))
@@ -297,6 +377,7 @@ def build_report(results: Iterable[CellResult], sources: Sequence[str] = ()) -> 
         grid={(r.packages_id, r.runtime_id): r for r in latest},
         verdicts=tuple(verdicts(latest)), sources=tuple(sources),
         generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        drift=numeric_drift(fingerprints, packages),
     )
 
 
@@ -340,15 +421,63 @@ def _versions(result: CellResult) -> str:
     return ", ".join(f"{n} {x}" for n, x in names if x)
 
 
-def _timings(report: MatrixReport) -> list[tuple[str, int, float | None, float]]:
-    """(combination, cells, install seconds or None, cell seconds) per combination."""
+def _timings(report: MatrixReport) -> list[tuple[str, int, float | None, float, str]]:
+    """(combination, cells, install seconds or None, cell seconds, fingerprint seconds)."""
+    taken = {f.packages_id: f for f in report.drift.fingerprints}
     rows = []
     for packages_id in report.packages:
         cells = [r for r in report.results if r.packages_id == packages_id]
         installs = [r.install_s for r in cells if r.install_s]
+        fingerprint = taken.get(packages_id)
+        fingerprint_s = "" if fingerprint is None else f"{fingerprint.seconds:.1f}" + (
+            "" if fingerprint.ok else " (failed)")
         rows.append((packages_id, len(cells), max(installs) if installs else None,
-                     round(sum(r.duration_s for r in cells), 1)))
+                     round(sum(r.duration_s for r in cells), 1), fingerprint_s))
     return rows
+
+
+_DRIFT_INTRO = ("Golden-regression fingerprints (`heygem-diagnose regress`: CPU, one thread, "
+                "lossless output{scenarios}), taken once per package combination "
+                "since workers and /dev/shm do not change them. Per stage, in pipeline order: "
+                "the largest difference between any two combinations and the regression "
+                "tolerance it is judged by; \"exceeds\" means the output changed between "
+                "those versions, \"identical\" that every combination agreed bit for bit.")
+
+
+def _drift_intro(drift: Drift) -> str:
+    scenarios = f"; scenarios {', '.join(drift.scenarios)}" if drift.scenarios else ""
+    return _DRIFT_INTRO.format(scenarios=scenarios)
+
+
+def _fingerprint_versions(fingerprint: Fingerprint) -> str:
+    versions = (fingerprint.record or {}).get("environment", {}).get("versions", {})
+    names = ("torch", "onnxruntime", "numpy", "opencv", "librosa", "av")
+    return ", ".join(f"{n} {versions[n]}" for n in names if versions.get(n))
+
+
+def _fingerprint_table(drift: Drift) -> list[tuple[str, str, str, str]]:
+    """(combination, status, seconds, versions) per combination of the report."""
+    taken = {f.packages_id: f for f in drift.fingerprints}
+    rows = []
+    for packages_id in drift.packages:
+        f = taken.get(packages_id)
+        rows.append((packages_id, "not taken (none stored)", "", "") if f is None else
+                    (packages_id, "ok" if f.ok else f"failed: {f.error}", f"{f.seconds:.1f}",
+                     _fingerprint_versions(f)))
+    return rows
+
+
+def _drift_status(row: Mapping[str, Any]) -> str:
+    return "identical" if row["identical"] else ("exceeds" if row["exceeds"] else "ok")
+
+
+def _drift_difference(row: Mapping[str, Any]) -> str:
+    if row["identical"]:
+        return "identical"
+    diff = row["difference"]
+    shown = "differs" if diff is None else f"{diff:.3g} {row['unit']}".strip()
+    note = f" ({row['note']})" if row.get("note") else ""
+    return f"{row['scenario']} {row['metric']}: {shown}{note}"
 
 
 # --- Markdown -------------------------------------------------------------------------
@@ -387,6 +516,7 @@ def render_markdown(report: MatrixReport) -> str:
         out += [f"  - {line}" for line in verdict.evidence[:8]]
         if len(verdict.evidence) > 8:
             out.append(f"  - ... {len(verdict.evidence) - 8} more")
+    out += ["", *_markdown_drift(report.drift)]
     out += ["", "## Cells", "",
             "| cell | outcome | cause | fps | providers used | doctor | load MiB/s | "
             "seconds | versions |", "|---|---|---|---:|---|---|---:|---:|---|"]
@@ -400,11 +530,12 @@ def render_markdown(report: MatrixReport) -> str:
                    f"{', '.join(r.providers_used)}{' (fallback)' if r.cpu_fallback else ''} | "
                    f"{doctor}{f' (shm {shm})' if shm else ''} | {rate or ''} | "
                    f"{r.duration_s:.1f} | {_md(_versions(r))} |")
-    out += ["", "## Timings", "", "| combination | cells | install s | cells s |",
-            "|---|---:|---:|---:|"]
-    for packages_id, n, install_s, cells_s in _timings(report):
+    out += ["", "## Timings", "",
+            "| combination | cells | install s | cells s | fingerprints s |",
+            "|---|---:|---:|---:|---:|"]
+    for packages_id, n, install_s, cells_s, fingerprint_s in _timings(report):
         out.append(f"| {packages_id} | {n} | {'reused' if install_s is None else install_s} "
-                   f"| {cells_s} |")
+                   f"| {cells_s} | {fingerprint_s} |")
     troubled = [r for r in report.results if r.outcome is not Outcome.OK or r.cpu_fallback]
     if troubled:
         out += ["", "## Evidence", ""]
@@ -412,6 +543,24 @@ def render_markdown(report: MatrixReport) -> str:
             out.append(f"### {r.cell_id}: {_state(r)}")
             out += ["", "```", *r.evidence, "```", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _markdown_drift(drift: Drift) -> list[str]:
+    out = ["## Numeric drift between versions", "", _drift_intro(drift), "",
+           "| combination | fingerprints | seconds | versions |", "|---|---|---:|---|"]
+    out += [f"| {' | '.join(_md(c) for c in row)} |" for row in _fingerprint_table(drift)]
+    out.append("")
+    if drift.rows:
+        from diagnostics.regress import format_drift_table  # importable: it made the rows
+
+        out.append(format_drift_table(drift.rows))
+    else:
+        out.append(f"No drift table: {drift.note}.")
+    for f in drift.fingerprints:
+        if not f.ok and f.tail:
+            out += ["", f"Fingerprints of {f.packages_id}: {f.error}", "", "```", *f.tail,
+                    "```"]
+    return out
 
 
 # --- HTML -----------------------------------------------------------------------------
@@ -430,6 +579,8 @@ th{background:#f4f4f4;text-align:left}
 .verdict{border-left:5px solid #999;padding:.4em .8em;margin:.7em 0;background:#fafafa}
 .verdict.changes{border-color:#d9302c}.verdict.no-change{border-color:#2e9d4f}
 .verdict.observed{border-color:#f0a020}.verdict.not-observed{border-color:#2e9d4f}
+.drift td.identical,.drift td.ok{color:#2e9d4f;font-weight:600}
+.drift td.exceeds{color:#d9302c;font-weight:600}
 pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:12px}
 """
 
@@ -509,6 +660,7 @@ def render_html(report: MatrixReport) -> str:
                      f"{_e(verdict.detail)}.<br><i>HeyGem reports: "
                      f"{_e(verdict.hypothesis.claim)}.</i>"
                      + (f"<ul>{items}</ul>" if items else "") + "</div>")
+    parts += _html_drift(report.drift)
     parts.append("<h2>Cells</h2><table><tr><th>cell</th><th>outcome</th><th>cause</th>"
                  "<th>fps</th><th>providers used</th><th>doctor</th><th>load MiB/s</th>"
                  "<th>seconds</th><th>versions</th></tr>")
@@ -525,11 +677,11 @@ def render_html(report: MatrixReport) -> str:
             f"<td>{_e(doctor)}{_e(f' (shm {shm})') if shm else ''}</td><td>{rate or ''}</td>"
             f"<td>{r.duration_s:.1f}</td><td>{_e(_versions(r))}</td></tr>")
     parts.append("</table><h2>Timings</h2><table><tr><th>combination</th><th>cells</th>"
-                 "<th>install s</th><th>cells s</th></tr>")
-    for packages_id, n, install_s, cells_s in _timings(report):
+                 "<th>install s</th><th>cells s</th><th>fingerprints s</th></tr>")
+    for packages_id, n, install_s, cells_s, fingerprint_s in _timings(report):
         parts.append(f"<tr><td>{_e(packages_id)}</td><td>{n}</td>"
                      f"<td>{'reused' if install_s is None else install_s}</td>"
-                     f"<td>{cells_s}</td></tr>")
+                     f"<td>{cells_s}</td><td>{_e(fingerprint_s)}</td></tr>")
     parts.append("</table>")
     troubled = [r for r in report.results if r.outcome is not Outcome.OK or r.cpu_fallback]
     if troubled:
@@ -539,6 +691,35 @@ def render_html(report: MatrixReport) -> str:
                          f"<pre>{_e(chr(10).join(r.evidence))}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _html_drift(drift: Drift) -> list[str]:
+    parts = ["<h2>Numeric drift between versions</h2>",
+             f"<p>{_e(_drift_intro(drift).replace('`', ''))}</p>",
+             "<table><tr><th>combination</th><th>fingerprints</th><th>seconds</th>"
+             "<th>versions</th></tr>"]
+    parts += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
+              for row in _fingerprint_table(drift)]
+    parts.append("</table>")
+    if not drift.rows:
+        parts.append(f"<p>No drift table: {_e(drift.note)}.</p>")
+    else:
+        parts.append('<table class="drift"><tr><th>stage</th><th>largest difference</th>'
+                     "<th>tolerance</th><th>between</th><th></th></tr>")
+        for row in drift.rows:
+            limit = "" if row["identical"] else f"{row['limit']:g} {row['unit']}".strip()
+            between = "" if row["identical"] else " vs ".join(row["between"])
+            status = _drift_status(row)
+            parts.append(f"<tr><td>{_e(row['stage'])}</td><td>{_e(_drift_difference(row))}</td>"
+                         f"<td>{_e(limit)}</td><td>{_e(between)}</td>"
+                         f'<td class="{status}">{status}</td></tr>')
+        parts.append("</table>")
+    for f in drift.fingerprints:
+        if not f.ok:
+            parts.append(f"<details><summary>fingerprints of {_e(f.packages_id)}: "
+                         f"{_e(f.error)}</summary><pre>{_e(chr(10).join(f.tail))}</pre>"
+                         "</details>")
+    return parts
 
 
 # --- command line ---------------------------------------------------------------------
@@ -576,11 +757,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               "matrix` or `nox -s matrix_quick` first)", file=sys.stderr)
         return 2
     results = [r for p in paths for r in read_results(p) if selection.matches(_cell_of(r))]
-    report = build_report(results, [str(p) for p in paths])
+    fingerprints = [f for p in paths for f in read_fingerprints(p)]
+    report = build_report(results, [str(p) for p in paths], fingerprints)
     markdown, page = write_report(report, args.output)
     print(f"{len(report.results)} cells: {markdown} and {page}")  # CLI output
     for verdict in report.verdicts:
         print(f"  {verdict.summary}")
+    print(f"  numeric drift: {report.drift.summary}")
     return 0
 
 

@@ -1,8 +1,14 @@
-"""One JSON line per cell: the record type, appending, reading.
+"""One JSON line per cell: the record type, appending, reading; and the fingerprints.
 
 The file only grows (runs append), so a report takes the latest record of each cell.
 A line that does not parse (a run killed mid-write) is skipped with a warning rather than
-losing the whole file. Standard library only.
+losing the whole file.
+
+The golden-regression fingerprints of a package combination do not depend on its runtime
+cells (workers, /dev/shm), so they are taken once per combination and stored beside the
+results file, one JSON file each (``results.jsonl`` -> ``results.fingerprints/<id>.json``,
+replaced by the next run of that combination): a ~35 KB record would bloat every cell line,
+and a file per results file keeps two matrices' fingerprints apart. Standard library only.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -21,10 +27,14 @@ from matrix.cells import Cell, Packages, Runtime
 __all__ = [
     "SCHEMA",
     "CellResult",
+    "Fingerprint",
     "Outcome",
     "append_results",
+    "fingerprints_dir",
     "latest_by_cell",
+    "read_fingerprints",
     "read_results",
+    "write_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,3 +196,62 @@ def latest_by_cell(results: Iterable[CellResult]) -> dict[str, CellResult]:
         latest.pop(result.cell_id, None)  # re-insert: keeps dict order = order last run
         latest[result.cell_id] = result
     return latest
+
+
+# --- fingerprints ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fingerprint:
+    """One package combination's golden-regression fingerprints, or why there are none."""
+
+    packages_id: str
+    ok: bool
+    seconds: float  # wall time of the fingerprint step
+    started: str  # ISO 8601, UTC
+    scenarios: tuple[str, ...]  # requested (empty: all of them)
+    record: Mapping[str, Any] | None = None  # diagnostics.regress record, frames=False
+    error: str | None = None  # e.g. "python -m matrix.fingerprint exit 1"
+    tail: tuple[str, ...] = ()  # the step's last stderr lines on failure
+    host: str = field(default_factory=lambda: os.uname().nodename)
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scenarios"], data["tail"] = list(self.scenarios), list(self.tail)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fingerprint:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        fingerprint = cls(**values)
+        return replace(fingerprint, scenarios=tuple(fingerprint.scenarios),
+                       tail=tuple(fingerprint.tail))
+
+
+def fingerprints_dir(results: Path) -> Path:
+    """``matrix-results/ci.jsonl`` -> ``matrix-results/ci.fingerprints``."""
+    return results.with_name(results.stem + ".fingerprints")
+
+
+def write_fingerprint(results: Path, fingerprint: Fingerprint) -> Path:
+    """Replace the combination's file atomically: a killed run leaves the old one whole."""
+    directory = fingerprints_dir(results)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{fingerprint.packages_id}.json"
+    tmp = target.with_suffix(".json.part")
+    tmp.write_text(json.dumps(fingerprint.to_dict(), ensure_ascii=False, sort_keys=True),
+                   encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def read_fingerprints(results: Path) -> list[Fingerprint]:
+    """The fingerprints stored beside a results file (none: an empty list)."""
+    found = []
+    for path in sorted(fingerprints_dir(results).glob("*.json")):
+        try:
+            found.append(Fingerprint.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("%s: skipped a fingerprint file that does not parse (%s: %s)",
+                        path, type(exc).__name__, exc)
+    return found

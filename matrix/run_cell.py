@@ -9,8 +9,12 @@ needs root; otherwise the cell is recorded "unavailable", never run on the host'
 3. ``python -m matrix.load_probe``: a HeyGem 512x512 DataLoader load (see that module).
 
 Every step has an outer timeout (a hung step is "stalled", its process group killed) and
-one JSON line per cell is appended to the results file. Exit 0 when every cell was
-recorded, whatever the outcomes; 2 when the harness itself could not run.
+one JSON line per cell is appended to the results file. Before the cells, once per package
+combination (they depend on neither workers nor /dev/shm), ``python -m matrix.fingerprint``
+takes the golden-regression fingerprints, stored beside the results file for the report's
+drift table (``results.fingerprints/<combination>.json``); a failure is stored there too.
+Exit 0 when every cell was recorded, whatever the outcomes; 2 when the harness itself could
+not run.
 
 Standard library only (the noxfile imports ``parse_args`` to validate its arguments).
 """
@@ -44,9 +48,18 @@ from matrix.cells import (
     find_packages,
     selection_from_namespace,
 )
-from matrix.results import CellResult, Outcome, StepResult, append_results, worst
+from matrix.results import (
+    CellResult,
+    Fingerprint,
+    Outcome,
+    StepResult,
+    append_results,
+    worst,
+    write_fingerprint,
+)
 
-__all__ = ["CellOptions", "main", "parse_args", "run_cells", "shm_unavailable_reason"]
+__all__ = ["FINGERPRINT_SCENARIOS", "CellOptions", "main", "parse_args", "run_cells",
+           "shm_unavailable_reason"]
 
 log = logging.getLogger("matrix.run_cell")
 
@@ -59,6 +72,9 @@ _PROBE_OUTCOMES = {"ok": Outcome.OK, "stalled": Outcome.STALLED, "crashed": Outc
                    "bad-input": Outcome.ERROR, "error": Outcome.ERROR}
 _DOCTOR_EVIDENCE = ("shm", "thread-env", "ort-cuda", "cuda-consistency", "gpu", "numpy-abi")
 _TAIL = 12  # stderr lines kept as evidence when a step gives no JSON
+# "video" runs every stage (inputs to mux) on a real template, "seeded-batch" the generator
+# alone on fixed inputs: ~6 s together on 2 cores (all five scenarios: ~12 s).
+FINGERPRINT_SCENARIOS: tuple[str, ...] = ("video", "seeded-batch")
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,9 @@ class CellOptions:
     load_face_size: int = 512
     warm_up: bool = True  # fill the face/ONNX caches first, so fps compares across cells
     doctor_only: tuple[str, ...] = ()  # doctor probe ids (empty: all of them)
+    fingerprint: bool = True  # take the combination's regression fingerprints first
+    fingerprint_scenarios: tuple[str, ...] = FINGERPRINT_SCENARIOS  # empty: all of them
+    fingerprint_timeout: float = 120.0  # ~10x a loaded 2-core machine's time
 
     @property
     def log_dir(self) -> Path:
@@ -119,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only these doctor probes (repeatable; default all)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="skip the cache-filling probe run before the cells")
+    parser.add_argument("--fingerprint-scenarios", metavar="LIST",
+                        default=",".join(FINGERPRINT_SCENARIOS),
+                        help="regression scenarios to fingerprint, comma-separated, or 'all' "
+                             f"(default {','.join(FINGERPRINT_SCENARIOS)})")
+    parser.add_argument("--no-fingerprint", action="store_true",
+                        help="keep the combination's stored fingerprints, take none")
     add_selection_arguments(parser)
     return parser
 
@@ -134,7 +159,16 @@ def parse_args(argv: Sequence[str]) -> CellOptions:
         batch_size=ns.batch_size, stall_timeout=ns.stall_timeout,
         load_batches=ns.load_batches, load_face_size=ns.load_face_size,
         warm_up=not ns.no_warm_up, doctor_only=tuple(ns.doctor_only),
+        fingerprint=not ns.no_fingerprint,
+        fingerprint_scenarios=_scenario_list(ns.fingerprint_scenarios),
     )
+
+
+def _scenario_list(text: str) -> tuple[str, ...]:
+    """'video, seeded-batch' -> ('video', 'seeded-batch'); 'all' -> () (the child checks
+    the names: this module cannot import the project)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if names == ("all",) else names
 
 
 def here_packages() -> Packages:
@@ -325,6 +359,45 @@ def warm_up(ctx: _Context) -> None:
         log.warning("warm-up probe failed (exit %s); the cells will show why", run.returncode)
 
 
+def _take_fingerprint(ctx: _Context) -> Fingerprint:
+    """The combination's golden-regression fingerprints; a failure is a result, not raised."""
+    o = ctx.options
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    command = [sys.executable, "-m", "matrix.fingerprint", "--label", o.packages.id]
+    for name in o.fingerprint_scenarios:
+        command += ["--scenario", name]
+    run = run_step(command, timeout=o.fingerprint_timeout,
+                   log_path=o.log_dir / o.packages.id / "fingerprint.log", env=ctx.env)
+    record = run.json() if run.returncode == 0 else None
+    common: dict[str, Any] = {"packages_id": o.packages.id, "seconds": run.seconds,
+                              "started": started, "scenarios": o.fingerprint_scenarios}
+    if record is not None and record.get("kind") == "heygem-regress":
+        return Fingerprint(ok=True, record=record, **common)
+    if run.returncode is None:
+        why = f"timed out after {o.fingerprint_timeout:g} s"
+    elif run.returncode == 0:
+        why = "printed no regression record"
+    else:
+        why = f"exit {run.returncode}"
+    return Fingerprint(ok=False, error=f"python -m matrix.fingerprint {why}",
+                       tail=run.stderr_tail, **common)
+
+
+def _fingerprint(ctx: _Context) -> None:
+    """Take and store the fingerprints; nothing here may stop the cells from running."""
+    try:
+        fingerprint = _take_fingerprint(ctx)
+        path = write_fingerprint(ctx.options.results, fingerprint)
+    except OSError as exc:
+        log.warning("fingerprints of %s not stored: %s", ctx.options.packages.id, exc)
+        return
+    if fingerprint.ok:
+        log.info("fingerprints in %.1f s: %s", fingerprint.seconds, path)
+    else:
+        log.warning("fingerprinting failed (%s), recorded in %s:\n  %s", fingerprint.error,
+                    path, "\n  ".join(fingerprint.tail))
+
+
 def _doctor(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> tuple[dict[str, Any],
                                                                                 float]:
     o = ctx.options
@@ -402,6 +475,16 @@ def _probe(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> tuple[St
                       run.seconds, detail), data
 
 
+def lost_batch_line(log_path: Path) -> str | None:
+    """The worker's ENOSPC line behind a stalled load, if the step's log has one: its queue
+    feeder thread could not put a batch into /dev/shm, so the batch never arrived."""
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if "No space left on device" in line and "shared memory" in line:
+                return _clean(line)
+    return None
+
+
 def _load(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> StepResult:
     o = ctx.options
     command = [*prefix, sys.executable, "-m", "matrix.load_probe",
@@ -410,9 +493,12 @@ def _load(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> StepResul
     timeout = 90.0 + 10.0 * cell.runtime.workers + 2.0 * o.load_batches
     run = run_step(command, timeout=timeout, log_path=logs / "load.log", env=ctx.env)
     data = run.json() if run.returncode in (0, 1) else None
-    if data is None:
-        return _no_answer(run, "the HeyGem-sized DataLoader load", timeout)
-    step = StepResult.from_dict(data)
+    step = (_no_answer(run, "the HeyGem-sized DataLoader load", timeout) if data is None
+            else StepResult.from_dict(data))
+    if step.outcome is Outcome.STALLED and (line := lost_batch_line(logs / "load.log")):
+        step = replace(step, cause="shared memory exhausted: a worker's batch was lost (no "
+                       "space left on /dev/shm) and the loader waited for it",
+                       evidence=(line, *step.evidence))
     if run.leftover:
         step = replace(step, detail={**step.detail, "leftover_processes": run.leftover})
     return step
@@ -474,6 +560,8 @@ def run_cells(options: CellOptions,
         log.warning("private /dev/shm unavailable: %s", shm_problem)
     elif options.warm_up:
         warm_up(ctx)
+    if options.fingerprint:
+        _fingerprint(ctx)
     records = []
     for number, cell in enumerate(cells, 1):
         log.info("[%d/%d] %s ...", number, len(cells), cell.id)

@@ -5,7 +5,8 @@
     MATRIX_RESULTS=matrix-results/ci.jsonl MATRIX_REPORT=matrix-results/ci-report \\
         python -m pytest tests/matrix/test_ci_report.py
 
-Skipped unless MATRIX_RESULTS names a results file (the default test run has none).
+Skipped unless MATRIX_RESULTS names a results file (the default test run has none). The
+combinations' fingerprints are read from beside it (``ci.fingerprints/``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 
 from matrix.cells import QUICK_PACKAGES, Selection
 from matrix.report import VerdictStatus, build_report
-from matrix.results import Outcome, read_results
+from matrix.results import Outcome, read_fingerprints, read_results
+from matrix.run_cell import FINGERPRINT_SCENARIOS
 
 RESULTS = os.environ.get("MATRIX_RESULTS")
 REPORT = os.environ.get("MATRIX_REPORT")
@@ -29,7 +31,8 @@ pytestmark = pytest.mark.skipif(not RESULTS, reason="MATRIX_RESULTS not set (CI 
 @pytest.fixture(scope="module")
 def report():
     assert RESULTS is not None
-    return build_report(read_results(Path(RESULTS)), [RESULTS])
+    return build_report(read_results(Path(RESULTS)), [RESULTS],
+                        read_fingerprints(Path(RESULTS)))
 
 
 def test_every_quick_cell_ran(report):
@@ -63,13 +66,16 @@ def test_outcomes_are_explained(report):
 
 
 def test_doctor_prediction_agrees_with_the_load(report):
-    """The doctor's /dev/shm verdict for the HeyGem-sized batch matches what happened."""
+    """The doctor's /dev/shm verdict for the HeyGem-sized batch matches what happened. A
+    full /dev/shm crashes the load or, when the worker's queue feeder loses the batch,
+    stalls it (a race): either way the cause names shared memory."""
     for r in report.results:
         if not r.outcome.comparable or "shm" not in r.doctor.get("status", {}):
             continue
         load = r.steps["load"]
-        shm_crash = load.outcome is Outcome.CRASHED and "shared memory" in (load.cause or "")
-        assert shm_crash == (r.doctor["status"]["shm"] == "fail"), (r.cell_id, load.cause)
+        shm_failure = load.outcome in (Outcome.CRASHED, Outcome.STALLED) and (
+            "shared memory" in (load.cause or ""))
+        assert shm_failure == (r.doctor["status"]["shm"] == "fail"), (r.cell_id, load.cause)
 
 
 def test_verdicts_are_backed_by_cells(report):
@@ -84,6 +90,32 @@ def test_verdicts_are_backed_by_cells(report):
     assert verdicts["env"].status is not VerdictStatus.NOT_TESTED
 
 
+def test_every_combination_was_fingerprinted(report):
+    """Fingerprints depend on neither root nor /dev/shm: every quick combination has them."""
+    quick = {p.id: p for p in QUICK_PACKAGES}
+    taken = {f.packages_id: f for f in report.drift.fingerprints}
+    assert set(taken) >= set(quick)
+    for packages_id, packages in quick.items():
+        fingerprint = taken[packages_id]
+        assert fingerprint.ok, (packages_id, fingerprint.error, fingerprint.tail)
+        record = fingerprint.record or {}
+        assert record["label"] == packages_id
+        assert set(record["scenarios"]) == set(FINGERPRINT_SCENARIOS)
+        assert record["environment"]["versions"]["onnxruntime"] == packages.ort
+        assert fingerprint.seconds < 120, packages_id  # a few seconds expected
+
+
+def test_numeric_drift_between_the_ort_versions(report):
+    """The video scenario runs every stage; the matrix's ORT versions agree within the
+    regression tolerances (the README says so: a failure here is a real output change)."""
+    stages = [row["stage"] for row in report.drift.rows]
+    assert stages == ["inputs", "audio_features", "face_track", "generate", "composite", "mux"]
+    packages = set(report.packages)
+    for row in report.drift.rows:
+        assert row["identical"] or set(row["between"]) <= packages, row
+        assert not row["exceeds"], row
+
+
 @pytest.mark.skipif(not REPORT, reason="MATRIX_REPORT not set")
 def test_rendered_report(report):
     assert REPORT is not None
@@ -93,3 +125,8 @@ def test_rendered_report(report):
         assert r.cell_id in markdown and r.cell_id in page
     for verdict in report.verdicts:
         assert verdict.headline in markdown
+    drift_md = markdown.split("## Numeric drift between versions\n", 1)[1].split("\n## ")[0]
+    drift_html = page.split("<h2>Numeric drift between versions</h2>", 1)[1].split("<h2>")[0]
+    assert "No drift table" not in drift_md and "No drift table" not in drift_html
+    for row in report.drift.rows:
+        assert f"| {row['stage']} |" in drift_md and f"<td>{row['stage']}</td>" in drift_html

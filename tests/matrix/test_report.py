@@ -1,22 +1,28 @@
-"""Report rendering and hypothesis verdicts, from a hand-written results file."""
+"""Report rendering, hypothesis verdicts and the numeric drift section, from a hand-written
+results file and hand-written fingerprint files beside it (fixtures/results.fingerprints/:
+ORT 1.16.3 moves the seeded generator output by 1e-4, within tolerance; the -gpu wheel
+moves a face region by 2 px, beyond it; one combination failed to fingerprint, one
+install-failed combination has none, and one file belongs to no combination of the
+results)."""
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from matrix.cells import Cell, Packages, Runtime
 from matrix.report import VerdictStatus, build_report, main, render_html, render_markdown
-from matrix.results import CellResult, Outcome, read_results
+from matrix.results import CellResult, Outcome, read_fingerprints, read_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results.jsonl"
 
 
 @pytest.fixture(scope="module")
 def report():
-    return build_report(read_results(FIXTURE), [str(FIXTURE)])
+    return build_report(read_results(FIXTURE), [str(FIXTURE)], read_fingerprints(FIXTURE))
 
 
 def _verdict(report, hypothesis_id):
@@ -122,7 +128,61 @@ def test_markdown(report):
     assert "**shm 64 MB -> 2 GB changes the outcome on this machine**" in text
     assert "ERROR: No matching distribution found for torch==2.1.2" in text  # evidence
     assert "| torch2.4.1-ort1.18.0-cpu | 4 | 61.0 |" in text  # install time
-    assert "| torch2.4.1-ort1.16.3-cpu | 4 | reused |" in text
+    assert "| torch2.4.1-ort1.16.3-cpu | 4 | reused | 107.0 | 6.5 |" in text
+    assert "| torch2.13.0-ort1.16.3-cpu | 2 | reused | 0.0 | 1.5 (failed) |" in text
+
+
+def test_numeric_drift(report):
+    drift = report.drift
+    assert drift.packages == report.packages  # the extra fingerprint file is left out
+    assert [f.packages_id for f in drift.compared] == [
+        "torch2.4.1-ort1.16.3-cpu", "torch2.4.1-ort1.18.0-cpu", "torch2.4.1-ort1.18.0-gpu"]
+    assert drift.missing == ("torch2.1.2-ort1.18.0-cpu",)
+    rows = {row["stage"]: row for row in drift.rows}
+    assert list(rows) == ["audio_features", "face_track", "generate", "mux"]
+    assert rows["audio_features"]["identical"] and rows["mux"]["identical"]
+    generate = rows["generate"]
+    assert not generate["identical"] and not generate["exceeds"]
+    assert generate["difference"] == pytest.approx(1e-4)
+    assert generate["between"] == ["torch2.4.1-ort1.16.3-cpu", "torch2.4.1-ort1.18.0-cpu"]
+    assert rows["face_track"]["exceeds"] and "torch2.4.1-ort1.18.0-gpu" in (
+        rows["face_track"]["between"])
+    assert drift.summary == ("3 of 5 combinations fingerprinted; beyond tolerance in "
+                             "face_track (2 of 4 stages identical)")
+
+
+def test_numeric_drift_markdown_and_html(report):
+    text = render_markdown(report)
+    section = text.split("## Numeric drift between versions", 1)[1].split("\n## ", 1)[0]
+    assert "scenarios seeded-batch, video" in section
+    assert ("| torch2.4.1-ort1.16.3-cpu | ok | 6.5 | torch 2.4.1, onnxruntime 1.16.3, "
+            "numpy 1.26.4") in section
+    assert "| torch2.1.2-ort1.18.0-cpu | not taken (none stored) |" in section
+    assert "| torch2.13.0-ort1.16.3-cpu | failed: python -m matrix.fingerprint exit 1 |" in (
+        section)
+    assert "No module named 'cv2'" in section  # the failed step's evidence
+    assert ("| face_track | video regions: 2 px | 0 | torch2.4.1-ort1.16.3-cpu vs "
+            "torch2.4.1-ort1.18.0-gpu | exceeds |") in section
+    assert "| audio_features | identical |" in section
+    page = render_html(report)
+    html_section = page.split("<h2>Numeric drift between versions</h2>", 1)[1].split("<h2>")[0]
+    assert '<td class="exceeds">exceeds</td>' in html_section
+    assert html_section.count('<td class="identical">') == 2
+    assert "No module named &#x27;cv2&#x27;" in html_section
+
+
+def test_numeric_drift_needs_two_fingerprinted_combinations(report):
+    alone = build_report(report.results, fingerprints=report.drift.compared[:1])
+    assert alone.drift.rows == () and "fewer than two" in (alone.drift.note or "")
+    assert "No drift table: fewer than two combinations" in render_markdown(alone)
+    assert "No drift table: fewer than two combinations" in render_html(alone)
+
+
+def test_numeric_drift_without_numpy_says_why(report, monkeypatch):
+    monkeypatch.setitem(sys.modules, "diagnostics.regress", None)  # import fails
+    bare = build_report(report.results, fingerprints=report.drift.fingerprints)
+    assert bare.drift.rows == () and (bare.drift.note or "").startswith("not computed")
+    assert "No drift table: not computed" in render_markdown(bare)
 
 
 def test_html_is_self_contained_and_escaped(report):
@@ -139,7 +199,10 @@ def test_cli_writes_both_files(tmp_path: Path, capsys):
     assert main([str(FIXTURE), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "report.md").read_text().startswith("# heygem-harness")
     assert (tmp_path / "out" / "report.html").is_file()
-    assert "shm 64 MB -> 2 GB changes the outcome" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "shm 64 MB -> 2 GB changes the outcome" in out
+    assert "numeric drift: 3 of 5 combinations fingerprinted; beyond tolerance in face_track" in (
+        out)
 
 
 def test_cli_selection_filters_cells(tmp_path: Path):
@@ -147,6 +210,8 @@ def test_cli_selection_filters_cells(tmp_path: Path):
     text = (tmp_path / "report.md").read_text()
     assert text.startswith("# heygem-harness") and "4 cells from" in text
     assert "| torch2.4.1-ort1.18.0-cpu |" not in text
+    assert "| torch2.4.1-ort1.18.0-gpu | ok | 8.2 |" in text  # its fingerprints alone
+    assert "No drift table: fewer than two" in text
 
 
 def test_cli_errors(tmp_path: Path, capsys):

@@ -1,4 +1,5 @@
-"""Result records: one JSON line per cell, appended, read back tolerantly."""
+"""Result records: one JSON line per cell, appended, read back tolerantly; and the
+per-combination fingerprint files beside them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from pathlib import Path
 from matrix.cells import Cell, Packages, Runtime
 from matrix.results import (
     CellResult,
+    Fingerprint,
     Outcome,
     StepResult,
     append_results,
+    fingerprints_dir,
     latest_by_cell,
+    read_fingerprints,
     read_results,
     worst,
+    write_fingerprint,
 )
 
 CELL = Cell(Packages("2.4.1", "1.18.0", "gpu"), Runtime(4, "64m"))
@@ -85,3 +90,22 @@ def test_worst_outcome():
     assert worst([Outcome.OK, Outcome.STALLED, Outcome.CRASHED]) is Outcome.CRASHED
     assert worst([Outcome.OK, Outcome.ERROR]) is Outcome.ERROR
     assert worst([]) is Outcome.OK
+
+
+def test_fingerprints_live_beside_their_results_file(tmp_path: Path, caplog):
+    results = tmp_path / "ci.jsonl"
+    assert fingerprints_dir(results) == tmp_path / "ci.fingerprints"
+    assert read_fingerprints(results) == []  # none taken yet
+    ok = Fingerprint("torch2.13.0-ort1.16.3-cpu", True, 6.2, "2026-11-23T10:00:00+00:00",
+                     ("video", "seeded-batch"), record={"kind": "heygem-regress", "scenarios": {}})
+    failed = Fingerprint("torch2.13.0-ort1.18.0-cpu", False, 300.0, "2026-11-23T10:05:00+00:00",
+                         (), error="timed out after 300 s", tail=("loading ...",))
+    path = write_fingerprint(results, ok)
+    assert path == tmp_path / "ci.fingerprints" / "torch2.13.0-ort1.16.3-cpu.json"
+    write_fingerprint(results, failed)
+    write_fingerprint(results, failed)  # a re-run replaces the combination's file
+    (fingerprints_dir(results) / "broken.json").write_text('{"packages_id": ')
+    with caplog.at_level(logging.WARNING, logger="matrix.results"):
+        assert read_fingerprints(results) == [ok, failed]
+    assert any("broken.json" in m and "does not parse" in m for m in caplog.messages)
+    assert not list(fingerprints_dir(results).glob("*.part"))

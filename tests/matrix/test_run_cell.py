@@ -12,10 +12,12 @@ import pytest
 
 from matrix.cells import Packages, SelectionError, parse_selection
 from matrix.report import VerdictStatus, build_report
-from matrix.results import Outcome, read_results
+from matrix.results import Outcome, fingerprints_dir, read_fingerprints, read_results
 from matrix.run_cell import (
+    FINGERPRINT_SCENARIOS,
     CellOptions,
     in_private_shm,
+    lost_batch_line,
     parse_args,
     run_cells,
     run_step,
@@ -34,6 +36,12 @@ def test_parse_args():
     assert [c.id for c in options.selection.cells(options.packages)] == [
         "torch2.4.1-ort1.18.0-gpu-w0-shm64m", "torch2.4.1-ort1.18.0-gpu-w4-shm64m"]
     assert options.seconds == 2.0 and options.log_dir == Path("logs")
+    assert options.fingerprint and options.fingerprint_scenarios == ("video", "seeded-batch")
+    options = parse_args(["--packages", "here", "--fingerprint-scenarios", "all"])
+    assert options.fingerprint_scenarios == ()  # the child runs every scenario
+    options = parse_args(["--packages", "here", "--fingerprint-scenarios", "still, long",
+                          "--no-fingerprint"])
+    assert options.fingerprint_scenarios == ("still", "long") and not options.fingerprint
     with pytest.raises(SelectionError, match="unknown package combination"):
         parse_args(["--packages", "torch9-ort9-cpu"])
     with pytest.raises(SelectionError, match="unknown tag"):
@@ -74,11 +82,44 @@ def test_what_a_step_leaves_running_is_counted_and_killed(tmp_path: Path):
 def test_cells_are_unavailable_without_a_private_shm(tmp_path: Path):
     options = CellOptions(packages=Packages("2.13.0", "1.16.3", "cpu", quick=True),
                           selection=parse_selection(["--workers", "4"]),
-                          results=tmp_path / "results.jsonl")
+                          results=tmp_path / "results.jsonl", fingerprint=False)
     records = run_cells(options, shm_check=lambda: "not root: no mount namespace")
     assert [r.outcome for r in records] == [Outcome.UNAVAILABLE] * 2
     assert records[0].evidence == ("not root: no mount namespace",)
     assert read_results(tmp_path / "results.jsonl") == records
+    assert not fingerprints_dir(tmp_path / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(("scenarios", "timeout", "error", "tail"), [
+    (("nope",), 120.0, "exit 2", "unknown regression scenario nope"),
+    (FINGERPRINT_SCENARIOS, 0.05, "timed out after 0.05 s", None),
+])
+def test_a_failed_fingerprint_is_recorded_and_the_cells_still_run(tmp_path: Path, scenarios,
+                                                                  timeout, error, tail):
+    results = tmp_path / "results.jsonl"
+    options = CellOptions(packages=Packages("2.13.0", "1.16.3", "cpu", quick=True),
+                          selection=parse_selection(["--workers", "0"]), results=results,
+                          fingerprint_scenarios=scenarios, fingerprint_timeout=timeout)
+    records = run_cells(options, shm_check=lambda: "not root: no mount namespace")
+    assert len(records) == 2 and read_results(results) == records
+    [fingerprint] = read_fingerprints(results)
+    assert fingerprint.packages_id == "torch2.13.0-ort1.16.3-cpu" and not fingerprint.ok
+    assert fingerprint.record is None and fingerprint.error.endswith(error)
+    if tail:
+        assert any(tail in line for line in fingerprint.tail), fingerprint.tail
+    assert (tmp_path / "logs" / "torch2.13.0-ort1.16.3-cpu" / "fingerprint.log").is_file()
+
+
+def test_a_stalled_load_names_the_lost_batch(tmp_path: Path):
+    log = tmp_path / "load.log"
+    log.write_text("$ python -m matrix.load_probe\nTraceback (most recent call last):\n"
+                   "  File \"multiprocessing/queues.py\", line 244, in _feed\n"
+                   "RuntimeError: unable to allocate shared memory(shm) for file "
+                   "</torch_5998_2>: No space left on device (28)\n")
+    assert (lost_batch_line(log) or "").startswith("RuntimeError: unable to allocate shared")
+    log.write_text("UserWarning: This DataLoader will create 4 worker processes\n")
+    assert lost_batch_line(log) is None
+    assert lost_batch_line(tmp_path / "missing.log") is None
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root for a private /dev/shm")
@@ -89,7 +130,8 @@ def test_shm_namespace_is_available_as_root():
 @pytest.mark.slow
 def test_real_cells_in_this_environment(tmp_path: Path):
     """A tiny probe and load through the real CLI: workers 0 and 2 with a 2 GB /dev/shm,
-    and (as root) workers 2 with 64 MB, where the HeyGem-sized batches do not fit."""
+    and (as root) workers 2 with 64 MB, where the HeyGem-sized batches do not fit; and the
+    combination's fingerprints (default scenarios), taken once."""
     results = tmp_path / "results.jsonl"
     runtimes = ["--workers", "0,2", "--shm", "2g,64m" if IS_ROOT else "2g"]
     command = [sys.executable, "-m", "matrix.run_cell", "--packages", "here",
@@ -112,6 +154,13 @@ def test_real_cells_in_this_environment(tmp_path: Path):
         assert cell.steps["load"].detail["batches"] == 8
         assert cell.doctor["status"]["thread-env"] == "ok"
         assert cell.versions["torch"] and cell.duration_s > 0
+    [fingerprint] = read_fingerprints(results)
+    assert fingerprint.ok, (fingerprint.error, fingerprint.tail)
+    assert fingerprint.packages_id == cells["w0-shm2g"].packages_id
+    record = fingerprint.record or {}
+    assert record["label"] == fingerprint.packages_id and record["frames"] is False
+    assert set(record["scenarios"]) == set(FINGERPRINT_SCENARIOS)
+    assert record["environment"]["versions"]["torch"] == cells["w0-shm2g"].versions["torch"]
     if IS_ROOT:
         small = cells["w2-shm64m"]
         assert small.outcome is Outcome.CRASHED and small.failed_step == "load"
