@@ -8,11 +8,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heygem import __version__
 from heygem.config import BACKENDS, DEVICES, GENERATORS, X264_PRESETS, FaultInjection
 from heygem.errors import HeygemError
+
+if TYPE_CHECKING:
+    from heygem.config import GenerateOptions
+    from heygem.pipeline import GenerationResult
 
 log = logging.getLogger("heygem.cli")
 
@@ -48,6 +52,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `serve` options; also used by `python -m service.cli` (service -> heygem)."""
+    parser.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
+    parser.add_argument("--port", type=int, help="port (default 8383)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes, each holding a warm pipeline (default 1)")
+    parser.add_argument("--data-dir", type=Path, help="job store, uploads and results")
+    parser.add_argument("--media-root", type=Path,
+                        help="directory the HeyGem-compatible API may read paths from")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heygem", description=__doc__)
     parser.add_argument("--version", action="version", version=f"heygem-harness {__version__}")
@@ -69,13 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
 
     serve = sub.add_parser("serve", help="run the REST generation service (uvicorn)")
-    serve.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
-    serve.add_argument("--port", type=int, help="port (default 8383)")
-    serve.add_argument("--workers", type=int,
-                       help="worker processes, each holding a warm pipeline (default 1)")
-    serve.add_argument("--data-dir", type=Path, help="job store, uploads and results")
-    serve.add_argument("--media-root", type=Path,
-                       help="directory the HeyGem-compatible API may read paths from")
+    add_serve_arguments(serve)
     _add_common(serve)
 
     export = sub.add_parser("export-onnx", help="export a generator to ONNX (ORT 1.16+)")
@@ -87,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _options(args: argparse.Namespace) -> GenerateOptions:
     from heygem.config import GenerateOptions
 
     extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
@@ -127,7 +136,7 @@ def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
     return 0
 
 
-def _print_summary(result) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(result: GenerationResult) -> None:
     lines = [
         f"wrote {result.output.resolve()}",
         f"  {result.frames} frames at {result.fps:g} fps, {result.duration:.2f} s, "

@@ -11,24 +11,14 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from heygem.cli import add_serve_arguments
 from heygem.errors import HeygemError
 
 log = logging.getLogger("service.cli")
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default 8383)")
-    parser.add_argument("--workers", type=int,
-                        help="worker processes, each holding a warm pipeline (default 1)")
-    parser.add_argument("--data-dir", type=Path, help="job store, uploads and results")
-    parser.add_argument("--media-root", type=Path,
-                        help="directory the HeyGem-compatible API may read paths from")
 
 
 def build_parser() -> argparse.ArgumentParser:

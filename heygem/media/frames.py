@@ -163,19 +163,18 @@ class FrameSource:
         return self._ofps > self._tfps + 1e-6
 
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
-        spool_file = None
+        spool_fd: int | None = None
         if self._needs_spool:
-            fd, name = tempfile.mkstemp(prefix="heygem-spool-", suffix=".i420",
-                                        dir=self._spool_dir)
+            spool_fd, name = tempfile.mkstemp(prefix="heygem-spool-", suffix=".i420",
+                                              dir=self._spool_dir)
             os.unlink(name)  # anonymous: the file vanishes with the descriptor, even on crash
-            spool_file = os.fdopen(fd, "w+b", buffering=0)
         try:
-            yield from self._frames(spool_file)
+            yield from self._frames(spool_fd)
         finally:
-            if spool_file is not None:
-                spool_file.close()
+            if spool_fd is not None:
+                os.close(spool_fd)
 
-    def _frames(self, spool: object) -> Iterator[tuple[int, av.VideoFrame]]:
+    def _frames(self, spool: int | None) -> Iterator[tuple[int, av.VideoFrame]]:
         decoded = iter_template_frames(self._path, self._w, self._h)
         next_decoded = 0  # template index the decoder yields next
         spooled = 0
@@ -193,20 +192,18 @@ class FrameSource:
                             hint="the file changed since it was analysed; run again",
                         )
                     if spool is not None:
-                        _write_at(spool, spooled * self._frame_bytes, to_i420(frame))
+                        os.pwrite(spool, to_i420(frame).tobytes(), spooled * self._frame_bytes)
                         spooled += 1
                     next_decoded += 1
                 assert frame is not None
                 yield i, frame
             else:
+                assert spool is not None  # repeats and reversals only happen when spooling
                 yield i, self._read_spooled(spool, wanted)
         decoded.close()  # type: ignore[attr-defined]
 
-    def _read_spooled(self, spool: object, index: int) -> av.VideoFrame:
-        data = os.pread(spool.fileno(), self._frame_bytes, index * self._frame_bytes)  # type: ignore[attr-defined]
+    def _read_spooled(self, spool: int, index: int) -> av.VideoFrame:
+        data = os.pread(spool, self._frame_bytes, index * self._frame_bytes)
         packed = np.frombuffer(data, dtype=np.uint8).reshape(self._h * 3 // 2, self._w)
         return from_i420(packed)
 
-
-def _write_at(spool: object, offset: int, packed: np.ndarray) -> None:
-    os.pwrite(spool.fileno(), packed.tobytes(), offset)  # type: ignore[attr-defined]
