@@ -163,7 +163,10 @@ def test_real_cells_in_this_environment(tmp_path: Path):
     assert record["environment"]["versions"]["torch"] == cells["w0-shm2g"].versions["torch"]
     if IS_ROOT:
         small = cells["w2-shm64m"]
-        assert small.outcome is Outcome.CRASHED and small.failed_step == "load"
+        # A full /dev/shm either kills a worker (crashed) or loses a batch to ENOSPC in a
+        # worker's queue feeder, which hangs the loader (stalled): both name shared memory.
+        assert small.outcome in (Outcome.CRASHED, Outcome.STALLED)
+        assert small.failed_step == "load"
         assert small.cause and "shared memory exhausted" in small.cause
         assert small.steps["probe"].outcome is Outcome.OK  # 128 px crops fit in 64 MB
         assert small.doctor["status"]["shm"] == "fail"  # the doctor predicted it
