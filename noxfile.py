@@ -32,8 +32,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff>=0.5,<0.18")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session(tags=["ci"])
@@ -76,14 +77,29 @@ def bench(session: nox.Session) -> None:
     compare = _bench_compare(args)
     if compare and (len(compare) < 2 or not Path(compare[1]).is_file()):
         # Before the benchmarks run, not after half an hour of them.
-        session.error(f"bench: --compare needs an existing pytest-benchmark JSON file, got "
-                      f"{compare[1] if len(compare) > 1 else 'none'}")
+        session.error(
+            f"bench: --compare needs an existing pytest-benchmark JSON file, got "
+            f"{compare[1] if len(compare) > 1 else 'none'}"
+        )
     _install_project(session)
     session.run("mkdir", "-p", "bench-results", external=True)
-    session.run("pytest", "benchmarks", "-p", "no:cacheprovider",
-                "--benchmark-json=bench-results/latest.json", *args)
-    session.run("python", "-m", "benchmarks.summary", "bench-results/latest.json",
-                "-o", "bench-results/summary.md", *compare)
+    session.run(
+        "pytest",
+        "benchmarks",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-json=bench-results/latest.json",
+        *args,
+    )
+    session.run(
+        "python",
+        "-m",
+        "benchmarks.summary",
+        "bench-results/latest.json",
+        "-o",
+        "bench-results/summary.md",
+        *compare,
+    )
 
 
 # --- the version matrix (matrix/; README "Version matrix") ------------------------------
@@ -118,10 +134,11 @@ def _run_matrix_cells(session: nox.Session, packages: matrix_cells.Packages) -> 
     session.log(f"installing {packages.id} (log: {log_file})")
     report = matrix_install.install(python, packages, Path.cwd(), log_file)
     if not report.ok:
-        append_results(options.results, matrix_install.failure_records(cells, report,
-                                                                       session.name))
-        session.warn(f"install failed after {report.seconds:g} s; recorded as install-failed "
-                     f"in {options.results}:\n  " + "\n  ".join(report.tail))
+        append_results(options.results, matrix_install.failure_records(cells, report, session.name))
+        session.warn(
+            f"install failed after {report.seconds:g} s; recorded as install-failed "
+            f"in {options.results}:\n  " + "\n  ".join(report.tail)
+        )
         session.skip(f"{packages.id}: install failed (recorded)")
     if not report.reused:
         session.log(f"installed {packages.id} in {report.seconds:g} s")
@@ -169,5 +186,4 @@ def regress(session: nox.Session) -> None:
     (``-- --scenario still --json``). Performance is compared by ``nox -s bench -- --compare``.
     """
     _install_project(session)
-    session.run("heygem-diagnose", "regress", "check", "--golden", "tests/golden",
-                *session.posargs)
+    session.run("heygem-diagnose", "regress", "check", "--golden", "tests/golden", *session.posargs)

@@ -54,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     options = GenerateOptions(
-        generator=args.generator, checkpoint=args.checkpoint, backend=args.backend,
-        device="cpu", num_workers=args.workers, batch_size=args.batch_size,
-        cache_dir=args.cache_dir, stall_timeout=120.0,
+        generator=args.generator,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        device="cpu",
+        num_workers=args.workers,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        stall_timeout=120.0,
     )
     pipeline = Pipeline(options)
     pipeline.load()
@@ -65,23 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     first: list[float] = []
     cpu0, start = _cpu(), time.perf_counter()
     result = pipeline.generate(
-        args.audio, args.video, args.output,
-        progress=lambda done, total: first.append(time.perf_counter() - start) if not first
-        else None)
+        args.audio,
+        args.video,
+        args.output,
+        progress=lambda done, total: (
+            first.append(time.perf_counter() - start) if not first else None
+        ),
+    )
     wall = time.perf_counter() - start
     cpu = _cpu() - cpu0
-    print(json.dumps({
-        "peak_rss_mb": round(peak_rss_kib() / 1024.0, 1),
-        "rss_before_job_mb": round(rss_before / (1024.0 * 1024.0), 1),
-        "wall_s": round(wall, 3),
-        "cpu_s": round(cpu, 3),
-        "cpu_util": round(cpu / wall, 3) if wall > 0 else 0.0,
-        "ttff_s": round(first[0], 3) if first else None,
-        "frames": result.frames,
-        "duration_s": round(result.duration, 3),
-        "template_from_cache": result.template_from_cache,
-        "timings": result.timings,
-    }))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": round(peak_rss_kib() / 1024.0, 1),
+                "rss_before_job_mb": round(rss_before / (1024.0 * 1024.0), 1),
+                "wall_s": round(wall, 3),
+                "cpu_s": round(cpu, 3),
+                "cpu_util": round(cpu / wall, 3) if wall > 0 else 0.0,
+                "ttff_s": round(first[0], 3) if first else None,
+                "frames": result.frames,
+                "duration_s": round(result.duration, 3),
+                "template_from_cache": result.template_from_cache,
+                "timings": result.timings,
+            }
+        )
+    )
     return 0
 
 

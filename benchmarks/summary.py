@@ -83,96 +83,220 @@ def _stages(benches: list[Bench]) -> list[str]:
     rows = []
     for b in of_kind(benches, "stage") + of_kind(benches, "generator"):
         i = info(b)
-        rows.append([b["name"], fmt(stat(b), 4), fmt(i.get("frames")),
-                     fmt(i.get("per_frame_ms"), 3), fmt(i.get("share_of_floor"), 3)])
+        rows.append(
+            [
+                b["name"],
+                fmt(stat(b), 4),
+                fmt(i.get("frames")),
+                fmt(i.get("per_frame_ms"), 3),
+                fmt(i.get("share_of_floor"), 3),
+            ]
+        )
     return table(["benchmark", "min s", "frames", "ms / frame", "share of 720p floor"], rows)
 
 
 def _floor(benches: list[Bench]) -> list[str]:
-    rows = [[fmt(info(b).get("resolution")), fmt(info(b).get("frames")),
-             fmt(info(b).get("seconds"), 3), fmt(info(b).get("fps"), 1),
-             fmt(info(b).get("rtf"), 3), fmt(info(b).get("cpu_util"), 2)]
-            for b in sorted(of_kind(benches, "floor"),
-                            key=lambda b: _res_order(info(b).get("resolution")))]
+    rows = [
+        [
+            fmt(info(b).get("resolution")),
+            fmt(info(b).get("frames")),
+            fmt(info(b).get("seconds"), 3),
+            fmt(info(b).get("fps"), 1),
+            fmt(info(b).get("rtf"), 3),
+            fmt(info(b).get("cpu_util"), 2),
+        ]
+        for b in sorted(
+            of_kind(benches, "floor"), key=lambda b: _res_order(info(b).get("resolution"))
+        )
+    ]
     return table(["resolution", "frames", "seconds", "fps", "RTF", "CPU (cores)"], rows)
 
 
 def _e2e(benches: list[Bench]) -> list[str]:
     rows = []
-    for b in sorted(of_kind(benches, "e2e"),
-                    key=lambda b: (info(b).get("cache") != "warm",
-                                   _res_order(info(b).get("resolution")))):
+    for b in sorted(
+        of_kind(benches, "e2e"),
+        key=lambda b: (info(b).get("cache") != "warm", _res_order(info(b).get("resolution"))),
+    ):
         i = info(b)
-        rows.append([fmt(i.get("resolution")), fmt(i.get("cache")), fmt(i.get("frames")),
-                     fmt(i.get("seconds"), 3), fmt(i.get("fps"), 1), fmt(i.get("rtf"), 3),
-                     fmt(i.get("ratio_to_floor"), 2), fmt(i.get("cpu_ratio_to_floor"), 2),
-                     fmt(i.get("ttff_s"), 3),
-                     fmt(i.get("peak_rss_mb"), 0), fmt(i.get("job_rss_mb"), 0),
-                     fmt(i.get("cpu_util"), 2)])
-    return table(["resolution", "template cache", "frames", "seconds", "output fps", "RTF",
-                  "ratio to floor", "CPU ratio to floor", "first frame s", "peak RSS MB",
-                  "job RSS MB", "CPU (cores)"], rows)
+        rows.append(
+            [
+                fmt(i.get("resolution")),
+                fmt(i.get("cache")),
+                fmt(i.get("frames")),
+                fmt(i.get("seconds"), 3),
+                fmt(i.get("fps"), 1),
+                fmt(i.get("rtf"), 3),
+                fmt(i.get("ratio_to_floor"), 2),
+                fmt(i.get("cpu_ratio_to_floor"), 2),
+                fmt(i.get("ttff_s"), 3),
+                fmt(i.get("peak_rss_mb"), 0),
+                fmt(i.get("job_rss_mb"), 0),
+                fmt(i.get("cpu_util"), 2),
+            ]
+        )
+    return table(
+        [
+            "resolution",
+            "template cache",
+            "frames",
+            "seconds",
+            "output fps",
+            "RTF",
+            "ratio to floor",
+            "CPU ratio to floor",
+            "first frame s",
+            "peak RSS MB",
+            "job RSS MB",
+            "CPU (cores)",
+        ],
+        rows,
+    )
 
 
 def _cache(benches: list[Bench]) -> list[str]:
-    rows = [[fmt(info(b).get("resolution")), fmt(info(b).get("ttff_first_s"), 3),
-             fmt(info(b).get("ttff_second_s"), 3), fmt(info(b).get("speedup"), 1, "x"),
-             ">= " + fmt(info(b).get("target"), 1, "x"), verdict(info(b).get("meets_target"))]
-            for b in of_kind(benches, "cache")]
-    return table(["resolution", "first job: first frame s", "second job: first frame s",
-                  "speedup", "target", "verdict"], rows)
+    rows = [
+        [
+            fmt(info(b).get("resolution")),
+            fmt(info(b).get("ttff_first_s"), 3),
+            fmt(info(b).get("ttff_second_s"), 3),
+            fmt(info(b).get("speedup"), 1, "x"),
+            ">= " + fmt(info(b).get("target"), 1, "x"),
+            verdict(info(b).get("meets_target")),
+        ]
+        for b in of_kind(benches, "cache")
+    ]
+    return table(
+        [
+            "resolution",
+            "first job: first frame s",
+            "second job: first frame s",
+            "speedup",
+            "target",
+            "verdict",
+        ],
+        rows,
+    )
 
 
 def _memory(benches: list[Bench]) -> list[str]:
     rows = []
     for b in of_kind(benches, "memory"):
         i = info(b)
-        rows.append([fmt(i.get("resolution")),
-                     f"{fmt(i.get('short_audio_s'), 0)} s: {fmt(i.get('rss_short_mb'), 0)}",
-                     f"{fmt(i.get('long_audio_s'), 0)} s: {fmt(i.get('rss_long_mb'), 0)}",
-                     fmt(i.get("ratio"), 3, "x"), fmt(i.get("job_ratio"), 2, "x"),
-                     "<= " + fmt(i.get("target"), 1, "x"), verdict(i.get("meets_target"))])
-    return table(["resolution", "peak RSS MB (short)", "peak RSS MB (long)", "ratio",
-                  "job-only ratio", "target", "verdict"], rows)
+        rows.append(
+            [
+                fmt(i.get("resolution")),
+                f"{fmt(i.get('short_audio_s'), 0)} s: {fmt(i.get('rss_short_mb'), 0)}",
+                f"{fmt(i.get('long_audio_s'), 0)} s: {fmt(i.get('rss_long_mb'), 0)}",
+                fmt(i.get("ratio"), 3, "x"),
+                fmt(i.get("job_ratio"), 2, "x"),
+                "<= " + fmt(i.get("target"), 1, "x"),
+                verdict(i.get("meets_target")),
+            ]
+        )
+    return table(
+        [
+            "resolution",
+            "peak RSS MB (short)",
+            "peak RSS MB (long)",
+            "ratio",
+            "job-only ratio",
+            "target",
+            "verdict",
+        ],
+        rows,
+    )
 
 
 def _workers(benches: list[Bench]) -> list[str]:
-    rows = [[fmt(info(b).get("workers")), fmt(info(b).get("start_method")),
-             fmt(info(b).get("seconds"), 3), fmt(info(b).get("fps"), 1),
-             fmt(info(b).get("ratio_to_workers0"), 2), fmt(info(b).get("ttff_s"), 3),
-             fmt(info(b).get("cpu_util"), 2)]
-            for b in sorted(of_kind(benches, "workers"), key=lambda b: info(b).get("workers", 0))]
-    return table(["num_workers", "start", "seconds", "fps", "ratio to 0 workers",
-                  "first frame s", "CPU (cores)"], rows)
+    rows = [
+        [
+            fmt(info(b).get("workers")),
+            fmt(info(b).get("start_method")),
+            fmt(info(b).get("seconds"), 3),
+            fmt(info(b).get("fps"), 1),
+            fmt(info(b).get("ratio_to_workers0"), 2),
+            fmt(info(b).get("ttff_s"), 3),
+            fmt(info(b).get("cpu_util"), 2),
+        ]
+        for b in sorted(of_kind(benches, "workers"), key=lambda b: info(b).get("workers", 0))
+    ]
+    return table(
+        [
+            "num_workers",
+            "start",
+            "seconds",
+            "fps",
+            "ratio to 0 workers",
+            "first frame s",
+            "CPU (cores)",
+        ],
+        rows,
+    )
 
 
 def _backends(benches: list[Bench]) -> list[str]:
-    rows = [["end to end (" + fmt(info(b).get("generator")) + ", "
-             + fmt(info(b).get("resolution")) + ")", fmt(info(b).get("backend")),
-             fmt(info(b).get("seconds"), 3), fmt(info(b).get("fps"), 1),
-             fmt(info(b).get("ratio_to_ort"), 2)]
-            for b in of_kind(benches, "backend")]
+    rows = [
+        [
+            "end to end ("
+            + fmt(info(b).get("generator"))
+            + ", "
+            + fmt(info(b).get("resolution"))
+            + ")",
+            fmt(info(b).get("backend")),
+            fmt(info(b).get("seconds"), 3),
+            fmt(info(b).get("fps"), 1),
+            fmt(info(b).get("ratio_to_ort"), 2),
+        ]
+        for b in of_kind(benches, "backend")
+    ]
     for b in of_kind(benches, "generator"):
         i = info(b)
-        rows.append([f"{i.get('generator')} batch {i.get('batch')}", fmt(i.get("backend")),
-                     fmt(stat(b), 4), fmt(i.get("fps"), 1),
-                     fmt(i.get("ratio_to_ort", 1.0 if i.get("backend") == "onnxruntime"
-                                              else None), 2)])
+        rows.append(
+            [
+                f"{i.get('generator')} batch {i.get('batch')}",
+                fmt(i.get("backend")),
+                fmt(stat(b), 4),
+                fmt(i.get("fps"), 1),
+                fmt(i.get("ratio_to_ort", 1.0 if i.get("backend") == "onnxruntime" else None), 2),
+            ]
+        )
     return table(["what", "backend", "seconds", "frames / s", "ratio to ORT"], rows)
 
 
 def _ort_options(benches: list[Bench]) -> list[str]:
-    rows = [[fmt(info(b).get("model")), fmt(info(b).get("batch")), fmt(info(b).get("threads")),
-             fmt(info(b).get("level")), fmt(info(b).get("per_frame_ms"), 3),
-             fmt(info(b).get("ratio_to_default"), 2), fmt(info(b).get("session_create_s"), 2)]
-            for b in of_kind(benches, "ort_options")]
-    return table(["model", "batch", "intra-op threads", "graph optimisation", "ms / frame",
-                  "ratio to default", "session create s"], rows)
+    rows = [
+        [
+            fmt(info(b).get("model")),
+            fmt(info(b).get("batch")),
+            fmt(info(b).get("threads")),
+            fmt(info(b).get("level")),
+            fmt(info(b).get("per_frame_ms"), 3),
+            fmt(info(b).get("ratio_to_default"), 2),
+            fmt(info(b).get("session_create_s"), 2),
+        ]
+        for b in of_kind(benches, "ort_options")
+    ]
+    return table(
+        [
+            "model",
+            "batch",
+            "intra-op threads",
+            "graph optimisation",
+            "ms / frame",
+            "ratio to default",
+            "session create s",
+        ],
+        rows,
+    )
 
 
 def _other(benches: list[Bench], known: set[str]) -> list[str]:
-    rows = [[b.get("name", "?"), fmt(stat(b), 4), fmt(stat(b, "median"), 4)]
-            for b in benches if info(b).get("kind") not in known]
+    rows = [
+        [b.get("name", "?"), fmt(stat(b), 4), fmt(stat(b, "median"), 4)]
+        for b in benches
+        if info(b).get("kind") not in known
+    ]
     return table(["benchmark", "min s", "median s"], rows) if rows else []
 
 
@@ -186,18 +310,30 @@ SECTIONS: list[tuple[str, str, Callable[[list[Bench]], list[str]]]] = [
     ("backend", "ONNX Runtime vs torch", _backends),
     ("ort_options", "ONNX Runtime session options", _ort_options),
 ]
-KINDS = {"floor", "e2e", "stage", "generator", "cache", "memory", "workers", "backend",
-         "ort_options"}
+KINDS = {
+    "floor",
+    "e2e",
+    "stage",
+    "generator",
+    "cache",
+    "memory",
+    "workers",
+    "backend",
+    "ort_options",
+}
 
 
 def render(benches: list[Bench], source: str = "") -> str:
     lines = ["# Benchmark summary", ""]
     if source:
         lines += [f"Source: `{source}`.", ""]
-    lines += ["Times are the minimum over rounds. RTF = processing time / media time (below 1 "
-              "is faster than real time). Ratios are the median of per-round ratios, each "
-              "round against a baseline run just before it (floor, 0 workers, ORT, default "
-              "session); CPU ratio = CPU seconds / the baseline's CPU seconds.", ""]
+    lines += [
+        "Times are the minimum over rounds. RTF = processing time / media time (below 1 "
+        "is faster than real time). Ratios are the median of per-round ratios, each "
+        "round against a baseline run just before it (floor, 0 workers, ORT, default "
+        "session); CPU ratio = CPU seconds / the baseline's CPU seconds.",
+        "",
+    ]
     present = {info(b).get("kind") for b in benches}
     for kind, title, section in SECTIONS:
         wanted = {kind, "generator"} if kind in ("stage", "backend") else {kind}
@@ -221,13 +357,21 @@ def floor_reference(benches: list[Bench], stat_name: str) -> float | None:
     return None
 
 
-def compare(current: list[Bench], baseline: list[Bench], *, threshold: float,
-            stat_name: str = "min", normalize: str = "floor") -> tuple[list[str], bool]:
+def compare(
+    current: list[Bench],
+    baseline: list[Bench],
+    *,
+    threshold: float,
+    stat_name: str = "min",
+    normalize: str = "floor",
+) -> tuple[list[str], bool]:
     """Rows of current/baseline ratios; True when any is above ``threshold``."""
     cur_ref = base_ref = None
     if normalize == "floor":
-        cur_ref, base_ref = (floor_reference(current, stat_name),
-                             floor_reference(baseline, stat_name))
+        cur_ref, base_ref = (
+            floor_reference(current, stat_name),
+            floor_reference(baseline, stat_name),
+        )
     normalised = bool(cur_ref and base_ref)
     by_name = {_key(b): b for b in baseline}
     rows: list[list[str]] = []
@@ -243,25 +387,46 @@ def compare(current: list[Bench], baseline: list[Bench], *, threshold: float,
         bad = ratio > threshold
         regressed |= bad
         rows.append([_key(bench), f"{raw:.3f}", f"{ratio:.3f}", "REGRESSED" if bad else "ok"])
-    note = (f"normalised by each file's {FLOOR_RESOLUTION} transcode floor" if normalised
-            else "raw (no floor benchmark in both files)")
-    lines = [f"# Benchmark comparison ({stat_name}, {note}; threshold {threshold:g})", "",
-             *table(["benchmark", "raw ratio", "ratio", "status"], rows), ""]
+    note = (
+        f"normalised by each file's {FLOOR_RESOLUTION} transcode floor"
+        if normalised
+        else "raw (no floor benchmark in both files)"
+    )
+    lines = [
+        f"# Benchmark comparison ({stat_name}, {note}; threshold {threshold:g})",
+        "",
+        *table(["benchmark", "raw ratio", "ratio", "status"], rows),
+        "",
+    ]
     return lines, regressed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.summary", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m benchmarks.summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("results", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
-    parser.add_argument("-o", "--output", type=Path,
-                        help="write the Markdown summary (and comparison) here, not to stdout")
-    parser.add_argument("--compare", type=Path, metavar="BASELINE",
-                        help="also compare with this baseline JSON; the comparison is printed "
-                             "and the exit code is 1 if anything regressed")
-    parser.add_argument("--threshold", type=float, default=1.25,
-                        help="fail when current/baseline exceeds this (default 1.25)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write the Markdown summary (and comparison) here, not to stdout",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BASELINE",
+        help="also compare with this baseline JSON; the comparison is printed "
+        "and the exit code is 1 if anything regressed",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=1.25,
+        help="fail when current/baseline exceeds this (default 1.25)",
+    )
     parser.add_argument("--stat", default="min", choices=["min", "median", "mean"])
     parser.add_argument("--normalize", default="floor", choices=["floor", "none"])
     args = parser.parse_args(argv)
@@ -274,8 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = render(current, source=str(args.results))
     comparison, regressed = "", False
     if baseline is not None:
-        lines, regressed = compare(current, baseline, threshold=args.threshold,
-                                   stat_name=args.stat, normalize=args.normalize)
+        lines, regressed = compare(
+            current,
+            baseline,
+            threshold=args.threshold,
+            stat_name=args.stat,
+            normalize=args.normalize,
+        )
         comparison = "\n".join(lines)
     try:
         if args.output:

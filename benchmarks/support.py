@@ -102,8 +102,9 @@ class Samples:
 Setup = Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
 
 
-def timed(fn: Callable[..., Any], samples: Samples, *, with_cpu: bool,
-          keep: bool = True) -> Callable[..., Any]:
+def timed(
+    fn: Callable[..., Any], samples: Samples, *, with_cpu: bool, keep: bool = True
+) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         cpu0 = cpu_seconds() if with_cpu else 0.0
         start = time.perf_counter()
@@ -118,12 +119,14 @@ def timed(fn: Callable[..., Any], samples: Samples, *, with_cpu: bool,
     return wrapper
 
 
-def pedantic(benchmark: Any, fn: Callable[..., Any], *, n_rounds: int,
-             setup: Setup | None = None) -> Samples:
+def pedantic(
+    benchmark: Any, fn: Callable[..., Any], *, n_rounds: int, setup: Setup | None = None
+) -> Samples:
     """Slow things: a fixed number of rounds, one call each."""
     samples = Samples()
-    benchmark.pedantic(timed(fn, samples, with_cpu=True), setup=setup, rounds=rounds(n_rounds),
-                       iterations=1)
+    benchmark.pedantic(
+        timed(fn, samples, with_cpu=True), setup=setup, rounds=rounds(n_rounds), iterations=1
+    )
     return samples
 
 
@@ -151,8 +154,14 @@ class Paired:
         return sum(self.samples.cpu) / base if base > 0 else float("nan")
 
 
-def pedantic_paired(benchmark: Any, fn: Callable[..., Any], baseline: Callable[[], object], *,
-                    n_rounds: int, setup: Setup | None = None) -> Paired:
+def pedantic_paired(
+    benchmark: Any,
+    fn: Callable[..., Any],
+    baseline: Callable[[], object],
+    *,
+    n_rounds: int,
+    setup: Setup | None = None,
+) -> Paired:
     base = Samples()
     run_base = timed(baseline, base, with_cpu=True, keep=False)
 
@@ -211,8 +220,9 @@ def best_of(n: int, fn: Callable[[], object]) -> float:
 
 
 # -- the transcode floor -----------------------------------------------------------------
-def transcode_floor(source: Path, target: Path, n_frames: int, *, preset: str, crf: int,
-                    threads: int) -> int:
+def transcode_floor(
+    source: Path, target: Path, n_frames: int, *, preset: str, crf: int, threads: int
+) -> int:
     """Plain PyAV decode + libx264 re-encode of ``n_frames`` frames, looping the source.
 
     The least any pipeline must do for the same output: same decoder threading, encoder
@@ -235,8 +245,11 @@ def transcode_floor(source: Path, target: Path, n_frames: int, *, preset: str, c
                         stream.width, stream.height = frame.width, frame.height
                         stream.pix_fmt = "yuv420p"
                         stream.codec_context.time_base = time_base
-                        stream.options = {"preset": preset, "crf": str(crf),
-                                          "threads": str(threads)}
+                        stream.options = {
+                            "preset": preset,
+                            "crf": str(crf),
+                            "threads": str(threads),
+                        }
                     if frame.format.name != "yuv420p":
                         frame = frame.reformat(format="yuv420p")
                     frame.pts = written
@@ -270,8 +283,11 @@ class Media:
         width, height = self.size(res)
         path = self.root / f"template-{res}-{width}x{height}.mp4"
         if not path.exists():
-            write_video(path, iter_template_frames(SCALE.template_seconds, fps=FPS,
-                                                   size=(width, height)), fps=FPS)
+            write_video(
+                path,
+                iter_template_frames(SCALE.template_seconds, fps=FPS, size=(width, height)),
+                fps=FPS,
+            )
         return path
 
     def audio_seconds(self, which: str) -> float:
@@ -319,9 +335,14 @@ class Models:
             from heygem.generators.loader import load_generator
 
             self._runners[key] = load_generator(
-                generator, self.checkpoint(generator), backend=backend, device="cpu",
-                threads=self.budget.ort_threads, require_gpu=False,
-                cache_dir=self.onnx_dir.parent)
+                generator,
+                self.checkpoint(generator),
+                backend=backend,
+                device="cpu",
+                threads=self.budget.ort_threads,
+                require_gpu=False,
+                cache_dir=self.onnx_dir.parent,
+            )
         return self._runners[key]
 
     def onnx_path(self, generator: str) -> Path:
@@ -351,14 +372,23 @@ class Pipelines:
         self._pipelines: dict[tuple[Any, ...], Pipeline] = {}
         self._counter = 0
 
-    def options(self, *, generator: str = "mouthwarp", backend: str = "onnxruntime",
-                workers: int = 0, batch_size: int = 16,
-                cache_dir: Path | None = None) -> GenerateOptions:
+    def options(
+        self,
+        *,
+        generator: str = "mouthwarp",
+        backend: str = "onnxruntime",
+        workers: int = 0,
+        batch_size: int = 16,
+        cache_dir: Path | None = None,
+    ) -> GenerateOptions:
         return GenerateOptions(
             generator=generator,  # type: ignore[arg-type]
             checkpoint=self.models.checkpoint(generator),
             backend=backend,  # type: ignore[arg-type]
-            device="cpu", batch_size=batch_size, num_workers=workers, start_method="spawn",
+            device="cpu",
+            batch_size=batch_size,
+            num_workers=workers,
+            start_method="spawn",
             cache_dir=cache_dir or self.warm_cache,
             # Spawned workers import torch on a busy 2-core box; a stall is not what we time.
             stall_timeout=120.0,
@@ -376,11 +406,13 @@ class Pipelines:
         """An empty template cache (exported models linked in)."""
         self._counter += 1
         return self.models.job_cache(
-            Path(tempfile.mkdtemp(prefix=f"cold{self._counter}-", dir=self.media.root)))
+            Path(tempfile.mkdtemp(prefix=f"cold{self._counter}-", dir=self.media.root))
+        )
 
     def cold(self, **config: Any) -> Pipeline:
-        pipeline = Pipeline(self.options(cache_dir=self.fresh_cache(), **config),
-                            budget=self.budget)
+        pipeline = Pipeline(
+            self.options(cache_dir=self.fresh_cache(), **config), budget=self.budget
+        )
         pipeline.load()
         return pipeline
 
@@ -388,8 +420,9 @@ class Pipelines:
         """Fill (or read) the template cache of ``pipeline`` for the template at ``res``."""
         pipeline = pipeline or self.get()
         _, spec = pipeline.load()
-        inputs = pipeline.check_inputs(self.media.audio("short"), self.media.template(res),
-                                       self.media.output("plan"))
+        inputs = pipeline.check_inputs(
+            self.media.audio("short"), self.media.template(res), self.media.output("plan")
+        )
         return pipeline.plan_template(inputs, spec)
 
 
@@ -434,17 +467,32 @@ class FreshJobs:
     def run(self, res: str, audio: str = "short", **config: Any) -> dict[str, Any]:
         self.pipelines.plan(res)  # template cache warm, as in the timed runs
         opts = self.pipelines.options(**config)
-        cmd = [sys.executable, "-m", "benchmarks.fresh_job",
-               "--audio", str(self.media.audio(audio)),
-               "--video", str(self.media.template(res)),
-               "--output", str(self.media.output(f"fresh-{res}-{audio}")),
-               "--cache-dir", str(opts.cache_dir),
-               "--generator", opts.generator, "--backend", opts.backend,
-               "--workers", str(opts.num_workers), "--batch-size", str(opts.batch_size)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.fresh_job",
+            "--audio",
+            str(self.media.audio(audio)),
+            "--video",
+            str(self.media.template(res)),
+            "--output",
+            str(self.media.output(f"fresh-{res}-{audio}")),
+            "--cache-dir",
+            str(opts.cache_dir),
+            "--generator",
+            opts.generator,
+            "--backend",
+            opts.backend,
+            "--workers",
+            str(opts.num_workers),
+            "--batch-size",
+            str(opts.batch_size),
+        ]
         if opts.checkpoint is not None:
             cmd += ["--checkpoint", str(opts.checkpoint)]
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                              check=False)
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"fresh job failed ({proc.returncode}): {proc.stderr[-3000:]}")
         data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -452,8 +500,12 @@ class FreshJobs:
 
 
 # -- misc --------------------------------------------------------------------------------
-def decoded_frames(path: Path, width: int, height: int, limit: int | None = None,
-                   ) -> Iterator[av.VideoFrame]:
+def decoded_frames(
+    path: Path,
+    width: int,
+    height: int,
+    limit: int | None = None,
+) -> Iterator[av.VideoFrame]:
     from heygem.media.frames import iter_template_frames as decode
 
     for index, frame in enumerate(decode(path, width, height)):
@@ -475,17 +527,23 @@ DEFAULTS = GenerateOptions()
 
 
 def run_floor(media: Media, budget: ThreadBudget, res: str, n_frames: int) -> int:
-    return transcode_floor(media.template(res), media.output(f"floor-{res}-{n_frames}"),
-                           n_frames, preset=DEFAULTS.preset, crf=DEFAULTS.crf,
-                           threads=budget.x264_threads)
+    return transcode_floor(
+        media.template(res),
+        media.output(f"floor-{res}-{n_frames}"),
+        n_frames,
+        preset=DEFAULTS.preset,
+        crf=DEFAULTS.crf,
+        threads=budget.x264_threads,
+    )
 
 
 def floor_key(res: str, n_frames: int) -> str:
     return f"floor:{res}:{n_frames}"
 
 
-def time_floor(baselines: Baselines, media: Media, budget: ThreadBudget, res: str,
-               n_frames: int) -> float:
+def time_floor(
+    baselines: Baselines, media: Media, budget: ThreadBudget, res: str, n_frames: int
+) -> float:
     """Run the floor once and add it to the floor's samples (a paired measurement)."""
     start = time.perf_counter()
     run_floor(media, budget, res, n_frames)
@@ -494,8 +552,9 @@ def time_floor(baselines: Baselines, media: Media, budget: ThreadBudget, res: st
     return seconds
 
 
-def floor_seconds(baselines: Baselines, media: Media, budget: ThreadBudget, res: str,
-                  n_frames: int) -> float:
+def floor_seconds(
+    baselines: Baselines, media: Media, budget: ThreadBudget, res: str, n_frames: int
+) -> float:
     """Best floor time at ``res`` for ``n_frames`` over every floor run so far this session
     (its benchmark's rounds and the runs paired with end-to-end rounds); measured now if
     there is none."""

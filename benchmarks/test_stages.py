@@ -45,8 +45,12 @@ BACKENDS = ("onnxruntime", "torch")  # ORT first: torch divides by it
 def _stage_info(stage: str, seconds: float, frames: int, floor: float) -> dict[str, Any]:
     per_frame = seconds / frames
     return {
-        "kind": "stage", "stage": stage, "resolution": MAIN, "frames": frames,
-        "seconds": round(seconds, 6), "per_frame_ms": round(per_frame * 1000.0, 4),
+        "kind": "stage",
+        "stage": stage,
+        "resolution": MAIN,
+        "frames": frames,
+        "seconds": round(seconds, 6),
+        "per_frame_ms": round(per_frame * 1000.0, 4),
         "share_of_floor": round(per_frame * N_FLOOR / floor, 4),
     }
 
@@ -59,8 +63,9 @@ def floor(baselines: Baselines, media: Media, budget: ThreadBudget) -> float:
 @pytest.mark.benchmark(group="stage")
 def test_decode(benchmark: Any, media: Media, floor: float) -> None:
     path, (width, height) = media.template(MAIN), media.size(MAIN)
-    samples = pedantic(benchmark, lambda: sum(1 for _ in iter_template_frames(path, width, height)),
-                       n_rounds=3)
+    samples = pedantic(
+        benchmark, lambda: sum(1 for _ in iter_template_frames(path, width, height)), n_rounds=3
+    )
     assert samples.last > 0
     benchmark.extra_info.update(_stage_info("decode", samples.best, samples.last, floor))
 
@@ -85,16 +90,27 @@ def test_voice_activity(benchmark: Any, media: Media, floor: float) -> None:
 
 def _plan(media: Media, pipelines: Pipelines, cache: Any) -> Any:
     (width, height), crop = media.size(MAIN), pipelines.get().load()[1].crop
-    return plan_template(media.template(MAIN), width, height, crop, cache_dir=cache,
-                         max_frames=DEFAULTS.max_template_frames)
+    return plan_template(
+        media.template(MAIN),
+        width,
+        height,
+        crop,
+        cache_dir=cache,
+        max_frames=DEFAULTS.max_template_frames,
+    )
 
 
 @pytest.mark.benchmark(group="stage")
-def test_face_detect_cold(benchmark: Any, media: Media, pipelines: Pipelines,
-                          baselines: Baselines, floor: float) -> None:
+def test_face_detect_cold(
+    benchmark: Any, media: Media, pipelines: Pipelines, baselines: Baselines, floor: float
+) -> None:
     """Detection, smoothing and crop extraction on an empty cache."""
-    samples = pedantic(benchmark, lambda cache: _plan(media, pipelines, cache), n_rounds=2,
-                       setup=lambda: ((pipelines.fresh_cache(),), {}))
+    samples = pedantic(
+        benchmark,
+        lambda cache: _plan(media, pipelines, cache),
+        n_rounds=2,
+        setup=lambda: ((pipelines.fresh_cache(),), {}),
+    )
     plan = samples.last
     assert not plan.from_cache and plan.valid.any()
     baselines.record("face:cold", samples.best)
@@ -104,14 +120,16 @@ def test_face_detect_cold(benchmark: Any, media: Media, pipelines: Pipelines,
 
 
 @pytest.mark.benchmark(group="stage")
-def test_face_detect_cache_hit(benchmark: Any, media: Media, pipelines: Pipelines,
-                               baselines: Baselines, floor: float) -> None:
+def test_face_detect_cache_hit(
+    benchmark: Any, media: Media, pipelines: Pipelines, baselines: Baselines, floor: float
+) -> None:
     pipelines.plan(MAIN)
     plan = _plan(media, pipelines, pipelines.warm_cache)
     assert plan.from_cache
     samples = auto(benchmark, _plan, media, pipelines, pipelines.warm_cache)
-    cold = baselines.get("face:cold", lambda: best_of(
-        1, lambda: _plan(media, pipelines, pipelines.fresh_cache())))
+    cold = baselines.get(
+        "face:cold", lambda: best_of(1, lambda: _plan(media, pipelines, pipelines.fresh_cache()))
+    )
     info = _stage_info("face_detect_cache_hit", samples.best, plan.n_frames, floor)
     info["speedup_vs_cold"] = round(cold / samples.best, 1)
     benchmark.extra_info.update(info)
@@ -123,8 +141,9 @@ def test_face_detect_cache_hit(benchmark: Any, media: Media, pipelines: Pipeline
     [(g, b, n) for g in GENERATORS for n in SCALE.batch_sizes for b in BACKENDS],
     ids=lambda v: f"b{v}" if isinstance(v, int) else str(v),
 )
-def test_generator_batch(benchmark: Any, models: Models, floor: float,
-                         generator: str, backend: str, batch: int) -> None:
+def test_generator_batch(
+    benchmark: Any, models: Models, floor: float, generator: str, backend: str, batch: int
+) -> None:
     runner, spec = models.runner(generator, backend)
     face, mel = random_batch(spec.crop.size, batch)
     runner.run(face, mel)  # the first call allocates; not what a running job pays
@@ -134,14 +153,24 @@ def test_generator_batch(benchmark: Any, models: Models, floor: float,
         samples = pedantic(benchmark, lambda: runner.run(face, mel), n_rounds=n_rounds)
     else:  # each round right after an ORT run of the same batch
         ort_runner = models.runner(generator, "onnxruntime")[0]
-        paired = pedantic_paired(benchmark, lambda: runner.run(face, mel),
-                                 lambda: ort_runner.run(face, mel), n_rounds=n_rounds)
+        paired = pedantic_paired(
+            benchmark,
+            lambda: runner.run(face, mel),
+            lambda: ort_runner.run(face, mel),
+            n_rounds=n_rounds,
+        )
         samples, ratio = paired.samples, paired.ratio
     assert samples.last.shape == face.shape
     info = _stage_info(f"generate[{generator}/{backend}]", samples.best, batch, floor)
-    info.update(kind="generator", generator=generator, backend=backend, batch=batch,
-                fps=round(batch / samples.best, 1), providers=list(runner.info.used),
-                ratio_to_ort=round(ratio, 3))
+    info.update(
+        kind="generator",
+        generator=generator,
+        backend=backend,
+        batch=batch,
+        fps=round(batch / samples.best, 1),
+        providers=list(runner.info.used),
+        ratio_to_ort=round(ratio, 3),
+    )
     benchmark.extra_info.update(info)
 
 
@@ -154,8 +183,9 @@ def test_composite(benchmark: Any, media: Media, pipelines: Pipelines, floor: fl
     width, height = media.size(MAIN)
     frame = list(decoded_frames(media.template(MAIN), width, height, limit=index + 1))[-1]
     region = tuple(int(v) for v in plan.regions[index])
-    crop = np.random.default_rng(0).integers(0, 256, (spec.crop.size, spec.crop.size, 3),
-                                             dtype=np.uint8)
+    crop = np.random.default_rng(0).integers(
+        0, 256, (spec.crop.size, spec.crop.size, 3), dtype=np.uint8
+    )
     samples = auto(benchmark, composite, frame, region, crop, spec.crop.kind)
     info = _stage_info("composite", samples.best, 1, floor)
     info["region"] = list(region)
@@ -171,8 +201,16 @@ def test_encode_mux(benchmark: Any, media: Media, budget: ThreadBudget, floor: f
     audio, out = media.audio("short"), media.output("encode")
 
     def encode() -> int:
-        writer = Mp4Writer(out, width=width, height=height, fps=FPS, preset=DEFAULTS.preset,
-                           crf=DEFAULTS.crf, threads=budget.x264_threads, audio_path=audio)
+        writer = Mp4Writer(
+            out,
+            width=width,
+            height=height,
+            fps=FPS,
+            preset=DEFAULTS.preset,
+            crf=DEFAULTS.crf,
+            threads=budget.x264_threads,
+            audio_path=audio,
+        )
         for frame in frames:
             writer.write_video(frame)
         writer.finish()

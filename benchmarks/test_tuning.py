@@ -42,10 +42,13 @@ def _job_info(paired: Paired, media: Media) -> dict[str, Any]:
     runs: list[JobRun] = samples.results
     result = runs[-1].result
     return {
-        "resolution": MAIN, "frames": result.frames, "seconds": round(samples.best, 3),
+        "resolution": MAIN,
+        "frames": result.frames,
+        "seconds": round(samples.best, 3),
         "fps": round(result.frames / samples.best, 2),
         "rtf": round(samples.best / media.audio_seconds("short"), 3),
-        "cpu_util": round(samples.cpu_util, 2), "ttff_s": round(min(r.ttff for r in runs), 3),
+        "cpu_util": round(samples.cpu_util, 2),
+        "ttff_s": round(min(r.ttff for r in runs), 3),
         "timings": result.timings,
         "baseline_s": round(paired.base.best, 3),
         "cpu_ratio": round(paired.cpu_ratio, 3),
@@ -61,35 +64,52 @@ def _job(pipeline: Pipeline, media: Media, name: str) -> Callable[[], JobRun]:
 # More workers than cores is the point of the comparison, not a mistake to warn about.
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 @pytest.mark.parametrize("workers", WORKERS, ids=lambda w: f"workers{w}")
-def test_dataloader_workers(benchmark: Any, media: Media, pipelines: Pipelines,
-                            baselines: Baselines, workers: int) -> None:
+def test_dataloader_workers(
+    benchmark: Any, media: Media, pipelines: Pipelines, baselines: Baselines, workers: int
+) -> None:
     """The HeyGem ``num_threads`` knob, with spawn: worker start-up is part of every job."""
     pipeline = pipelines.get(workers=workers)
     pipelines.plan(MAIN)
     # Each round follows a workers=0 job (for workers=0 too: its ratio shows the noise).
-    paired = pedantic_paired(benchmark, _job(pipeline, media, "workers"),
-                             _job(pipelines.get(workers=0), media, "workers0"), n_rounds=2)
+    paired = pedantic_paired(
+        benchmark,
+        _job(pipeline, media, "workers"),
+        _job(pipelines.get(workers=0), media, "workers0"),
+        n_rounds=2,
+    )
     info = _job_info(paired, media)
-    info.update(kind="workers", workers=workers, start_method=pipeline.options.start_method,
-                batch_size=pipeline.options.batch_size,
-                ratio_to_workers0=round(paired.ratio, 3))
+    info.update(
+        kind="workers",
+        workers=workers,
+        start_method=pipeline.options.start_method,
+        batch_size=pipeline.options.batch_size,
+        ratio_to_workers0=round(paired.ratio, 3),
+    )
     benchmark.extra_info.update(info)
 
 
 @pytest.mark.benchmark(group="backend")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_backend_end_to_end(benchmark: Any, media: Media, pipelines: Pipelines,
-                            baselines: Baselines, backend: str) -> None:
+def test_backend_end_to_end(
+    benchmark: Any, media: Media, pipelines: Pipelines, baselines: Baselines, backend: str
+) -> None:
     """The same generator (mouthwarp) end to end on ONNX Runtime and on torch."""
     pipeline = pipelines.get(backend=backend)
     pipelines.plan(MAIN)
-    paired = pedantic_paired(benchmark, _job(pipeline, media, "backend"),
-                             _job(pipelines.get(backend="onnxruntime"), media, "backend-ort"),
-                             n_rounds=2)
+    paired = pedantic_paired(
+        benchmark,
+        _job(pipeline, media, "backend"),
+        _job(pipelines.get(backend="onnxruntime"), media, "backend-ort"),
+        n_rounds=2,
+    )
     info = _job_info(paired, media)
-    info.update(kind="backend", generator="mouthwarp", backend=backend,
-                providers=list(paired.samples.last.result.providers_used),
-                ratio_to_ort=round(paired.ratio, 3))
+    info.update(
+        kind="backend",
+        generator="mouthwarp",
+        backend=backend,
+        providers=list(paired.samples.last.result.providers_used),
+        ratio_to_ort=round(paired.ratio, 3),
+    )
     benchmark.extra_info.update(info)
 
 
@@ -116,9 +136,15 @@ def _session(path: str, threads: int, level: str) -> Any:
     [(m, t, lv) for m in ("mouthwarp", "wav2lip") for t in ORT_THREADS for lv in ORT_LEVELS],
     ids=lambda v: f"threads{v}" if isinstance(v, int) else str(v),
 )
-def test_ort_session_options(benchmark: Any, models: Models, baselines: Baselines,
-                             budget: ThreadBudget, model: str, threads: int,
-                             level: str) -> None:
+def test_ort_session_options(
+    benchmark: Any,
+    models: Models,
+    baselines: Baselines,
+    budget: ThreadBudget,
+    model: str,
+    threads: int,
+    level: str,
+) -> None:
     path = str(models.onnx_path(model))
     _, spec = models.runner(model, "onnxruntime")
     batch = ORT_BATCH[model]
@@ -128,17 +154,28 @@ def test_ort_session_options(benchmark: Any, models: Models, baselines: Baseline
     session = _session(path, threads, level)
     created = time.perf_counter() - start
     session.run(None, feeds)  # first run allocates
-    default = baselines.get(f"ort-session:{model}",
-                            lambda: _session(path, budget.ort_threads, "all"))
+    default = baselines.get(
+        f"ort-session:{model}", lambda: _session(path, budget.ort_threads, "all")
+    )
     default.run(None, feeds)
     n_rounds = 10 if model == "mouthwarp" else 3
     # Each round follows a run of the pipeline's own configuration (OrtRunner's).
-    paired = pedantic_paired(benchmark, lambda: session.run(None, feeds),
-                             lambda: default.run(None, feeds), n_rounds=n_rounds)
+    paired = pedantic_paired(
+        benchmark,
+        lambda: session.run(None, feeds),
+        lambda: default.run(None, feeds),
+        n_rounds=n_rounds,
+    )
     best = paired.samples.best
     benchmark.extra_info.update(
-        kind="ort_options", model=model, threads=threads, level=level, batch=batch,
-        seconds=round(best, 5), per_frame_ms=round(best / batch * 1000, 3),
-        session_create_s=round(created, 3), default_threads=budget.ort_threads,
+        kind="ort_options",
+        model=model,
+        threads=threads,
+        level=level,
+        batch=batch,
+        seconds=round(best, 5),
+        per_frame_ms=round(best / batch * 1000, 3),
+        session_create_s=round(created, 3),
+        default_threads=budget.ort_threads,
         ratio_to_default=round(paired.ratio, 3),
     )

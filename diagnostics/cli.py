@@ -83,36 +83,81 @@ def _fault(text: str) -> FaultInjection:
 def _common() -> _Parser:
     # SUPPRESS: a subcommand's default must not overwrite `heygem-diagnose -v/--json CMD`.
     common = _Parser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logging, tracebacks on errors")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the report as JSON on stdout")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging, tracebacks on errors",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the report as JSON on stdout",
+    )
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version",
-                        version=f"{PROG} (heygem-harness {__version__})")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, tracebacks on errors")
+    parser = _Parser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} (heygem-harness {__version__})"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_common()]
     raw = argparse.RawDescriptionHelpFormatter  # keep the paragraphs of the descriptions
-    _add_env(sub.add_parser("env", parents=common, help="check this machine (the doctor)",
-                            description=ENV_HELP, formatter_class=raw))
-    _add_log(sub.add_parser("log", parents=common, help="analyse a HeyGem dh.log",
-                            description=LOG_HELP, formatter_class=raw))
-    _add_ps(sub.add_parser("ps", parents=common, help="inspect live heygem processes",
-                           description=PS_HELP, formatter_class=raw))
-    _add_probe(sub.add_parser("run-probe", parents=common,
-                              help="one small generation under the watchdogs",
-                              description=PROBE_HELP, formatter_class=raw))
-    _add_regress(sub.add_parser("regress", parents=common,
-                                help="golden output fingerprints: record, check for drift",
-                                description=REGRESS_HELP, formatter_class=raw))
+    _add_env(
+        sub.add_parser(
+            "env",
+            parents=common,
+            help="check this machine (the doctor)",
+            description=ENV_HELP,
+            formatter_class=raw,
+        )
+    )
+    _add_log(
+        sub.add_parser(
+            "log",
+            parents=common,
+            help="analyse a HeyGem dh.log",
+            description=LOG_HELP,
+            formatter_class=raw,
+        )
+    )
+    _add_ps(
+        sub.add_parser(
+            "ps",
+            parents=common,
+            help="inspect live heygem processes",
+            description=PS_HELP,
+            formatter_class=raw,
+        )
+    )
+    _add_probe(
+        sub.add_parser(
+            "run-probe",
+            parents=common,
+            help="one small generation under the watchdogs",
+            description=PROBE_HELP,
+            formatter_class=raw,
+        )
+    )
+    _add_regress(
+        sub.add_parser(
+            "regress",
+            parents=common,
+            help="golden output fingerprints: record, check for drift",
+            description=REGRESS_HELP,
+            formatter_class=raw,
+        )
+    )
     return parser
 
 
@@ -192,39 +237,73 @@ def _add_regress(p: argparse.ArgumentParser) -> None:
 
     actions = p.add_subparsers(dest="regress_command", required=True, metavar="ACTION")
     common = [_common()]
-    record = actions.add_parser("record", parents=common, help="run the scenarios, write a "
-                                "golden directory", description=RECORD_HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    check = actions.add_parser("check", parents=common, help="compare a fresh run with a "
-                               "golden record", description=CHECK_HELP,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    record = actions.add_parser(
+        "record",
+        parents=common,
+        help="run the scenarios, write a golden directory",
+        description=RECORD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check = actions.add_parser(
+        "check",
+        parents=common,
+        help="compare a fresh run with a golden record",
+        description=CHECK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     scenario_help = f"run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)}"
     for action in (record, check):
-        action.add_argument("--scenario", action="append", choices=SCENARIO_NAMES,
-                            metavar="NAME", help=scenario_help)
-    record.add_argument("--out", type=Path, default=DEFAULT_GOLDEN, metavar="DIR",
-                        help="golden directory to write (default: the checkout's "
-                             "tests/golden)")
+        action.add_argument(
+            "--scenario",
+            action="append",
+            choices=SCENARIO_NAMES,
+            metavar="NAME",
+            help=scenario_help,
+        )
+    record.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_GOLDEN,
+        metavar="DIR",
+        help="golden directory to write (default: the checkout's tests/golden)",
+    )
     record.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    record.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="cpu (default: reproducible) or cuda/auto to fingerprint a GPU")
-    check.add_argument("--golden", type=Path, default=DEFAULT_GOLDEN, metavar="DIR",
-                       help="golden directory (default: the checkout's tests/golden)")
-    check.add_argument("--update", action="store_true",
-                       help="after comparing, write this run as the new golden (deliberate "
-                            "re-record)")
-    check.add_argument("--perturb", type=_perturbation, metavar="STAGE:AMOUNT",
-                       help="rehearse a drift, e.g. generate:0.01")
+    record.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cpu (default: reproducible) or cuda/auto to fingerprint a GPU",
+    )
+    check.add_argument(
+        "--golden",
+        type=Path,
+        default=DEFAULT_GOLDEN,
+        metavar="DIR",
+        help="golden directory (default: the checkout's tests/golden)",
+    )
+    check.add_argument(
+        "--update",
+        action="store_true",
+        help="after comparing, write this run as the new golden (deliberate re-record)",
+    )
+    check.add_argument(
+        "--perturb",
+        type=_perturbation,
+        metavar="STAGE:AMOUNT",
+        help="rehearse a drift, e.g. generate:0.01",
+    )
 
 
 def _add_env(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="DataLoader batch size (4)")
-    p.add_argument("--num-workers", type=_count, default=4,
-                   help="DataLoader workers, HeyGem's num_threads (4)")
+    p.add_argument(
+        "--num-workers", type=_count, default=4, help="DataLoader workers, HeyGem's num_threads (4)"
+    )
     p.add_argument("--prefetch", type=int, default=2, help="DataLoader prefetch_factor (2)")
     p.add_argument("--face-size", type=int, default=512, help="face crop side in pixels (512)")
-    p.add_argument("--only", action="append", metavar="ID",
-                   help="run only this probe (repeatable); see --list")
+    p.add_argument(
+        "--only", action="append", metavar="ID", help="run only this probe (repeatable); see --list"
+    )
     p.add_argument("--list", action="store_true", help="list the probe ids and exit")
     p.add_argument("--strict", action="store_true", help="exit 1 on WARN as well as FAIL")
 
@@ -235,38 +314,64 @@ def _add_log(p: argparse.ArgumentParser) -> None:
 
 def _add_ps(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=int, help="root of the tree to inspect")
-    p.add_argument("--pattern", default="heygem",
-                   help="without --pid: command-line substring to look for (heygem)")
+    p.add_argument(
+        "--pattern",
+        default="heygem",
+        help="without --pid: command-line substring to look for (heygem)",
+    )
 
 
 def _add_probe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="seconds of speech (3)")
-    p.add_argument("--template-seconds", type=float, default=2.0,
-                   help="seconds of template video (2; shorter than the speech, so the "
-                        "ping-pong loop runs)")
-    p.add_argument("--size", type=_size, default=(512, 512), metavar="WxH",
-                   help="template size (512x512, HeyGem's face size)")
+    p.add_argument(
+        "--template-seconds",
+        type=float,
+        default=2.0,
+        help="seconds of template video (2; shorter than the speech, so the ping-pong loop runs)",
+    )
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=(512, 512),
+        metavar="WxH",
+        help="template size (512x512, HeyGem's face size)",
+    )
     p.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
     p.add_argument("--checkpoint", type=Path, help="Wav2Lip .pth (for --generator wav2lip)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--require-gpu", action="store_true",
-                   help="a CPU fallback is an error instead of a warning")
+    p.add_argument(
+        "--require-gpu", action="store_true", help="a CPU fallback is an error instead of a warning"
+    )
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=_count, default=0,
-                   help="DataLoader worker processes (HeyGem's num_threads)")
+    p.add_argument(
+        "--num-workers",
+        type=_count,
+        default=0,
+        help="DataLoader worker processes (HeyGem's num_threads)",
+    )
     p.add_argument("--start-method", choices=START_METHODS, default="spawn")
-    p.add_argument("--stall-timeout", type=float, default=10.0,
-                   help="seconds a stage may stay silent before the watchdog fires (10)")
-    p.add_argument("--fault", type=_fault, metavar="STAGE:KIND[:SECONDS]",
-                   help="inject a failure: stage decode/load/generate/compose, kind "
-                        "hang/crash/slow/kill/sigbus/never_start")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a stage may stay silent before the watchdog fires (10)",
+    )
+    p.add_argument(
+        "--fault",
+        type=_fault,
+        metavar="STAGE:KIND[:SECONDS]",
+        help="inject a failure: stage decode/load/generate/compose, kind "
+        "hang/crash/slow/kill/sigbus/never_start",
+    )
     p.add_argument("--cache-dir", type=Path, help="template/ONNX cache (~/.cache/heygem)")
-    p.add_argument("--keep-output", type=Path, metavar="PATH",
-                   help="keep the generated MP4 here")
-    p.add_argument("--timeout", type=float,
-                   help="outer deadline in seconds, in case the watchdog never fires "
-                        "(default: derived from the inputs and options)")
+    p.add_argument("--keep-output", type=Path, metavar="PATH", help="keep the generated MP4 here")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="outer deadline in seconds, in case the watchdog never fires "
+        "(default: derived from the inputs and options)",
+    )
 
 
 # --- commands -------------------------------------------------------------------------
@@ -287,8 +392,12 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.list:
         _emit(args, {"probes": list(PROBES)}, "\n".join(PROBES))
         return EXIT_OK
-    config = DoctorConfig(batch_size=args.batch_size, num_workers=args.num_workers,
-                          prefetch_factor=args.prefetch, face_size=args.face_size)
+    config = DoctorConfig(
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        prefetch_factor=args.prefetch,
+        face_size=args.face_size,
+    )
     report = run_doctor(config, only=args.only)
     _emit(args, report.to_dict(), format_doctor_report(report))
     bad = {Status.FAIL, Status.WARN} if args.strict else {Status.FAIL}
@@ -345,15 +454,26 @@ def _probe_config(args: argparse.Namespace) -> ProbeConfig:
     fault = args.fault or (parse_fault(env_fault) if env_fault else None)
     extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     options = GenerateOptions(
-        generator=args.generator, checkpoint=args.checkpoint, backend=args.backend,
-        device=args.device, require_gpu=args.require_gpu, batch_size=args.batch_size,
-        num_workers=args.num_workers, start_method=args.start_method,
-        stall_timeout=args.stall_timeout, fault=fault,
+        generator=args.generator,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        device=args.device,
+        require_gpu=args.require_gpu,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        start_method=args.start_method,
+        stall_timeout=args.stall_timeout,
+        fault=fault,
         **extra,
     )
-    return ProbeConfig(options=options, audio_seconds=args.seconds,
-                       template_seconds=args.template_seconds, size=args.size,
-                       keep_output=args.keep_output, timeout=args.timeout)
+    return ProbeConfig(
+        options=options,
+        audio_seconds=args.seconds,
+        template_seconds=args.template_seconds,
+        size=args.size,
+        keep_output=args.keep_output,
+        timeout=args.timeout,
+    )
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -394,17 +514,31 @@ def cmd_regress(args: argparse.Namespace) -> int:
     interactive = not args.json and sys.stderr.isatty()
     if args.regress_command == "record":
         with _scenario_progress(interactive) as on_scenario:
-            record = regress.record_run(args.scenario, backend=args.backend,
-                                        device=args.device, on_scenario=on_scenario)
+            record = regress.record_run(
+                args.scenario, backend=args.backend, device=args.device, on_scenario=on_scenario
+            )
         regress.write_golden(args.out, record)
         files, size = regress.golden_size(args.out)
-        _emit(args, {"golden": str(args.out), "scenarios": list(record["scenarios"]),
-                     "files": files, "bytes": size, "environment": record["environment"]},
-              regress.format_record_summary(args.out, record))
+        _emit(
+            args,
+            {
+                "golden": str(args.out),
+                "scenarios": list(record["scenarios"]),
+                "files": files,
+                "bytes": size,
+                "environment": record["environment"],
+            },
+            regress.format_record_summary(args.out, record),
+        )
         return EXIT_OK
     with _scenario_progress(interactive) as on_scenario:
-        report = regress.check(args.golden, args.scenario, perturb=args.perturb,
-                               update=args.update, on_scenario=on_scenario)
+        report = regress.check(
+            args.golden,
+            args.scenario,
+            perturb=args.perturb,
+            update=args.update,
+            on_scenario=on_scenario,
+        )
     _emit(args, report.to_dict(), regress.format_check_report(report))
     return EXIT_OK if report.ok or args.update else EXIT_PROBLEMS
 
@@ -423,7 +557,10 @@ def _scenario_progress(enabled: bool) -> Iterator[Callable[[str], None] | None]:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "env": cmd_env, "log": cmd_log, "ps": cmd_ps, "run-probe": cmd_probe,
+    "env": cmd_env,
+    "log": cmd_log,
+    "ps": cmd_ps,
+    "run-probe": cmd_probe,
     "regress": cmd_regress,
 }
 
@@ -448,8 +585,11 @@ def _could_not_run(exc: BaseException, verbose: bool) -> int:
 
 def _configure_logging(verbose: bool) -> None:
     # basicConfig leaves an already configured root alone (an embedding app, pytest).
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,14 +79,26 @@ class DoctorConfig:
     def __post_init__(self) -> None:
         positive = ("batch_size", "face_size", "face_channels", "prefetch_factor")
         bad = [n for n in positive if getattr(self, n) < 1]
-        bad += [n for n in ("faces_per_sample", "mel_bins", "mel_steps", "num_workers",
-                            "main_process_bytes", "worker_process_bytes") if getattr(self, n) < 0]
+        bad += [
+            n
+            for n in (
+                "faces_per_sample",
+                "mel_bins",
+                "mel_steps",
+                "num_workers",
+                "main_process_bytes",
+                "worker_process_bytes",
+            )
+            if getattr(self, n) < 0
+        ]
         if self.child_timeout_s <= 0:
             bad.append("child_timeout_s")
         if bad:
-            raise InvalidOption(f"DoctorConfig: invalid {', '.join(bad)}",
-                                hint="sizes and counts must be >= 0 (>= 1 for batch/face/"
-                                     "prefetch), the timeout > 0")
+            raise InvalidOption(
+                f"DoctorConfig: invalid {', '.join(bad)}",
+                hint="sizes and counts must be >= 0 (>= 1 for batch/face/"
+                "prefetch), the timeout > 0",
+            )
 
     @property
     def sample_bytes(self) -> int:
@@ -95,22 +107,30 @@ class DoctorConfig:
 
     @property
     def shm_need_bytes(self) -> int:
-        return dataloader_shm_need_bytes(self.batch_size, self.sample_bytes, self.num_workers,
-                                         self.prefetch_factor)
+        return dataloader_shm_need_bytes(
+            self.batch_size, self.sample_bytes, self.num_workers, self.prefetch_factor
+        )
 
     @property
     def memory_need_bytes(self) -> int:
-        return (self.main_process_bytes + self.num_workers * self.worker_process_bytes
-                + self.shm_need_bytes)
+        return (
+            self.main_process_bytes
+            + self.num_workers * self.worker_process_bytes
+            + self.shm_need_bytes
+        )
 
     def shm_detail(self) -> str:
-        return (f"({self.num_workers} workers x prefetch {self.prefetch_factor} + 1) batches x "
-                f"{self.batch_size} samples x {fmt_bytes(self.sample_bytes)} x safety "
-                f"{SHM_SAFETY_FACTOR:g}")
+        return (
+            f"({self.num_workers} workers x prefetch {self.prefetch_factor} + 1) batches x "
+            f"{self.batch_size} samples x {fmt_bytes(self.sample_bytes)} x safety "
+            f"{SHM_SAFETY_FACTOR:g}"
+        )
 
     def memory_detail(self) -> str:
-        return (f"main {fmt_bytes(self.main_process_bytes)} + {self.num_workers} workers x "
-                f"{fmt_bytes(self.worker_process_bytes)} + shm {fmt_bytes(self.shm_need_bytes)}")
+        return (
+            f"main {fmt_bytes(self.main_process_bytes)} + {self.num_workers} workers x "
+            f"{fmt_bytes(self.worker_process_bytes)} + shm {fmt_bytes(self.shm_need_bytes)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -156,16 +176,16 @@ def run_doctor(
     config = config or DoctorConfig()
     unknown = sorted(set(only or ()) - PROBES.keys())
     if unknown:
-        raise InvalidOption(f"unknown probe(s): {', '.join(unknown)}",
-                            hint=f"choose from {', '.join(PROBES)}")
+        raise InvalidOption(
+            f"unknown probe(s): {', '.join(unknown)}", hint=f"choose from {', '.join(PROBES)}"
+        )
     results = []
     for probe_id, probe in PROBES.items():
         if only is not None and probe_id not in only:
             continue
         started = time.perf_counter()
         result = never_raises(probe_id, probe_id)(probe)(config)
-        log.debug("probe %s: %s in %.2fs", probe_id, result.status,
-                  time.perf_counter() - started)
+        log.debug("probe %s: %s in %.2fs", probe_id, result.status, time.perf_counter() - started)
         results.append(result)
     return DoctorReport(results)
 

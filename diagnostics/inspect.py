@@ -175,8 +175,9 @@ def _wchan(pid: int) -> str | None:
     return value if value and value != "0" else None
 
 
-def _describe(proc: psutil.Process, cpu: float | None,
-              gpu_by_pid: dict[int, list[GpuProcess]]) -> ProcessInfo:
+def _describe(
+    proc: psutil.Process, cpu: float | None, gpu_by_pid: dict[int, list[GpuProcess]]
+) -> ProcessInfo:
     status = _safe(proc.status, "unknown")
     rss = _safe(lambda: proc.memory_info().rss, None)
     return ProcessInfo(
@@ -211,8 +212,19 @@ def looks_like_ours(cmdline: Iterable[str]) -> bool:
 
 # Processes that adopt orphans (PID 1 or a child subreaper); a worker whose parent is one
 # of these has lost the process that started it.
-REAPER_NAMES = frozenset({"init", "systemd", "tini", "docker-init", "dumb-init", "catatonit",
-                          "containerd-shim", "containerd-shim-runc-v2", "s6-svscan"})
+REAPER_NAMES = frozenset(
+    {
+        "init",
+        "systemd",
+        "tini",
+        "docker-init",
+        "dumb-init",
+        "catatonit",
+        "containerd-shim",
+        "containerd-shim-runc-v2",
+        "s6-svscan",
+    }
+)
 
 
 def _name_of(pid: int) -> str:
@@ -246,15 +258,21 @@ def _parent_text(ppid: int) -> str:
 def _zombie_finding(p: ProcessInfo) -> Finding:
     age = _safe(lambda: time.time() - psutil.Process(p.pid).create_time(), None)
     since = f", created {age:.0f}s ago" if age is not None else ""
-    message = (f"pid {p.pid} ({p.name}) is <defunct>{since}: it exited but its "
-               f"{_parent_text(p.ppid)} has not wait()ed for it")
+    message = (
+        f"pid {p.pid} ({p.name}) is <defunct>{since}: it exited but its "
+        f"{_parent_text(p.ppid)} has not wait()ed for it"
+    )
     if p.ppid == 1:
-        fix = ("PID 1 here does not reap orphans: run the container with --init (tini) or "
-               "make PID 1 a real init.")
+        fix = (
+            "PID 1 here does not reap orphans: run the container with --init (tini) or "
+            "make PID 1 a real init."
+        )
     else:
-        fix = (f"Only the parent ({p.ppid}) can reap it: the parent must join()/wait() its "
-               "children (Process.join(), Popen.wait(), or handle SIGCHLD). If the parent is "
-               "stuck, stopping it hands the zombie to PID 1, which reaps it if it is an init.")
+        fix = (
+            f"Only the parent ({p.ppid}) can reap it: the parent must join()/wait() its "
+            "children (Process.join(), Popen.wait(), or handle SIGCHLD). If the parent is "
+            "stuck, stopping it hands the zombie to PID 1, which reaps it if it is an init."
+        )
     return Finding("zombie", p.pid, message, fix)
 
 
@@ -262,11 +280,16 @@ def _d_state_finding(p: ProcessInfo) -> Finding:
     where = f"pid {p.pid} ({p.name}) is in uninterruptible sleep (D)"
     freezer = frozen_by(p.pid)
     if freezer:
-        return Finding("d-state", p.pid, f"{where}: frozen by the cgroup freezer {freezer}",
-                       "Thaw it: docker unpause, or write THAWED to freezer.state "
-                       "(cgroup v1) / 0 to cgroup.freeze (v2).")
+        return Finding(
+            "d-state",
+            p.pid,
+            f"{where}: frozen by the cgroup freezer {freezer}",
+            "Thaw it: docker unpause, or write THAWED to freezer.state "
+            "(cgroup v1) / 0 to cgroup.freeze (v2).",
+        )
     return Finding(
-        "d-state", p.pid,
+        "d-state",
+        p.pid,
         f"{where} in {p.wchan or 'an unknown kernel function'}: blocked in the kernel "
         "(disk/NFS I/O, GPU driver) and immune to signals until it returns",
         "Look at the device or mount it waits on (wchan above, dmesg); a stuck GPU driver "
@@ -283,13 +306,16 @@ def _findings(processes: list[ProcessInfo], orphans: list[ProcessInfo]) -> list[
             found.append(_d_state_finding(p))
     for p in orphans:
         if not p.is_zombie:
-            found.append(Finding(
-                "orphan", p.pid,
-                f"pid {p.pid} ({' '.join(p.cmdline)[:120]!r}) was re-parented to {p.ppid}: "
-                "its parent died without stopping it",
-                f"Kill it (kill {p.pid}); make the parent stop its workers on every exit "
-                "path (daemon=True, or terminate()+join() in a finally).",
-            ))
+            found.append(
+                Finding(
+                    "orphan",
+                    p.pid,
+                    f"pid {p.pid} ({' '.join(p.cmdline)[:120]!r}) was re-parented to {p.ppid}: "
+                    "its parent died without stopping it",
+                    f"Kill it (kill {p.pid}); make the parent stop its workers on every exit "
+                    "path (daemon=True, or terminate()+join() in a finally).",
+                )
+            )
     return found
 
 
@@ -305,9 +331,10 @@ def inspect_process_tree(
     try:
         root = psutil.Process(pid)
     except psutil.NoSuchProcess as exc:
-        raise InputNotFound(f"no process with pid {pid}",
-                            hint="check the pid (heygem-diagnose ps without --pid lists "
-                                 "heygem processes)") from exc
+        raise InputNotFound(
+            f"no process with pid {pid}",
+            hint="check the pid (heygem-diagnose ps without --pid lists heygem processes)",
+        ) from exc
     no_children: list[psutil.Process] = []
     procs = [root, *_safe(lambda: root.children(recursive=True), no_children)]
     tree_pids = {p.pid for p in procs}
@@ -378,7 +405,8 @@ def reap_zombie_children(only: Collection[int] | None = None) -> list[ReapedChil
     no_children: list[psutil.Process] = []
     for child in _safe(lambda: psutil.Process().children(), no_children):
         if (only is not None and child.pid not in only) or _safe(
-                child.status, "") != psutil.STATUS_ZOMBIE:
+            child.status, ""
+        ) != psutil.STATUS_ZOMBIE:
             continue
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
@@ -393,8 +421,10 @@ def reap_zombie_children(only: Collection[int] | None = None) -> list[ReapedChil
 def format_process_report(report: ProcessTreeReport) -> str:
     """Human-readable tree: one line per process, then findings with fixes, then notes."""
     depth = {report.root_pid: 0}
-    lines = [f"process tree of pid {report.root_pid}: {len(report.processes)} process(es), "
-             f"{len(report.findings)} finding(s)"]
+    lines = [
+        f"process tree of pid {report.root_pid}: {len(report.processes)} process(es), "
+        f"{len(report.findings)} finding(s)"
+    ]
     for p in report.processes:
         level = depth.setdefault(p.pid, depth.get(p.ppid, -1) + 1)
         lines.append("  " * level + _line(p))
@@ -416,5 +446,7 @@ def _line(p: ProcessInfo) -> str:
     shm = f" shm {len({s.path for s in p.shm})} ({fmt_bytes(shm_bytes)} mapped)" if p.shm else ""
     gpu = "".join(f" gpu{g.device_index} {fmt_bytes(g.used_memory or 0)}" for g in p.gpu)
     cmd = " ".join(p.cmdline).replace("\n", " ")[:100] or p.name
-    return (f"{p.pid} [{p.display_status}] threads {p.threads if p.threads is not None else '?'}"
-            f" cpu {cpu} rss {rss}{shm}{gpu}  {cmd}")
+    return (
+        f"{p.pid} [{p.display_status}] threads {p.threads if p.threads is not None else '?'}"
+        f" cpu {cpu} rss {rss}{shm}{gpu}  {cmd}"
+    )

@@ -103,18 +103,24 @@ class ProbeConfig:
         self.options.validated()
         width, height = self.size
         if not (64 <= width <= 3840 and 64 <= height <= 2160) or width % 2 or height % 2:
-            raise InvalidOption(f"probe size {width}x{height} is not usable",
-                                hint="use even sizes from 64x64 to 3840x2160 (H.264 4:2:0 "
-                                     "needs even dimensions), e.g. 512x512")
+            raise InvalidOption(
+                f"probe size {width}x{height} is not usable",
+                hint="use even sizes from 64x64 to 3840x2160 (H.264 4:2:0 "
+                "needs even dimensions), e.g. 512x512",
+            )
         if not 0 < self.audio_seconds <= 600 or not 0 < self.template_seconds <= 60:
-            raise InvalidOption("probe durations out of range",
-                                hint="use 0 < seconds <= 600 and 0 < template seconds <= 60")
+            raise InvalidOption(
+                "probe durations out of range",
+                hint="use 0 < seconds <= 600 and 0 < template seconds <= 60",
+            )
         if self.timeout is not None and self.timeout <= 0:
             raise InvalidOption(f"probe timeout {self.timeout} must be > 0")
         if self.keep_output is not None and not self.keep_output.parent.is_dir():
-            raise InvalidOption(f"cannot keep the output at {self.keep_output}: "
-                                f"{self.keep_output.parent} is not a directory",
-                                hint="pass a path in an existing directory")
+            raise InvalidOption(
+                f"cannot keep the output at {self.keep_output}: "
+                f"{self.keep_output.parent} is not a directory",
+                hint="pass a path in an existing directory",
+            )
 
     @property
     def deadline(self) -> float:
@@ -210,8 +216,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(p) for p in parts)
     except ValueError:
-        raise InvalidOption(f"size {text!r} is not WIDTHxHEIGHT", hint="e.g. --size 512x512") \
-            from None
+        raise InvalidOption(
+            f"size {text!r} is not WIDTHxHEIGHT", hint="e.g. --size 512x512"
+        ) from None
     return width, height
 
 
@@ -221,8 +228,10 @@ def parse_fault(text: str) -> FaultInjection:
     if fault is None:
         raise InvalidOption("empty fault", hint="use STAGE:KIND[:SECONDS], e.g. generate:hang:30")
     if fault.stage not in FAULT_STAGES:
-        raise InvalidOption(f"fault stage {fault.stage!r} is not a pipeline stage",
-                            hint=f"choose one of: {', '.join(FAULT_STAGES)}")
+        raise InvalidOption(
+            f"fault stage {fault.stage!r} is not a pipeline stage",
+            hint=f"choose one of: {', '.join(FAULT_STAGES)}",
+        )
     return fault
 
 
@@ -290,8 +299,7 @@ def classify_error(exc: BaseException) -> tuple[Outcome, str]:
 
 def _evidence(exc: BaseException) -> ProbeEvidence:
     if isinstance(exc, HeygemError):
-        return ProbeEvidence(type(exc).__name__, exc.message, exc.hint,
-                             getattr(exc, "stage", None))
+        return ProbeEvidence(type(exc).__name__, exc.message, exc.hint, getattr(exc, "stage", None))
     return ProbeEvidence(type(exc).__name__, str(exc) or repr(exc), None, None)
 
 
@@ -301,8 +309,9 @@ def build_inputs(directory: Path, config: ProbeConfig) -> tuple[Path, Path]:
     from heygem.audio.synth import synth_speech
     from heygem.demo import iter_template_frames, write_video, write_wav
 
-    audio = write_wav(directory / "speech.wav",
-                      synth_speech(config.audio_seconds, seed=config.seed))
+    audio = write_wav(
+        directory / "speech.wav", synth_speech(config.audio_seconds, seed=config.seed)
+    )
     frames = iter_template_frames(config.template_seconds, size=config.size)
     video = write_video(directory / f"template-{config.size[0]}x{config.size[1]}.mp4", frames)
     return audio, video
@@ -340,15 +349,17 @@ def leftover_children(before: set[int], grace: float) -> tuple[str, ...]:
             children = psutil.Process().children(recursive=True)
         except psutil.Error:
             children = []
-        left = tuple(d for p in children if p.pid not in before
-                     if (d := _describe_child(p)) is not None)
+        left = tuple(
+            d for p in children if p.pid not in before if (d := _describe_child(p)) is not None
+        )
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.05)
 
 
-def _run_with_deadline(fn: Callable[[threading.Event], GenerationResult],
-                       deadline: float, stall_timeout: float) -> GenerationResult:
+def _run_with_deadline(
+    fn: Callable[[threading.Event], GenerationResult], deadline: float, stall_timeout: float
+) -> GenerationResult:
     """Run ``fn`` in a thread; if it outlives ``deadline``, cancel it and raise.
 
     The pipeline's own watchdog should always answer first; this is the probe's guarantee
@@ -382,7 +393,8 @@ def _run_with_deadline(fn: Callable[[threading.Event], GenerationResult],
             f"of {deadline:g} s (its stall timeout is {stall_timeout:g} s)",
             stage=None,
             hint="with a deadline well above the stall timeout the watchdog missed a stall "
-                 "(a bug: rerun with -v for the pipeline log); otherwise raise --timeout")
+            "(a bug: rerun with -v for the pipeline log); otherwise raise --timeout",
+        )
     if "error" in box:
         raise box["error"]
     result: GenerationResult = box["result"]
@@ -416,9 +428,14 @@ def _captured_logs(echo: bool) -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-def _generate(pipeline: Pipeline, audio: Path, video: Path, output: Path,
-              progress: Callable[[int, int], None] | None,
-              cancel: threading.Event) -> GenerationResult:
+def _generate(
+    pipeline: Pipeline,
+    audio: Path,
+    video: Path,
+    output: Path,
+    progress: Callable[[int, int], None] | None,
+    cancel: threading.Event,
+) -> GenerationResult:
     # Load first, on its own, so providers are known even when streaming fails; its time
     # is then folded back into the result's timings (the pipeline sees a warm model).
     started = time.perf_counter()
@@ -431,9 +448,12 @@ def _generate(pipeline: Pipeline, audio: Path, video: Path, output: Path,
     return replace(result, timings=timings)
 
 
-def run_probe(config: ProbeConfig | None = None, *,
-              progress: Callable[[int, int], None] | None = None,
-              echo_logs: bool = True) -> ProbeOutcome:
+def run_probe(
+    config: ProbeConfig | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    echo_logs: bool = True,
+) -> ProbeOutcome:
     """Generate once on small synthetic inputs and report how it went. Never raises for a
     failed run (that is the finding); only KeyboardInterrupt propagates."""
     config = config or ProbeConfig()
@@ -443,8 +463,10 @@ def run_probe(config: ProbeConfig | None = None, *,
     result: GenerationResult | None = None
     error: BaseException | None = None
     pipeline: Pipeline | None = None
-    with tempfile.TemporaryDirectory(prefix="heygem-probe-") as tmp, \
-            _captured_logs(echo_logs) as log_lines:
+    with (
+        tempfile.TemporaryDirectory(prefix="heygem-probe-") as tmp,
+        _captured_logs(echo_logs) as log_lines,
+    ):
         output = config.keep_output or Path(tmp) / "probe.mp4"
         try:
             from heygem.pipeline import Pipeline
@@ -453,19 +475,30 @@ def run_probe(config: ProbeConfig | None = None, *,
             pipe = pipeline = Pipeline(config.options)
             result = _run_with_deadline(
                 lambda cancel: _generate(pipe, audio, video, output, progress, cancel),
-                config.deadline, config.options.stall_timeout)
+                config.deadline,
+                config.options.stall_timeout,
+            )
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a failed run is the probe's finding
             log.debug("probe run failed", exc_info=True)
             error = exc
     left = leftover_children(before, config.child_grace)
-    return _outcome(config, result, error, pipeline, versions, left, tuple(log_lines),
-                    time.perf_counter() - started)
+    return _outcome(
+        config,
+        result,
+        error,
+        pipeline,
+        versions,
+        left,
+        tuple(log_lines),
+        time.perf_counter() - started,
+    )
 
 
-def _providers(result: GenerationResult | None,
-               pipeline: Pipeline | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _providers(
+    result: GenerationResult | None, pipeline: Pipeline | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if result is not None:
         return result.providers_requested, result.providers_used
     runner = getattr(pipeline, "_runner", None)  # loaded before the stream failed, if at all
@@ -475,9 +508,16 @@ def _providers(result: GenerationResult | None,
     return tuple(info.requested), tuple(info.used)
 
 
-def _outcome(config: ProbeConfig, result: GenerationResult | None, error: BaseException | None,
-             pipeline: Pipeline | None, versions: dict[str, str | None],
-             left: tuple[str, ...], log_lines: tuple[str, ...], duration: float) -> ProbeOutcome:
+def _outcome(
+    config: ProbeConfig,
+    result: GenerationResult | None,
+    error: BaseException | None,
+    pipeline: Pipeline | None,
+    versions: dict[str, str | None],
+    left: tuple[str, ...],
+    log_lines: tuple[str, ...],
+    duration: float,
+) -> ProbeOutcome:
     requested, used = _providers(result, pipeline)
     # A refused fallback (--require-gpu) is still a fallback, even with no session to show.
     fallback = is_cpu_fallback(requested, used) or isinstance(error, ProviderUnavailable)
@@ -490,12 +530,22 @@ def _outcome(config: ProbeConfig, result: GenerationResult | None, error: BaseEx
     fps = round(frames / total, 2) if frames and total else None
     kept = config.keep_output is not None and result is not None
     return ProbeOutcome(
-        outcome=outcome, cause=cause, evidence=_evidence(error) if error else None,
-        frames=frames, fps=fps, providers_requested=requested, providers_used=used,
-        cpu_fallback=fallback, warnings=result.warnings if result else (),
-        duration_s=round(duration, 3), timings=dict(result.timings) if result else {},
-        versions=versions, leftover_children=len(left), leftover_detail=left,
-        config=config.describe(), output=str(config.keep_output) if kept else None,
+        outcome=outcome,
+        cause=cause,
+        evidence=_evidence(error) if error else None,
+        frames=frames,
+        fps=fps,
+        providers_requested=requested,
+        providers_used=used,
+        cpu_fallback=fallback,
+        warnings=result.warnings if result else (),
+        duration_s=round(duration, 3),
+        timings=dict(result.timings) if result else {},
+        versions=versions,
+        leftover_children=len(left),
+        leftover_detail=left,
+        config=config.describe(),
+        output=str(config.keep_output) if kept else None,
         log=log_lines,
     )
 
@@ -511,8 +561,7 @@ def _clipped(message: str) -> list[str]:
     if len(lines) <= _HEAD_LINES + _TAIL_LINES + 1:
         return lines
     cut = len(lines) - _HEAD_LINES - _TAIL_LINES
-    return [*lines[:_HEAD_LINES], f"... ({cut} lines omitted, see --json)",
-            *lines[-_TAIL_LINES:]]
+    return [*lines[:_HEAD_LINES], f"... ({cut} lines omitted, see --json)", *lines[-_TAIL_LINES:]]
 
 
 def format_probe_outcome(outcome: ProbeOutcome) -> str:
@@ -530,14 +579,19 @@ def format_probe_outcome(outcome: ProbeOutcome) -> str:
     ]
     if outcome.frames is not None:
         lines.append(f"  frames: {outcome.frames} at {outcome.fps or 0:.1f} fps throughput")
-    lines.append(f"  providers: used {', '.join(outcome.providers_used) or 'unknown'} "
-                 f"(requested {', '.join(outcome.providers_requested) or 'unknown'}); "
-                 f"CPU fallback: {'YES' if outcome.cpu_fallback else 'no'}")
-    lines.append(f"  duration: {outcome.duration_s:.1f} s; leftover child processes: "
-                 f"{outcome.leftover_children}")
+    lines.append(
+        f"  providers: used {', '.join(outcome.providers_used) or 'unknown'} "
+        f"(requested {', '.join(outcome.providers_requested) or 'unknown'}); "
+        f"CPU fallback: {'YES' if outcome.cpu_fallback else 'no'}"
+    )
+    lines.append(
+        f"  duration: {outcome.duration_s:.1f} s; leftover child processes: "
+        f"{outcome.leftover_children}"
+    )
     lines += [f"    {d}" for d in outcome.leftover_detail]
-    lines.append("  versions: " + ", ".join(f"{k} {v or 'missing'}"
-                                            for k, v in outcome.versions.items()))
+    lines.append(
+        "  versions: " + ", ".join(f"{k} {v or 'missing'}" for k, v in outcome.versions.items())
+    )
     lines += [f"  warning: {w}" for w in outcome.warnings]
     if outcome.output:
         lines.append(f"  output kept: {outcome.output}")

@@ -66,10 +66,15 @@ RECORD_FILE = "regress.json"
 FRAMES_DIR = "frames"
 # Distributions whose versions explain drift (metadata only, no imports).
 _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
-    "numpy": ("numpy",), "scipy": ("scipy",), "librosa": ("librosa",),
-    "torch": ("torch",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "onnx": ("onnx",), "opencv": ("opencv-python-headless", "opencv-python"),
-    "av": ("av",), "heygem-harness": ("heygem-harness",),
+    "numpy": ("numpy",),
+    "scipy": ("scipy",),
+    "librosa": ("librosa",),
+    "torch": ("torch",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnx": ("onnx",),
+    "opencv": ("opencv-python-headless", "opencv-python"),
+    "av": ("av",),
+    "heygem-harness": ("heygem-harness",),
 }
 
 
@@ -78,44 +83,59 @@ def library_versions() -> dict[str, str | None]:
     return installed_versions(_DISTRIBUTIONS)
 
 
-def record_run(scenarios: Sequence[str] | None = None, *, backend: str = "onnxruntime",
-               device: str = "cpu", perturb: Perturbation | None = None,
-               label: str | None = None, workdir: Path | None = None,
-               on_scenario: Callable[[str], None] | None = None) -> dict[str, Any]:
+def record_run(
+    scenarios: Sequence[str] | None = None,
+    *,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    perturb: Perturbation | None = None,
+    label: str | None = None,
+    workdir: Path | None = None,
+    on_scenario: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the scenarios and return the record (JSON-ready, sampled frames inline)."""
     from diagnostics.regress_run import RunSettings, run_fingerprints
 
     names = select_scenarios(list(scenarios) if scenarios else None)
     settings = RunSettings(backend=backend, device=device)
-    results, info = run_fingerprints(names, settings, perturb=perturb, workdir=workdir,
-                                     on_scenario=on_scenario)
+    results, info = run_fingerprints(
+        names, settings, perturb=perturb, workdir=workdir, on_scenario=on_scenario
+    )
     return {
         "schema": SCHEMA,
         "kind": KIND,
         "label": label,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"generator": "mouthwarp", "backend": backend, "device": device},
-        "environment": {"versions": library_versions(), "platform": platform.platform(),
-                        "providers": list(info.used)},
-        "perturbation": None if perturb is None else {"stage": perturb.stage,
-                                                      "amount": perturb.amount},
+        "environment": {
+            "versions": library_versions(),
+            "platform": platform.platform(),
+            "providers": list(info.used),
+        },
+        "perturbation": None
+        if perturb is None
+        else {"stage": perturb.stage, "amount": perturb.amount},
         "frames": True,  # sampled composite frames included (see fingerprint_environment_run)
         "scenarios": results,
     }
 
 
-def fingerprint_environment_run(scenarios: Sequence[str] | None = None, *,
-                                backend: str = "onnxruntime", device: str = "cpu",
-                                label: str | None = None, frames: bool = True,
-                                workdir: Path | None = None) -> dict[str, Any]:
+def fingerprint_environment_run(
+    scenarios: Sequence[str] | None = None,
+    *,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    label: str | None = None,
+    frames: bool = True,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """The golden fingerprints of this environment, for a version-matrix cell to store.
 
     ``label`` names the cell in ``drift_table``. ``frames=False`` drops the sampled PNGs
     (~100 KB of base64) and keeps the per-frame change track and hashes, for compact
     results files; ``drift_table`` then compares composites by those alone.
     """
-    record = record_run(scenarios, backend=backend, device=device, label=label,
-                        workdir=workdir)
+    record = record_run(scenarios, backend=backend, device=device, label=label, workdir=workdir)
     if not frames:
         record["frames"] = False
         for stages in record["scenarios"].values():
@@ -163,25 +183,32 @@ def load_golden(directory: Path) -> dict[str, Any]:
     """A golden directory (or a regress.json) as a record with its frames inline."""
     path = directory / RECORD_FILE if directory.is_dir() else directory
     if not path.is_file():
-        raise InputNotFound(f"no golden record at {str(path)!r}",
-                            hint="record one first: heygem-diagnose regress record --out DIR")
+        raise InputNotFound(
+            f"no golden record at {str(path)!r}",
+            hint="record one first: heygem-diagnose regress record --out DIR",
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise MediaUnreadable(f"golden record {str(path)!r} is unreadable: {exc}",
-                              hint="re-record it with `regress record`") from exc
+        raise MediaUnreadable(
+            f"golden record {str(path)!r} is unreadable: {exc}",
+            hint="re-record it with `regress record`",
+        ) from exc
     if record.get("kind") != KIND or record.get("schema") != SCHEMA:
-        raise MediaUnreadable(f"{str(path)!r} is not a schema-{SCHEMA} regression record",
-                              hint="re-record it with this version: `regress record`")
+        raise MediaUnreadable(
+            f"{str(path)!r} is not a schema-{SCHEMA} regression record",
+            hint="re-record it with this version: `regress record`",
+        )
     for _, image in _iter_images(record):
         if "file" in image:
             frame = path.parent / image.pop("file")
             try:
                 image["png"] = base64.b64encode(frame.read_bytes()).decode("ascii")
             except OSError as exc:
-                raise InputNotFound(f"golden frame {str(frame)!r} is missing: {exc}",
-                                    hint="restore the golden directory or re-record it") \
-                    from exc
+                raise InputNotFound(
+                    f"golden frame {str(frame)!r} is missing: {exc}",
+                    hint="restore the golden directory or re-record it",
+                ) from exc
     return record
 
 
@@ -201,8 +228,11 @@ def _load_image(image: Mapping[str, Any]) -> Any:
 def compare_records(golden: Mapping[str, Any], current: Mapping[str, Any]) -> list[Finding]:
     """Findings for every scenario both records hold, in stage order."""
     # A record stored without its sampled frames is compared by everything else.
-    skip = frozenset() if golden.get("frames", True) and current.get("frames", True) else (
-        frozenset({"frames"}))
+    skip = (
+        frozenset()
+        if golden.get("frames", True) and current.get("frames", True)
+        else (frozenset({"frames"}))
+    )
     findings: list[Finding] = []
     for scenario, stages in golden["scenarios"].items():
         now = current["scenarios"].get(scenario)
@@ -210,8 +240,9 @@ def compare_records(golden: Mapping[str, Any], current: Mapping[str, Any]) -> li
             continue
         for stage in STAGES:
             if stage in stages:
-                findings += compare_stage(scenario, stage, stages[stage], now.get(stage, {}),
-                                          _load_image, skip)
+                findings += compare_stage(
+                    scenario, stage, stages[stage], now.get(stage, {}), _load_image, skip
+                )
     return findings
 
 
@@ -224,10 +255,14 @@ class StageSummary:
     identical: bool  # every metric of every scenario bit-for-bit the same
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "ok": self.regressions == 0,
-                "regressions": self.regressions, "metrics": self.metrics,
-                "identical": self.identical,
-                "worst": None if self.worst is None else self.worst.to_dict()}
+        return {
+            "stage": self.stage,
+            "ok": self.regressions == 0,
+            "regressions": self.regressions,
+            "metrics": self.metrics,
+            "identical": self.identical,
+            "worst": None if self.worst is None else self.worst.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -244,8 +279,15 @@ class CheckReport:
         for stage in STAGES:
             mine = [f for f in self.findings if f.stage == stage]
             worst = max(mine, key=lambda f: f.severity, default=None)
-            summaries.append(StageSummary(stage, worst, sum(not f.ok for f in mine), len(mine),
-                                          bool(mine) and all(f.identical for f in mine)))
+            summaries.append(
+                StageSummary(
+                    stage,
+                    worst,
+                    sum(not f.ok for f in mine),
+                    len(mine),
+                    bool(mine) and all(f.identical for f in mine),
+                )
+            )
         object.__setattr__(self, "stages", tuple(summaries))
 
     @property
@@ -267,8 +309,11 @@ class CheckReport:
     def version_changes(self) -> dict[str, list[str | None]]:
         old = self.golden.get("environment", {}).get("versions", {})
         new = self.current.get("environment", {}).get("versions", {})
-        return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)}
+        return {
+            k: [old.get(k), new.get(k)]
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        }
 
     def to_dict(self) -> dict[str, Any]:
         first = self.first_drift
@@ -286,36 +331,52 @@ class CheckReport:
 
 
 def _header(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in ("created", "label", "settings", "environment",
-                                       "perturbation")}
+    return {
+        k: record.get(k) for k in ("created", "label", "settings", "environment", "perturbation")
+    }
 
 
-def check(golden_dir: Path, scenarios: Sequence[str] | None = None, *,
-          perturb: Perturbation | None = None, update: bool = False,
-          workdir: Path | None = None,
-          on_scenario: Callable[[str], None] | None = None) -> CheckReport:
+def check(
+    golden_dir: Path,
+    scenarios: Sequence[str] | None = None,
+    *,
+    perturb: Perturbation | None = None,
+    update: bool = False,
+    workdir: Path | None = None,
+    on_scenario: Callable[[str], None] | None = None,
+) -> CheckReport:
     """Run the golden's scenarios (or the given subset) with its settings and compare.
 
     ``update`` then writes this run as the new golden (a deliberate re-record)."""
     if update and perturb is not None:
-        raise InvalidOption("--update with --perturb would record a deliberately broken golden",
-                            hint="drop one of the two")
+        raise InvalidOption(
+            "--update with --perturb would record a deliberately broken golden",
+            hint="drop one of the two",
+        )
     golden = load_golden(golden_dir)
     names = select_scenarios(list(scenarios) if scenarios else None)
     missing = [n for n in names if n not in golden["scenarios"]]
     if scenarios and missing:
-        raise InvalidOption(f"the golden record has no scenario {', '.join(missing)}",
-                            hint="record it: heygem-diagnose regress record --scenario NAME")
+        raise InvalidOption(
+            f"the golden record has no scenario {', '.join(missing)}",
+            hint="record it: heygem-diagnose regress record --scenario NAME",
+        )
     names = tuple(n for n in names if n in golden["scenarios"])
     settings = golden.get("settings", {})
-    current = record_run(names, backend=settings.get("backend", "onnxruntime"),
-                         device=settings.get("device", "cpu"), perturb=perturb,
-                         workdir=workdir, on_scenario=on_scenario)
+    current = record_run(
+        names,
+        backend=settings.get("backend", "onnxruntime"),
+        device=settings.get("device", "cpu"),
+        perturb=perturb,
+        workdir=workdir,
+        on_scenario=on_scenario,
+    )
     findings = compare_records(golden, current)
     if update:
         write_golden(golden_dir, _merged(golden, current))
-    return CheckReport(str(golden_dir), _header(golden), _header(current), tuple(findings),
-                       updated=update)
+    return CheckReport(
+        str(golden_dir), _header(golden), _header(current), tuple(findings), updated=update
+    )
 
 
 def _merged(golden: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,7 +412,8 @@ def drift_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for j in range(i + 1, len(records)):
             for finding in compare_records(first, records[j]):
                 identical[finding.stage] = identical.get(finding.stage, True) and (
-                    finding.identical)
+                    finding.identical
+                )
                 best = worst.get(finding.stage)
                 if best is None or finding.severity > best[0].severity:
                     worst[finding.stage] = (finding, labels[i], labels[j])
@@ -361,11 +423,21 @@ def drift_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         finding, a, b = worst[stage]
         shown = finding.to_dict()
-        rows.append({"stage": stage, "scenario": finding.scenario, "metric": finding.metric,
-                     "difference": shown["difference"], "limit": finding.limit,
-                     "unit": finding.unit, "severity": shown["severity"],
-                     "exceeds": not finding.ok, "identical": identical[stage],
-                     "between": [a, b], "note": finding.note})
+        rows.append(
+            {
+                "stage": stage,
+                "scenario": finding.scenario,
+                "metric": finding.metric,
+                "difference": shown["difference"],
+                "limit": finding.limit,
+                "unit": finding.unit,
+                "severity": shown["severity"],
+                "exceeds": not finding.ok,
+                "identical": identical[stage],
+                "between": [a, b],
+                "note": finding.note,
+            }
+        )
     return rows
 
 
@@ -376,8 +448,7 @@ def _describe(f: Finding) -> str:
     elif f.unit in ("dB", "ssim"):
         value = f"{f.difference:.4g} {f.unit} (min {f.limit:g})"
     else:
-        value = f"max |diff| {f.difference:.3g} {f.unit} (tolerance {f.limit:g})".replace(
-            "  ", " ")
+        value = f"max |diff| {f.difference:.3g} {f.unit} (tolerance {f.limit:g})".replace("  ", " ")
     note = f"; {f.note}" if f.note else ""
     return f"{f.scenario} {f.metric}: {value}{note}"
 
@@ -393,16 +464,19 @@ def format_check_report(report: CheckReport) -> str:
     if report.ok:
         verdict = "PASS - every stage within tolerance"
     else:
-        verdict = (f"REGRESSION - first drift in stage '{first.stage}'" if first else
-                   "REGRESSION")
-    lines = [f"heygem regress: {verdict}",
-             f"  golden: {report.golden_path} (recorded {report.golden.get('created')}; "
-             f"{_versions_line(report.golden)})",
-             f"  now:    {_versions_line(report.current)}"]
+        verdict = f"REGRESSION - first drift in stage '{first.stage}'" if first else "REGRESSION"
+    lines = [
+        f"heygem regress: {verdict}",
+        f"  golden: {report.golden_path} (recorded {report.golden.get('created')}; "
+        f"{_versions_line(report.golden)})",
+        f"  now:    {_versions_line(report.current)}",
+    ]
     changes = report.version_changes()
     if changes:
-        lines.append("  changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b)
-                                                in changes.items() if k != "python"))
+        lines.append(
+            "  changed: "
+            + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items() if k != "python")
+        )
     perturb = report.current.get("perturbation")
     if perturb:
         lines.append(f"  rehearsal: {perturb['stage']} perturbed by {perturb['amount']:g}")
@@ -410,8 +484,11 @@ def format_check_report(report: CheckReport) -> str:
         if summary.worst is None:
             continue
         status = "ok   " if not summary.regressions else "DRIFT"
-        detail = (f"identical ({summary.metrics} metrics)" if summary.identical
-                  else f"worst: {_describe(summary.worst)}")
+        detail = (
+            f"identical ({summary.metrics} metrics)"
+            if summary.identical
+            else f"worst: {_describe(summary.worst)}"
+        )
         lines.append(f"  {summary.stage:<15} {status} {detail}")
     if report.regressions:
         lines.append(f"  {len(report.regressions)} metric(s) out of tolerance:")
@@ -426,28 +503,30 @@ def format_check_report(report: CheckReport) -> str:
 def format_record_summary(directory: Path, record: Mapping[str, Any]) -> str:
     files, size = golden_size(directory)
     names = ", ".join(record["scenarios"])
-    return "\n".join([
-        f"heygem regress: recorded {len(record['scenarios'])} scenario(s) to {directory}",
-        f"  scenarios: {names}",
-        f"  stored: {files} files, {size / 1024:.0f} KiB",
-        f"  environment: {_versions_line(record)}; providers "
-        f"{', '.join(record['environment']['providers'])}",
-        f"  check later with: heygem-diagnose regress check --golden {directory}",
-    ])
+    return "\n".join(
+        [
+            f"heygem regress: recorded {len(record['scenarios'])} scenario(s) to {directory}",
+            f"  scenarios: {names}",
+            f"  stored: {files} files, {size / 1024:.0f} KiB",
+            f"  environment: {_versions_line(record)}; providers "
+            f"{', '.join(record['environment']['providers'])}",
+            f"  check later with: heygem-diagnose regress check --golden {directory}",
+        ]
+    )
 
 
 def format_drift_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of ``drift_table`` rows, for the matrix report."""
-    lines = ["| stage | largest difference | tolerance | between | |",
-             "|---|---|---|---|---|"]
+    lines = ["| stage | largest difference | tolerance | between | |", "|---|---|---|---|---|"]
     for row in rows:
         diff = row["difference"]
         if row["identical"]:
             lines.append(f"| {row['stage']} | identical | | | ok |")
             continue
         shown = "differs" if diff is None else f"{diff:.3g} {row['unit']}".strip()
-        lines.append(f"| {row['stage']} | {row['scenario']} {row['metric']}: {shown} | "
-                     f"{row['limit']:g} | {' vs '.join(row['between'])} | "
-                     f"{'exceeds' if row['exceeds'] else 'ok'} |")
+        lines.append(
+            f"| {row['stage']} | {row['scenario']} {row['metric']}: {shown} | "
+            f"{row['limit']:g} | {' vs '.join(row['between'])} | "
+            f"{'exceeds' if row['exceeds'] else 'ok'} |"
+        )
     return "\n".join(lines)
-

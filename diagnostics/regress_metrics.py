@@ -156,10 +156,18 @@ class Finding:
         return self.severity <= 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "stage": self.stage, "metric": self.metric,
-                "difference": _finite(self.difference), "limit": self.limit,
-                "unit": self.unit, "severity": _finite(self.severity), "ok": self.ok,
-                "identical": self.identical, "note": self.note}
+        return {
+            "scenario": self.scenario,
+            "stage": self.stage,
+            "metric": self.metric,
+            "difference": _finite(self.difference),
+            "limit": self.limit,
+            "unit": self.unit,
+            "severity": _finite(self.severity),
+            "ok": self.ok,
+            "identical": self.identical,
+            "note": self.note,
+        }
 
 
 def _finite(value: float | None) -> float | None:
@@ -233,8 +241,14 @@ def _compare_bits(golden: str, current: str) -> tuple[float, str]:
     return float(len(changed)), (f"at {changed[:8]}" if changed else "")
 
 
-def _image_findings(scenario: str, stage: str, tol: Tolerance, golden: Sequence[Any],
-                    current: Sequence[Any], load: ImageLoader) -> list[Finding]:
+def _image_findings(
+    scenario: str,
+    stage: str,
+    tol: Tolerance,
+    golden: Sequence[Any],
+    current: Sequence[Any],
+    load: ImageLoader,
+) -> list[Finding]:
     now = {f["index"]: f for f in current}
     worst: dict[str, tuple[float, str]] = {}
     identical = True
@@ -265,41 +279,104 @@ def _image_findings(scenario: str, stage: str, tol: Tolerance, golden: Sequence[
         else:
             limit, unit = tol.ssim, "ssim"
             severity = (1.0 - value) / (1.0 - tol.ssim)
-        findings.append(Finding(scenario, stage, f"frames.{name}", value, limit, unit,
-                                severity, note, identical))
+        findings.append(
+            Finding(
+                scenario, stage, f"frames.{name}", value, limit, unit, severity, note, identical
+            )
+        )
     return findings
 
 
-def compare_metric(scenario: str, stage: str, metric: str, golden: Any, current: Any,
-                   load: ImageLoader) -> list[Finding]:
+def compare_metric(
+    scenario: str, stage: str, metric: str, golden: Any, current: Any, load: ImageLoader
+) -> list[Finding]:
     tol = TOLERANCES.get((stage, metric))
     if tol is None:  # recorded by a newer harness: shown, never failed
         same = golden == current
-        return [Finding(scenario, stage, metric, None, 0, "", 0.0,
-                        "no tolerance defined; " + ("same" if same else "differs"))]
+        return [
+            Finding(
+                scenario,
+                stage,
+                metric,
+                None,
+                0,
+                "",
+                0.0,
+                "no tolerance defined; " + ("same" if same else "differs"),
+            )
+        ]
     if current is None:
-        return [Finding(scenario, stage, metric, None, tol.limit, tol.unit, math.inf,
-                        "missing from this run")]
+        return [
+            Finding(
+                scenario,
+                stage,
+                metric,
+                None,
+                tol.limit,
+                tol.unit,
+                math.inf,
+                "missing from this run",
+            )
+        ]
     if tol.kind == "images":
         return _image_findings(scenario, stage, tol, golden, current, load)
     if tol.kind == "info":
         same = golden == current
-        return [Finding(scenario, stage, metric, 0.0 if same else None, 0, "", 0.0,
-                        "" if same else "differs (informational)", same)]
+        return [
+            Finding(
+                scenario,
+                stage,
+                metric,
+                0.0 if same else None,
+                0,
+                "",
+                0.0,
+                "" if same else "differs (informational)",
+                same,
+            )
+        ]
     if tol.kind == "equal":
         same = golden == current
         note = "" if same else f"{golden} became {current}"
-        return [Finding(scenario, stage, metric, 0.0 if same else None, 0, tol.unit,
-                        0.0 if same else math.inf, note, same)]
-    diff, note = (_compare_bits(golden, current) if tol.kind == "bits"
-                  else _compare_abs(golden, current))
-    return [Finding(scenario, stage, metric, diff, tol.limit, tol.unit,
-                    _severity(diff, tol.limit), note, diff == 0)]
+        return [
+            Finding(
+                scenario,
+                stage,
+                metric,
+                0.0 if same else None,
+                0,
+                tol.unit,
+                0.0 if same else math.inf,
+                note,
+                same,
+            )
+        ]
+    diff, note = (
+        _compare_bits(golden, current) if tol.kind == "bits" else _compare_abs(golden, current)
+    )
+    return [
+        Finding(
+            scenario,
+            stage,
+            metric,
+            diff,
+            tol.limit,
+            tol.unit,
+            _severity(diff, tol.limit),
+            note,
+            diff == 0,
+        )
+    ]
 
 
-def compare_stage(scenario: str, stage: str, golden: Mapping[str, Any],
-                  current: Mapping[str, Any], load: ImageLoader,
-                  skip: frozenset[str] = frozenset()) -> list[Finding]:
+def compare_stage(
+    scenario: str,
+    stage: str,
+    golden: Mapping[str, Any],
+    current: Mapping[str, Any],
+    load: ImageLoader,
+    skip: frozenset[str] = frozenset(),
+) -> list[Finding]:
     """Every metric the golden stage holds (but ``skip``), compared with the current run's."""
     findings: list[Finding] = []
     for metric, value in golden.items():

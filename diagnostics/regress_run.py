@@ -41,8 +41,7 @@ log = logging.getLogger(__name__)
 
 # One thread everywhere: reduction order (ORT, torch) and x264 slicing then do not depend
 # on the machine's core count.
-BUDGET = ThreadBudget(cpus=1, torch_threads=1, ort_threads=1, x264_threads=1,
-                      decode_threads=1)
+BUDGET = ThreadBudget(cpus=1, torch_threads=1, ort_threads=1, x264_threads=1, decode_threads=1)
 SEEDED_BATCH_SIZE, SEEDED_BATCH_SEED = 2, 0
 MEL_HASH_QUANTUM = 0.05
 OUT_HASH_QUANTUM = 1e-3
@@ -58,9 +57,15 @@ class RunSettings:
 
     def options(self, cache_dir: Path) -> GenerateOptions:
         # crf 0: lossless H.264 (High 4:4:4 Predictive), so composites are compared exactly.
-        return GenerateOptions(generator="mouthwarp", backend=self.backend,  # type: ignore[arg-type]
-                               device=self.device, crf=0, preset="veryfast",  # type: ignore[arg-type]
-                               num_workers=0, cache_dir=cache_dir).validated()
+        return GenerateOptions(
+            generator="mouthwarp",
+            backend=self.backend,  # type: ignore[arg-type]
+            device=self.device,
+            crf=0,
+            preset="veryfast",  # type: ignore[arg-type]
+            num_workers=0,
+            cache_dir=cache_dir,
+        ).validated()
 
 
 def _r(value: float) -> float:
@@ -121,8 +126,9 @@ class CapturingPipeline(Pipeline):
         self.features = feats
         return feats
 
-    def plan_template(self, inputs: Inputs, spec: GeneratorSpec,
-                      on_progress: Callable[[int], None] | None = None) -> TemplatePlan:
+    def plan_template(
+        self, inputs: Inputs, spec: GeneratorSpec, on_progress: Callable[[int], None] | None = None
+    ) -> TemplatePlan:
         plan = super().plan_template(inputs, spec, on_progress)
         if (amount := self._amount("face_track")) is not None:
             shift = 2 * round(amount / 2)
@@ -141,8 +147,9 @@ def build_inputs(scenario: Scenario, directory: Path) -> tuple[Path, Path]:
     from heygem.demo import write_wav
 
     directory.mkdir(parents=True, exist_ok=True)
-    audio = write_wav(directory / "speech.wav",
-                      synth_speech(scenario.audio_seconds, seed=scenario.seed))
+    audio = write_wav(
+        directory / "speech.wav", synth_speech(scenario.audio_seconds, seed=scenario.seed)
+    )
     frames = list(portrait_frames(scenario.template_seconds, size=scenario.size))
     if scenario.template == "still":
         video = directory / "still.png"
@@ -184,8 +191,9 @@ def write_lossless_video(path: Path, frames: list[np.ndarray], fps: int = 25) ->
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": "veryfast", "crf": "0", "threads": "1"}
         for frame in frames:
-            packets = stream.encode(av.VideoFrame.from_ndarray(bgr_to_i420(frame),
-                                                               format="yuv420p"))
+            packets = stream.encode(
+                av.VideoFrame.from_ndarray(bgr_to_i420(frame), format="yuv420p")
+            )
             out.mux(packets)
         out.mux(stream.encode(None))
     return path
@@ -197,8 +205,10 @@ def _lumas(frames: Iterable[av.VideoFrame]) -> list[np.ndarray]:
 
 def _decode_lumas(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="yuv420p")[: frame.height].copy()
-                for frame in container.decode(video=0)]
+        return [
+            frame.to_ndarray(format="yuv420p")[: frame.height].copy()
+            for frame in container.decode(video=0)
+        ]
 
 
 # --- fingerprints per stage -----------------------------------------------------------
@@ -281,8 +291,9 @@ def seeded_batch_fingerprint(runner: GraphRunner, spec: GeneratorSpec) -> dict[s
     return generator_fingerprint(face.numpy(), out, grid=16)
 
 
-def sampled_inputs(plan: TemplatePlan, feats: AudioFeatures, timing: FrameTiming,
-                   samples: tuple[int, ...]) -> tuple[list[int], np.ndarray, np.ndarray]:
+def sampled_inputs(
+    plan: TemplatePlan, feats: AudioFeatures, timing: FrameTiming, samples: tuple[int, ...]
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     """The sampled output frames that have a face, their crops [B,S,S,3] uint8 and mel
     windows [B,1,80,16]: what the pipeline fed the generator for those frames."""
     indices = [i for i in samples if i < feats.n_frames and plan.valid[timing.template_frame(i)]]
@@ -295,8 +306,9 @@ def sampled_inputs(plan: TemplatePlan, feats: AudioFeatures, timing: FrameTiming
     return indices, faces, np.ascontiguousarray(mel, dtype=np.float32)
 
 
-def samples_fingerprint(runner: GraphRunner, indices: list[int], crops: np.ndarray,
-                        mel: np.ndarray) -> dict[str, Any]:
+def samples_fingerprint(
+    runner: GraphRunner, indices: list[int], crops: np.ndarray, mel: np.ndarray
+) -> dict[str, Any]:
     """The generator on the scenario's own crops and mel windows at the sampled frames."""
     if not indices:
         return {"indices": []}
@@ -312,24 +324,34 @@ def _change(out: np.ndarray, template: np.ndarray, region: tuple[int, ...] | Non
     return float(np.abs(out.astype(np.int16) - template.astype(np.int16)).mean())
 
 
-def composite_fingerprint(output: list[np.ndarray], template: list[np.ndarray],
-                          plan: TemplatePlan, timing: FrameTiming,
-                          samples: tuple[int, ...]) -> dict[str, Any]:
+def composite_fingerprint(
+    output: list[np.ndarray],
+    template: list[np.ndarray],
+    plan: TemplatePlan,
+    timing: FrameTiming,
+    samples: tuple[int, ...],
+) -> dict[str, Any]:
     def region(i: int) -> tuple[int, ...] | None:
         t = timing.template_frame(i)
         return tuple(int(v) for v in plan.regions[t]) if plan.valid[t] else None
 
-    change = [_change(y, template[timing.template_frame(i)], region(i))
-              for i, y in enumerate(output)]
+    change = [
+        _change(y, template[timing.template_frame(i)], region(i)) for i, y in enumerate(output)
+    ]
     frames = []
     for i in (s for s in samples if s < len(output)):
         y, box = output[i], region(i)
-        mouth = None if box is None else y[box[1]:box[3], box[0]:box[2]]
+        mouth = None if box is None else y[box[1] : box[3], box[0] : box[2]]
         full = cv2.resize(y, (y.shape[1] // 4, y.shape[0] // 4), interpolation=cv2.INTER_AREA)
-        frames.append({"index": i, "template_frame": timing.template_frame(i),
-                       "region": None if box is None else list(box),
-                       "mouth": None if mouth is None else {"png": encode_png(mouth)},
-                       "full": {"png": encode_png(full)}})
+        frames.append(
+            {
+                "index": i,
+                "template_frame": timing.template_frame(i),
+                "region": None if box is None else list(box),
+                "mouth": None if mouth is None else {"png": encode_png(mouth)},
+                "full": {"png": encode_png(full)},
+            }
+        )
     digest = hashlib.blake2b(digest_size=8)
     for y in output:
         digest.update(y.tobytes())
@@ -362,16 +384,18 @@ def best_lag(reference: np.ndarray, delayed: np.ndarray, max_lag: int) -> float:
     return k - max_lag + offset
 
 
-def mux_fingerprint(output: Path, wav: np.ndarray, feats: AudioFeatures,
-                    change: list[float], valid_out: np.ndarray) -> dict[str, Any]:
+def mux_fingerprint(
+    output: Path, wav: np.ndarray, feats: AudioFeatures, change: list[float], valid_out: np.ndarray
+) -> dict[str, Any]:
     with av.open(str(output)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         fps = float(video.average_rate or 0)
         frames = sum(1 for _ in container.decode(video=0))
         # Stream durations and starts honour the MP4 edit list (AAC priming), as players do.
         audio_seconds = _seconds(audio.duration, audio.time_base)
-        start_gap = (_seconds(audio.start_time, audio.time_base)
-                     - _seconds(video.start_time, video.time_base))
+        start_gap = _seconds(audio.start_time, audio.time_base) - _seconds(
+            video.start_time, video.time_base
+        )
     decoded = decode_audio_mono(output)
     lag = best_lag(_envelope(wav), _envelope(decoded), MAX_AV_LAG_MS)  # 1 ms per step
     loudness = np.where(valid_out, _frame_rms(wav, feats), 0.0)
@@ -397,8 +421,9 @@ def _seconds(value: int | None, time_base: Any) -> float:
 
 
 # --- running --------------------------------------------------------------------------
-def run_scenario(pipeline: CapturingPipeline, scenario: Scenario,
-                 workdir: Path) -> dict[str, dict[str, Any]]:
+def run_scenario(
+    pipeline: CapturingPipeline, scenario: Scenario, workdir: Path
+) -> dict[str, dict[str, Any]]:
     audio, video = build_inputs(scenario, workdir / scenario.name)
     output = workdir / scenario.name / "out.mp4"
     pipeline.generate(audio, video, output, job_id=f"regress-{scenario.name}")
@@ -423,10 +448,14 @@ def run_scenario(pipeline: CapturingPipeline, scenario: Scenario,
     }
 
 
-def run_fingerprints(names: tuple[str, ...], settings: RunSettings, *,
-                     perturb: Perturbation | None = None, workdir: Path | None = None,
-                     on_scenario: Callable[[str], None] | None = None,
-                     ) -> tuple[dict[str, dict[str, dict[str, Any]]], BackendInfo]:
+def run_fingerprints(
+    names: tuple[str, ...],
+    settings: RunSettings,
+    *,
+    perturb: Perturbation | None = None,
+    workdir: Path | None = None,
+    on_scenario: Callable[[str], None] | None = None,
+) -> tuple[dict[str, dict[str, dict[str, Any]]], BackendInfo]:
     """Fingerprints of the named scenarios: {scenario: {stage: {metric: value}}}."""
     with tempfile.TemporaryDirectory(prefix="heygem-regress-", dir=workdir) as tmp:
         pipeline = CapturingPipeline(settings.options(Path(tmp) / "cache"), perturb)

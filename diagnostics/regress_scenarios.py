@@ -32,8 +32,7 @@ DEFAULT_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 # Pipeline order: the first stage that drifted is the one to look at, later stages
 # usually drift because of it. "inputs" comes first so that a change in the generated
 # test media (opencv's warp/resize, PyAV's encoder) is not blamed on the pipeline.
-STAGES: tuple[str, ...] = ("inputs", "audio_features", "face_track", "generate", "composite",
-                           "mux")
+STAGES: tuple[str, ...] = ("inputs", "audio_features", "face_track", "generate", "composite", "mux")
 
 # Not a pipeline run: the generator alone on heygem.generators.export.example_inputs.
 SEEDED_BATCH = "seeded-batch"
@@ -60,14 +59,36 @@ class Scenario:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("video", "2.4 s speech over a 2 s 320x240 template (ends in the reverse pass)",
-             audio_seconds=2.4, seed=3, samples=(5, 18, 47, 55)),
-    Scenario("still", "2 s speech over a still PNG of one template frame",
-             audio_seconds=2.0, seed=4, template="still", samples=(3, 27, 29, 45)),
-    Scenario("face-gap", "2.4 s speech over a template whose frames 20-34 have no face",
-             audio_seconds=2.4, seed=5, gap=(20, 35), samples=(12, 25, 33, 40)),
-    Scenario("long", "12 s speech over a 2 s template: ping-pong looped six times",
-             audio_seconds=12.0, seed=6, samples=(30, 72, 130, 185, 260)),
+    Scenario(
+        "video",
+        "2.4 s speech over a 2 s 320x240 template (ends in the reverse pass)",
+        audio_seconds=2.4,
+        seed=3,
+        samples=(5, 18, 47, 55),
+    ),
+    Scenario(
+        "still",
+        "2 s speech over a still PNG of one template frame",
+        audio_seconds=2.0,
+        seed=4,
+        template="still",
+        samples=(3, 27, 29, 45),
+    ),
+    Scenario(
+        "face-gap",
+        "2.4 s speech over a template whose frames 20-34 have no face",
+        audio_seconds=2.4,
+        seed=5,
+        gap=(20, 35),
+        samples=(12, 25, 33, 40),
+    ),
+    Scenario(
+        "long",
+        "12 s speech over a 2 s template: ping-pong looped six times",
+        audio_seconds=12.0,
+        seed=6,
+        samples=(30, 72, 130, 185, 260),
+    ),
 )
 SCENARIO_NAMES: tuple[str, ...] = (SEEDED_BATCH, *(s.name for s in SCENARIOS))
 
@@ -78,8 +99,10 @@ def select_scenarios(names: list[str] | tuple[str, ...] | None) -> tuple[str, ..
         return SCENARIO_NAMES
     unknown = sorted(set(names) - set(SCENARIO_NAMES))
     if unknown:
-        raise InvalidOption(f"unknown regression scenario {', '.join(unknown)}",
-                            hint=f"choose from: {', '.join(SCENARIO_NAMES)}")
+        raise InvalidOption(
+            f"unknown regression scenario {', '.join(unknown)}",
+            hint=f"choose from: {', '.join(SCENARIO_NAMES)}",
+        )
     return tuple(n for n in SCENARIO_NAMES if n in names)
 
 
@@ -102,8 +125,10 @@ class Perturbation:
 
     def __post_init__(self) -> None:
         if self.stage not in PERTURBABLE:
-            raise InvalidOption(f"cannot perturb stage {self.stage!r}",
-                                hint=f"choose one of: {', '.join(PERTURBABLE)}")
+            raise InvalidOption(
+                f"cannot perturb stage {self.stage!r}",
+                hint=f"choose one of: {', '.join(PERTURBABLE)}",
+            )
 
 
 def parse_perturbation(text: str) -> Perturbation:
@@ -112,6 +137,7 @@ def parse_perturbation(text: str) -> Perturbation:
     try:
         value = float(amount)
     except ValueError:
-        raise InvalidOption(f"perturbation {text!r} is not STAGE:AMOUNT",
-                            hint="e.g. --perturb generate:0.05") from None
+        raise InvalidOption(
+            f"perturbation {text!r} is not STAGE:AMOUNT", hint="e.g. --perturb generate:0.05"
+        ) from None
     return Perturbation(stage, value)

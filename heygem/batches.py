@@ -35,8 +35,13 @@ class FrameTiming:
 class FrameSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
     """Item i: (i, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16])."""
 
-    def __init__(self, crops_path: Path, mel_path: Path, timing: FrameTiming,
-                 fault: FaultInjection | None = None) -> None:
+    def __init__(
+        self,
+        crops_path: Path,
+        mel_path: Path,
+        timing: FrameTiming,
+        fault: FaultInjection | None = None,
+    ) -> None:
         self.crops_path, self.mel_path, self.timing = crops_path, mel_path, timing
         self.fault = fault if fault is not None and fault.stage == "load" else None
         self._crops: np.ndarray | None = None
@@ -61,11 +66,22 @@ class FrameSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
         return index, torch.from_numpy(crop), torch.from_numpy(mel)
 
 
-def make_loader(samples: FrameSamples, batch_size: int, num_workers: int,
-                start_method: str) -> DataLoader[tuple[int, torch.Tensor, torch.Tensor]]:
+def make_loader(
+    samples: FrameSamples, batch_size: int, num_workers: int, start_method: str
+) -> DataLoader[tuple[int, torch.Tensor, torch.Tensor]]:
     extra: dict[str, object] = {}
     if num_workers > 0:
-        extra = {"multiprocessing_context": start_method, "prefetch_factor": 2,
-                 "persistent_workers": False}
-    return DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=False, drop_last=False, **extra)  # type: ignore[arg-type]
+        extra = {
+            "multiprocessing_context": start_method,
+            "prefetch_factor": 2,
+            "persistent_workers": False,
+        }
+    return DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=False,
+        drop_last=False,
+        **extra,
+    )  # type: ignore[arg-type]

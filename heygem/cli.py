@@ -26,22 +26,42 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
     group.add_argument("--checkpoint", type=Path, help="Wav2Lip .pth (for --generator wav2lip)")
     group.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    group.add_argument("--device", choices=DEVICES, default="auto",
-                       help="auto picks CUDA only if a live session proves it works")
-    group.add_argument("--require-gpu", action="store_true",
-                       help="fail instead of warning when the GPU silently falls back to CPU")
+    group.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto picks CUDA only if a live session proves it works",
+    )
+    group.add_argument(
+        "--require-gpu",
+        action="store_true",
+        help="fail instead of warning when the GPU silently falls back to CPU",
+    )
     group.add_argument("--batch-size", type=int, default=16)
-    group.add_argument("--num-workers", type=int, default=0,
-                       help="DataLoader worker processes (HeyGem's num_threads)")
-    group.add_argument("--start-method", choices=("spawn", "forkserver", "fork"),
-                       default="spawn", help="how DataLoader workers are started")
+    group.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes (HeyGem's num_threads)",
+    )
+    group.add_argument(
+        "--start-method",
+        choices=("spawn", "forkserver", "fork"),
+        default="spawn",
+        help="how DataLoader workers are started",
+    )
     group.add_argument("--fps", type=float, help="output frame rate (default: the template's)")
     group.add_argument("--preset", choices=X264_PRESETS, default="veryfast")
     group.add_argument("--crf", type=int, default=23)
-    group.add_argument("--stall-timeout", type=float, default=10.0,
-                       help="seconds a stage may stay silent before the job fails")
-    group.add_argument("--cache-dir", type=Path,
-                       help="template/ONNX cache (default ~/.cache/heygem)")
+    group.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a stage may stay silent before the job fails",
+    )
+    group.add_argument(
+        "--cache-dir", type=Path, help="template/ONNX cache (default ~/.cache/heygem)"
+    )
     group.add_argument("--no-cache", action="store_true", help="re-analyse the template")
 
 
@@ -56,11 +76,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The `serve` options; also used by `python -m service.cli` (service -> heygem)."""
     parser.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
     parser.add_argument("--port", type=int, help="port (default 8383)")
-    parser.add_argument("--workers", type=int,
-                        help="worker processes, each holding a warm pipeline (default 1)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes, each holding a warm pipeline (default 1)"
+    )
     parser.add_argument("--data-dir", type=Path, help="job store, uploads and results")
-    parser.add_argument("--media-root", type=Path,
-                        help="directory the HeyGem-compatible API may read paths from")
+    parser.add_argument(
+        "--media-root", type=Path, help="directory the HeyGem-compatible API may read paths from"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="lip-sync a template video to an audio file")
     gen.add_argument("--audio", "-a", type=Path, required=True)
-    gen.add_argument("--video", "-i", type=Path, required=True,
-                     help="template video (or a still image) showing a face")
+    gen.add_argument(
+        "--video",
+        "-i",
+        type=Path,
+        required=True,
+        help="template video (or a still image) showing a face",
+    )
     gen.add_argument("-o", "--output", type=Path, required=True, help="output .mp4")
     _add_pipeline_options(gen)
     _add_common(gen)
@@ -101,11 +128,21 @@ def _options(args: argparse.Namespace) -> GenerateOptions:
 
     extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     return GenerateOptions(
-        generator=args.generator, checkpoint=args.checkpoint, backend=args.backend,
-        device=args.device, require_gpu=args.require_gpu, batch_size=args.batch_size,
-        num_workers=args.num_workers, start_method=args.start_method, fps=args.fps,
-        preset=args.preset, crf=args.crf, stall_timeout=args.stall_timeout,
-        use_face_cache=not args.no_cache, fault=FaultInjection.from_env(), **extra,
+        generator=args.generator,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        device=args.device,
+        require_gpu=args.require_gpu,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        start_method=args.start_method,
+        fps=args.fps,
+        preset=args.preset,
+        crf=args.crf,
+        stall_timeout=args.stall_timeout,
+        use_face_cache=not args.no_cache,
+        fault=FaultInjection.from_env(),
+        **extra,
     ).validated()
 
 
@@ -120,8 +157,13 @@ def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:  # created on the first frame, so errors before it print cleanly
-            bar = tqdm(total=total, unit="frame", desc="generating", leave=False,
-                       disable=args.quiet or args.json)
+            bar = tqdm(
+                total=total,
+                unit="frame",
+                desc="generating",
+                leave=False,
+                disable=args.quiet or args.json,
+            )
         bar.update(done - bar.n)
 
     try:
@@ -177,8 +219,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_onnx(graph, spec.crop.size, args.output, opset=args.opset)
     diff = verify_parity(graph, path, spec.crop.size)
     if args.json:
-        print(json.dumps({"output": str(path), "generator": spec.name, "opset": args.opset,
-                          "max_abs_diff_vs_torch": diff}))
+        print(
+            json.dumps(
+                {
+                    "output": str(path),
+                    "generator": spec.name,
+                    "opset": args.opset,
+                    "max_abs_diff_vs_torch": diff,
+                }
+            )
+        )
     elif not args.quiet:
         print(f"wrote {path} ({spec.name}, opset {args.opset}); max |torch - ORT| = {diff:.2e}")
     return 0
@@ -193,7 +243,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "generate": cmd_generate, "demo": cmd_demo, "export-onnx": cmd_export,
+    "generate": cmd_generate,
+    "demo": cmd_demo,
+    "export-onnx": cmd_export,
     "serve": cmd_serve,
 }
 

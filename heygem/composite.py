@@ -24,8 +24,11 @@ def feather_mask(width: int, height: int, kind: str) -> np.ndarray:
     if kind == "mouth":
         radius = np.sqrt((u / 0.9) ** 2 + (v / 0.9) ** 2)
     else:
-        radius = np.sqrt((u / 0.92) ** 2 + (np.maximum(0.0, 0.1 - v) / 0.45) ** 2
-                         + (np.maximum(0.0, v - 0.0) / 0.95) ** 2)
+        radius = np.sqrt(
+            (u / 0.92) ** 2
+            + (np.maximum(0.0, 0.1 - v) / 0.45) ** 2
+            + (np.maximum(0.0, v - 0.0) / 0.95) ** 2
+        )
     # 1 inside 60 % of the radius, smooth fall-off to 0 at the edge of the ellipse.
     ramp = np.clip((1.0 - radius) / 0.4, 0.0, 1.0)
     mask = (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)

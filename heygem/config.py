@@ -104,12 +104,15 @@ class GenerateOptions:
                 "the wav2lip generator needs a checkpoint",
                 hint="pass --checkpoint PATH to a Wav2Lip .pth (96x96 model)",
             )
-        if self.fault is not None and self.fault.kind in ("kill", "sigbus") and (
-            self.fault.stage != "load" or self.num_workers == 0
+        if (
+            self.fault is not None
+            and self.fault.kind in ("kill", "sigbus")
+            and (self.fault.stage != "load" or self.num_workers == 0)
         ):
             raise InvalidOption(
                 f"fault {self.fault.kind} needs a process: it applies to stage 'load' with "
-                "--num-workers > 0", hint="use HEYGEM_FAULT=load:sigbus with --num-workers 1",
+                "--num-workers > 0",
+                hint="use HEYGEM_FAULT=load:sigbus with --num-workers 1",
             )
         if self.device == "cpu" and self.require_gpu:
             raise InvalidOption(

@@ -32,9 +32,9 @@ def load_portrait() -> np.ndarray:
     return image
 
 
-def iter_template_frames(seconds: float, fps: float = 25.0,
-                         size: tuple[int, int] = (1280, 720),
-                         sway: float = 1.0) -> Iterator[np.ndarray]:
+def iter_template_frames(
+    seconds: float, fps: float = 25.0, size: tuple[int, int] = (1280, 720), sway: float = 1.0
+) -> Iterator[np.ndarray]:
     """BGR frames of the portrait's head and shoulders, centred, swaying slightly."""
     width, height = size
     portrait = load_portrait()
@@ -50,13 +50,13 @@ def iter_template_frames(seconds: float, fps: float = 25.0,
         dy = sway * 0.008 * height * math.sin(2 * math.pi * 0.33 * t + 1.0)
         matrix = cv2.getRotationMatrix2D((head.shape[1] / 2, head.shape[0] * 0.4), angle, 1.0)
         matrix[:, 2] += np.array([x_off + dx, dy])
-        frame = cv2.warpAffine(head, matrix, (width, height), borderMode=cv2.BORDER_TRANSPARENT,
-                               dst=backdrop.copy())
+        frame = cv2.warpAffine(
+            head, matrix, (width, height), borderMode=cv2.BORDER_TRANSPARENT, dst=backdrop.copy()
+        )
         yield frame
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 25.0,
-                crf: int = 20) -> Path:
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 25.0, crf: int = 20) -> Path:
     with av.open(str(path), mode="w") as out:
         stream = None
         for frame in frames:
@@ -84,8 +84,9 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000) -> Path
     return path
 
 
-def build_demo_inputs(directory: Path, *, audio_seconds: float = 8.0,
-                      template_seconds: float = 4.0, seed: int = 0) -> tuple[Path, Path]:
+def build_demo_inputs(
+    directory: Path, *, audio_seconds: float = 8.0, template_seconds: float = 4.0, seed: int = 0
+) -> tuple[Path, Path]:
     """Write (audio.wav, template.mp4) into ``directory``, reusing them if present."""
     directory.mkdir(parents=True, exist_ok=True)
     audio = directory / f"speech-{audio_seconds:g}s-seed{seed}.wav"

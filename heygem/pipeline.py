@@ -64,8 +64,15 @@ PROGRESS_EVERY = 25  # frames between stage_progress log events
 
 def event(level: int, message: str, name: str, job_id: str, **fields: object) -> None:
     """A structured log record: the JSON log lines `heygem-diagnose log` reads back."""
-    log.log(level, message, extra={"event": name, "job_id": job_id,
-                                   **{k: v for k, v in fields.items() if v is not None}})
+    log.log(
+        level,
+        message,
+        extra={
+            "event": name,
+            "job_id": job_id,
+            **{k: v for k, v in fields.items() if v is not None},
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,9 @@ class _Job:
 class Pipeline:
     """A warm pipeline: the generator is loaded once and reused by every ``generate``."""
 
-    def __init__(self, options: GenerateOptions | None = None,
-                 budget: ThreadBudget | None = None) -> None:
+    def __init__(
+        self, options: GenerateOptions | None = None, budget: ThreadBudget | None = None
+    ) -> None:
         self.options = (options or GenerateOptions()).validated()
         self.budget = budget or ThreadBudget.for_machine()
         self._runner: GraphRunner | None = None
@@ -147,12 +155,20 @@ class Pipeline:
         if self._runner is None or self._spec is None:
             opts = self.options
             self._runner, self._spec = load_generator(
-                opts.generator, opts.checkpoint, backend=opts.backend, device=opts.device,
-                threads=self.budget.ort_threads, require_gpu=opts.require_gpu,
+                opts.generator,
+                opts.checkpoint,
+                backend=opts.backend,
+                device=opts.device,
+                threads=self.budget.ort_threads,
+                require_gpu=opts.require_gpu,
                 cache_dir=opts.cache_dir,
             )
-            log.info("generator %s on %s, providers %s", self._spec.name,
-                     self._runner.info.backend, ",".join(self._runner.info.used))
+            log.info(
+                "generator %s on %s, providers %s",
+                self._spec.name,
+                self._runner.info.backend,
+                ",".join(self._runner.info.used),
+            )
         return self._runner, self._spec
 
     def check_inputs(self, audio: Path, video: Path, output: Path) -> Inputs:
@@ -168,45 +184,90 @@ class Pipeline:
         if seconds > self.options.max_audio_seconds:
             raise InputTooLarge(
                 f"audio is {seconds:.0f} s long, above the {self.options.max_audio_seconds:.0f} s "
-                "limit", hint="split the audio into shorter parts or raise the limit")
+                "limit",
+                hint="split the audio into shorter parts or raise the limit",
+            )
         fps = self.options.fps or inputs.video.fps
         n_frames = features.frame_count(wav.size, fps)
         mel = features.pad_mel_for_frames(features.melspectrogram(wav), n_frames, fps)
         activity = features.voice_activity(wav, n_frames, fps)
         return AudioFeatures(n_frames, fps, seconds, mel, activity.active)
 
-    def plan_template(self, inputs: Inputs, spec: GeneratorSpec,
-                      on_progress: Callable[[int], None] | None = None) -> TemplatePlan:
+    def plan_template(
+        self, inputs: Inputs, spec: GeneratorSpec, on_progress: Callable[[int], None] | None = None
+    ) -> TemplatePlan:
         width, height = output_size(inputs.video.width, inputs.video.height)
         return plan_template(
-            inputs.video.path, width, height, spec.crop, cache_dir=self.options.cache_dir,
-            use_cache=self.options.use_face_cache, max_frames=self.options.max_template_frames,
+            inputs.video.path,
+            width,
+            height,
+            spec.crop,
+            cache_dir=self.options.cache_dir,
+            use_cache=self.options.use_face_cache,
+            max_frames=self.options.max_template_frames,
             on_progress=on_progress,
         )
 
     # -- the whole job -------------------------------------------------------------------
-    def generate(self, audio: Path, video: Path, output: Path, *,
-                 progress: ProgressCallback | None = None,
-                 cancel: threading.Event | None = None,
-                 job_id: str | None = None) -> GenerationResult:
+    def generate(
+        self,
+        audio: Path,
+        video: Path,
+        output: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        job_id: str | None = None,
+    ) -> GenerationResult:
         job_id = job_id or uuid.uuid4().hex[:12]
         with self._lock:
-            event(logging.INFO, "job started", "job_started", job_id, audio=str(audio),
-                  video=str(video), output=str(output))
+            event(
+                logging.INFO,
+                "job started",
+                "job_started",
+                job_id,
+                audio=str(audio),
+                video=str(video),
+                output=str(output),
+            )
             try:
-                result = self._generate(Path(audio), Path(video), Path(output), progress,
-                                        cancel or threading.Event(), job_id)
+                result = self._generate(
+                    Path(audio),
+                    Path(video),
+                    Path(output),
+                    progress,
+                    cancel or threading.Event(),
+                    job_id,
+                )
             except HeygemError as exc:
-                event(logging.ERROR, f"job failed: {exc}", "job_failed", job_id,
-                      stage=getattr(exc, "stage", None), error_type=type(exc).__name__)
+                event(
+                    logging.ERROR,
+                    f"job failed: {exc}",
+                    "job_failed",
+                    job_id,
+                    stage=getattr(exc, "stage", None),
+                    error_type=type(exc).__name__,
+                )
                 raise
-            event(logging.INFO, f"job finished: {result.frames} frames", "job_finished",
-                  job_id, frames=result.frames, seconds=round(result.timings["total"], 3))
+            event(
+                logging.INFO,
+                f"job finished: {result.frames} frames",
+                "job_finished",
+                job_id,
+                frames=result.frames,
+                seconds=round(result.timings["total"], 3),
+            )
             return result
 
-    def _generate(self, audio: Path, video: Path, output: Path,
-                  progress: ProgressCallback | None, cancel: threading.Event,
-                  job_id: str) -> GenerationResult:
+    def _generate(
+        self,
+        audio: Path,
+        video: Path,
+        output: Path,
+        progress: ProgressCallback | None,
+        cancel: threading.Event,
+        job_id: str,
+    ) -> GenerationResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         with _timed(timings, "check_inputs"):
@@ -221,26 +282,45 @@ class Pipeline:
         _raise_if_cancelled(cancel)
         warnings = list(runner.info.warnings)
         if plan.faceless_frames:
-            warnings.append(f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
-                            "detectable face and pass through unchanged")
+            warnings.append(
+                f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
+                "detectable face and pass through unchanged"
+            )
         with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
-            stage_seconds = self.stream(inputs, feats, plan, runner, spec, Path(workdir),
-                                        progress, cancel, job_id)
+            stage_seconds = self.stream(
+                inputs, feats, plan, runner, spec, Path(workdir), progress, cancel, job_id
+            )
         timings.update(stage_seconds)
         timings["total"] = time.perf_counter() - started
         return GenerationResult(
-            output=inputs.output, frames=feats.n_frames, fps=feats.fps, duration=feats.seconds,
-            width=plan.width, height=plan.height, timings=timings, backend=runner.info.backend,
-            providers_requested=runner.info.requested, providers_used=runner.info.used,
-            warnings=tuple(warnings), template_from_cache=plan.from_cache,
+            output=inputs.output,
+            frames=feats.n_frames,
+            fps=feats.fps,
+            duration=feats.seconds,
+            width=plan.width,
+            height=plan.height,
+            timings=timings,
+            backend=runner.info.backend,
+            providers_requested=runner.info.requested,
+            providers_used=runner.info.used,
+            warnings=tuple(warnings),
+            template_from_cache=plan.from_cache,
             faceless_frames=plan.faceless_frames,
             silent_frames=int((~feats.active).sum()),
         )
 
-    def stream(self, inputs: Inputs, feats: AudioFeatures, plan: TemplatePlan,
-               runner: GraphRunner, spec: GeneratorSpec, workdir: Path,
-               progress: ProgressCallback | None, cancel: threading.Event,
-               job_id: str = "-") -> dict[str, float]:
+    def stream(
+        self,
+        inputs: Inputs,
+        feats: AudioFeatures,
+        plan: TemplatePlan,
+        runner: GraphRunner,
+        spec: GeneratorSpec,
+        workdir: Path,
+        progress: ProgressCallback | None,
+        cancel: threading.Event,
+        job_id: str = "-",
+    ) -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
         mel_path = workdir / "mel.npy"
@@ -252,18 +332,35 @@ class Pipeline:
         job = _Job(cancel=threading.Event(), monitors=monitors, job_id=job_id)
         batch_frames = opts.batch_size
         frames_ch: Channel[tuple[int, Any]] = Channel(
-            "frames", 2 * batch_frames, monitors["decode"], monitors["compose"], job.cancel)
+            "frames", 2 * batch_frames, monitors["decode"], monitors["compose"], job.cancel
+        )
         batches_ch: Channel[Any] = Channel(
-            "batches", 2, monitors["load"], monitors["generate"], job.cancel)
+            "batches", 2, monitors["load"], monitors["generate"], job.cancel
+        )
         generated_ch: Channel[tuple[np.ndarray, np.ndarray]] = Channel(
-            "generated", 2, monitors["generate"], monitors["compose"], job.cancel)
-        writer = Mp4Writer(inputs.output, width=plan.width, height=plan.height, fps=feats.fps,
-                           preset=opts.preset, crf=opts.crf, threads=self.budget.x264_threads,
-                           audio_path=inputs.audio.path)
+            "generated", 2, monitors["generate"], monitors["compose"], job.cancel
+        )
+        writer = Mp4Writer(
+            inputs.output,
+            width=plan.width,
+            height=plan.height,
+            fps=feats.fps,
+            preset=opts.preset,
+            crf=opts.crf,
+            threads=self.budget.x264_threads,
+            audio_path=inputs.audio.path,
+        )
         try:
-            source = FrameSource(inputs.video.path, plan.width, plan.height,
-                             n_template=plan.n_frames, template_fps=inputs.video.fps,
-                                 out_fps=feats.fps, n_frames=feats.n_frames, spool_dir=workdir)
+            source = FrameSource(
+                inputs.video.path,
+                plan.width,
+                plan.height,
+                n_template=plan.n_frames,
+                template_fps=inputs.video.fps,
+                out_fps=feats.fps,
+                n_frames=feats.n_frames,
+                spool_dir=workdir,
+            )
         except BaseException:
             writer.abort()
             raise
@@ -271,17 +368,35 @@ class Pipeline:
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
-            "generate": lambda: _generate_stage(runner, batches_ch, generated_ch,
-                                                monitors["generate"], opts.fault),
-            "compose": lambda: _compose_stage(job_id,
-                frames_ch, generated_ch, writer, plan, timing, feats.active, spec,
-                monitors["compose"], progress, opts.fault),
+            "generate": lambda: _generate_stage(
+                runner, batches_ch, generated_ch, monitors["generate"], opts.fault
+            ),
+            "compose": lambda: _compose_stage(
+                job_id,
+                frames_ch,
+                generated_ch,
+                writer,
+                plan,
+                timing,
+                feats.active,
+                spec,
+                monitors["compose"],
+                progress,
+                opts.fault,
+            ),
         }
-        threads = [threading.Thread(target=self._run_stage, args=(name, fn, job),
-                                    name=f"heygem-{name}", daemon=True)
-                   for name, fn in stages.items()]
-        watchdog = Watchdog(list(monitors.values()), [frames_ch, batches_ch, generated_ch],
-                            opts.stall_timeout, children=lambda: _children(job))
+        threads = [
+            threading.Thread(
+                target=self._run_stage, args=(name, fn, job), name=f"heygem-{name}", daemon=True
+            )
+            for name, fn in stages.items()
+        ]
+        watchdog = Watchdog(
+            list(monitors.values()),
+            [frames_ch, batches_ch, generated_ch],
+            opts.stall_timeout,
+            children=lambda: _children(job),
+        )
         for thread in threads:
             thread.start()
         try:
@@ -307,9 +422,15 @@ class Pipeline:
                 raise JobCancelled
             body()
             monitor.finish()
-            event(logging.INFO, f"stage {name} finished", "stage_finished", job.job_id,
-                  stage=name, frames=monitor.items, busy_seconds=round(
-                      monitor.busy_seconds_total, 3))
+            event(
+                logging.INFO,
+                f"stage {name} finished",
+                "stage_finished",
+                job.job_id,
+                stage=name,
+                frames=monitor.items,
+                busy_seconds=round(monitor.busy_seconds_total, 3),
+            )
         except JobCancelled:
             monitor.finish(failed=True)
         except HeygemError as exc:
@@ -348,9 +469,15 @@ class Pipeline:
             if problem is not None:
                 kind = "stage_stalled" if isinstance(problem, PipelineStalled) else "stage_crashed"
                 stuck = job.monitors.get(problem.stage or "")
-                event(logging.ERROR, str(problem), kind, job.job_id, stage=problem.stage,
-                      frames=stuck.items if stuck else None,
-                      queue_depth=watchdog.input_depth(problem.stage))
+                event(
+                    logging.ERROR,
+                    str(problem),
+                    kind,
+                    job.job_id,
+                    stage=problem.stage,
+                    frames=stuck.items if stuck else None,
+                    queue_depth=watchdog.input_depth(problem.stage),
+                )
                 job.fail(problem)
                 return
             job.finished.wait(0.1)
@@ -368,8 +495,12 @@ class Pipeline:
         multiprocessing.active_children()  # joins (reaps) any finished child
 
 
-def _decode_stage(source: FrameSource, out: Channel[tuple[int, Any]],
-                  monitor: StageMonitor, fault: FaultInjection | None) -> None:
+def _decode_stage(
+    source: FrameSource,
+    out: Channel[tuple[int, Any]],
+    monitor: StageMonitor,
+    fault: FaultInjection | None,
+) -> None:
     for index, frame in source:
         inject(fault, "decode", index)
         out.put((index, frame))
@@ -377,9 +508,13 @@ def _decode_stage(source: FrameSource, out: Channel[tuple[int, Any]],
     out.put(END)
 
 
-def _generate_stage(runner: GraphRunner, inp: Channel[Any],
-                    out: Channel[tuple[np.ndarray, np.ndarray]], monitor: StageMonitor,
-                    fault: FaultInjection | None) -> None:
+def _generate_stage(
+    runner: GraphRunner,
+    inp: Channel[Any],
+    out: Channel[tuple[np.ndarray, np.ndarray]],
+    monitor: StageMonitor,
+    fault: FaultInjection | None,
+) -> None:
     batch_number = 0
     while not isinstance(item := inp.get(), EndOfStream):
         inject(fault, "generate", batch_number)
@@ -393,24 +528,32 @@ def _generate_stage(runner: GraphRunner, inp: Channel[Any],
     out.put(END)
 
 
-def _compose_stage(job_id: str, frames: Channel[tuple[int, Any]],
-                   generated: Channel[tuple[np.ndarray, np.ndarray]], writer: Mp4Writer,
-                   plan: TemplatePlan, timing: FrameTiming, active: np.ndarray,
-                   spec: GeneratorSpec, monitor: StageMonitor,
-                   progress: ProgressCallback | None, fault: FaultInjection | None) -> None:
+def _compose_stage(
+    job_id: str,
+    frames: Channel[tuple[int, Any]],
+    generated: Channel[tuple[np.ndarray, np.ndarray]],
+    writer: Mp4Writer,
+    plan: TemplatePlan,
+    timing: FrameTiming,
+    active: np.ndarray,
+    spec: GeneratorSpec,
+    monitor: StageMonitor,
+    progress: ProgressCallback | None,
+    fault: FaultInjection | None,
+) -> None:
     pending: deque[tuple[int, np.ndarray]] = deque()
     for index, frame in _until_end(frames):
         inject(fault, "compose", index)
         while not pending:
             batch = generated.get()
             if isinstance(batch, EndOfStream):
-                raise StageCrashed(f"generator output ended before frame {index}",
-                                   stage="generate")
+                raise StageCrashed(f"generator output ended before frame {index}", stage="generate")
             pending.extend(zip(batch[0].tolist(), batch[1], strict=True))
         gen_index, crop = pending.popleft()
         if gen_index != index:
-            raise StageCrashed(f"frame order broken: got {gen_index}, expected {index}",
-                               stage="compose")
+            raise StageCrashed(
+                f"frame order broken: got {gen_index}, expected {index}", stage="compose"
+            )
         template_frame = timing.template_frame(index)
         if plan.valid[template_frame] and (active[index] or not spec.identity_when_silent):
             region = tuple(int(v) for v in plan.regions[template_frame])
@@ -418,8 +561,14 @@ def _compose_stage(job_id: str, frames: Channel[tuple[int, Any]],
         writer.write_video(frame)
         monitor.beat(1)
         if (index + 1) % PROGRESS_EVERY == 0:
-            event(logging.DEBUG, f"{index + 1}/{timing.n_frames} frames", "stage_progress",
-                  job_id, stage="compose", frames=index + 1)
+            event(
+                logging.DEBUG,
+                f"{index + 1}/{timing.n_frames} frames",
+                "stage_progress",
+                job_id,
+                stage="compose",
+                frames=index + 1,
+            )
         if progress is not None:
             progress(index + 1, timing.n_frames)
     writer.finish()
@@ -456,12 +605,16 @@ def _stage_error(stage: str, exc: BaseException) -> PipelineError:
         # The dataset raised inside a live worker: the traceback is the evidence.
         hint = "the worker's traceback above names the failing code; the worker itself is fine"
     elif in_worker and ("Bus error" in text or "shared memory" in text):
-        hint = ("DataLoader workers ran out of /dev/shm: docker run --shm-size=2g, or "
-                "--num-workers 0")
+        hint = (
+            "DataLoader workers ran out of /dev/shm: docker run --shm-size=2g, or --num-workers 0"
+        )
     elif in_worker:
         hint = "a DataLoader worker died; `heygem-diagnose env` checks shm and memory limits"
-    error = StageCrashed(f"stage '{stage}' failed: {type(exc).__name__}: {text}",
-                         stage="load" if in_worker else stage, hint=hint)
+    error = StageCrashed(
+        f"stage '{stage}' failed: {type(exc).__name__}: {text}",
+        stage="load" if in_worker else stage,
+        hint=hint,
+    )
     error.__cause__ = exc
     return error
 

@@ -30,8 +30,8 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 
 def usable_cpus() -> int:
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1
+    count = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
     limit = cgroup_cpu_limit()
     if limit is not None:
@@ -53,5 +53,10 @@ class ThreadBudget:
         # Decode and encode dominate a talking-head job; the model only sees mouth crops,
         # so one or two compute threads are plenty and leave the codecs their cores.
         compute = max(1, min(2, cpus // 2))
-        return cls(cpus=cpus, torch_threads=compute, ort_threads=compute,
-                   x264_threads=cpus, decode_threads=max(1, min(4, cpus)))
+        return cls(
+            cpus=cpus,
+            torch_threads=compute,
+            ort_threads=compute,
+            x264_threads=cpus,
+            decode_threads=max(1, min(4, cpus)),
+        )

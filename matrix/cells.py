@@ -81,13 +81,21 @@ class Packages:
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return (f"torch-{self.torch}", f"ort-{self.ort}", self.flavour,
-                "quick" if self.quick else "full")
+        return (
+            f"torch-{self.torch}",
+            f"ort-{self.ort}",
+            self.flavour,
+            "quick" if self.quick else "full",
+        )
 
     def pins(self) -> tuple[str, ...]:
         """Exact requirements of this combination (pip constraints as well)."""
-        return (NUMPY_PIN, f"torch=={self.torch}", f"{self.ort_distribution}=={self.ort}",
-                *LIBRARY_PINS)
+        return (
+            NUMPY_PIN,
+            f"torch=={self.torch}",
+            f"{self.ort_distribution}=={self.ort}",
+            *LIBRARY_PINS,
+        )
 
 
 @dataclass(frozen=True, order=True)
@@ -122,7 +130,9 @@ class Cell:
 
 FULL_PACKAGES: tuple[Packages, ...] = tuple(
     Packages(torch, ort, flavour)
-    for torch in TORCH_VERSIONS for ort in ORT_VERSIONS for flavour in FLAVOURS
+    for torch in TORCH_VERSIONS
+    for ort in ORT_VERSIONS
+    for flavour in FLAVOURS
 )
 QUICK_PACKAGES: tuple[Packages, ...] = tuple(
     Packages(QUICK_TORCH, ort, "cpu", quick=True) for ort in ORT_VERSIONS
@@ -173,8 +183,9 @@ class Selection:
         ):
             for value in wanted:
                 if not any(_version_matches(value, k) for k in known):
-                    raise SelectionError(f"{option} {value} is not a matrix version; "
-                                         f"choose from {', '.join(known)}")
+                    raise SelectionError(
+                        f"{option} {value} is not a matrix version; choose from {', '.join(known)}"
+                    )
         for value in self.flavour:
             if value not in FLAVOURS:
                 raise SelectionError(f"--flavour {value} is not one of {', '.join(FLAVOURS)}")
@@ -183,13 +194,16 @@ class Selection:
                 raise SelectionError(f"--workers {count} must be >= 0")
         unknown = sorted(set(self.tags) - self.known_tags())
         if unknown:
-            raise SelectionError(f"unknown tag(s) {', '.join(unknown)}; known tags: "
-                                 f"{', '.join(sorted(self.known_tags()))}")
+            raise SelectionError(
+                f"unknown tag(s) {', '.join(unknown)}; known tags: "
+                f"{', '.join(sorted(self.known_tags()))}"
+            )
 
     def runtimes(self) -> tuple[Runtime, ...]:
         """Runtime settings to run, axis values by default (other values run too)."""
-        return tuple(Runtime(w, s) for w in (self.workers or WORKERS)
-                     for s in (self.shm or SHM_SIZES))
+        return tuple(
+            Runtime(w, s) for w in (self.workers or WORKERS) for s in (self.shm or SHM_SIZES)
+        )
 
     def known_tags(self) -> set[str]:
         tags = {tag for p in ALL_PACKAGES for tag in p.tags}
@@ -206,7 +220,8 @@ class Selection:
         if not self._packages_match(cell.packages):
             return False
         if (self.workers and cell.runtime.workers not in self.workers) or (
-                self.shm and cell.runtime.shm not in self.shm):
+            self.shm and cell.runtime.shm not in self.shm
+        ):
             return False
         return not self.tags or bool(set(self.tags) & set(cell.tags))
 
@@ -220,10 +235,14 @@ class Selection:
     def to_args(self) -> list[str]:
         """The options that rebuild this selection (passed on to run_cell)."""
         args: list[str] = []
-        for option, values in (("--torch", self.torch), ("--ort", self.ort),
-                               ("--flavour", self.flavour),
-                               ("--workers", tuple(str(w) for w in self.workers)),
-                               ("--shm", self.shm), ("--tag", self.tags)):
+        for option, values in (
+            ("--torch", self.torch),
+            ("--ort", self.ort),
+            ("--flavour", self.flavour),
+            ("--workers", tuple(str(w) for w in self.workers)),
+            ("--shm", self.shm),
+            ("--tag", self.tags),
+        ):
             if values:
                 args += [option, ",".join(values)]
         return args
@@ -244,22 +263,47 @@ def _split(values: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("cell selection (comma lists or repeated options; "
-                                      "values of one option OR, options AND)")
-    group.add_argument("--torch", action="append", metavar="VERSION",
-                       help=f"torch: {', '.join(TORCH_VERSIONS)} ({QUICK_TORCH} quick)")
-    group.add_argument("--ort", action="append", metavar="VERSION",
-                       help=f"onnxruntime: {', '.join(ORT_VERSIONS)} ('1.18' works too)")
-    group.add_argument("--flavour", action="append", metavar="cpu|gpu",
-                       help="onnxruntime wheel: cpu (onnxruntime) or gpu (onnxruntime-gpu)")
-    group.add_argument("--workers", action="append", metavar="N",
-                       help=f"DataLoader num_workers (default {','.join(map(str, WORKERS))}; "
-                            "other counts run too)")
-    group.add_argument("--shm", action="append", metavar="SIZE",
-                       help=f"/dev/shm size (default {','.join(SHM_SIZES)}; any tmpfs size)")
-    group.add_argument("--tag", action="append", metavar="TAG",
-                       help="cells carrying any of these tags: quick, full, cpu, gpu, "
-                            "torch-2.4.1, ort-1.18.0, workers-4, shm-64m, ...")
+    group = parser.add_argument_group(
+        "cell selection (comma lists or repeated options; values of one option OR, options AND)"
+    )
+    group.add_argument(
+        "--torch",
+        action="append",
+        metavar="VERSION",
+        help=f"torch: {', '.join(TORCH_VERSIONS)} ({QUICK_TORCH} quick)",
+    )
+    group.add_argument(
+        "--ort",
+        action="append",
+        metavar="VERSION",
+        help=f"onnxruntime: {', '.join(ORT_VERSIONS)} ('1.18' works too)",
+    )
+    group.add_argument(
+        "--flavour",
+        action="append",
+        metavar="cpu|gpu",
+        help="onnxruntime wheel: cpu (onnxruntime) or gpu (onnxruntime-gpu)",
+    )
+    group.add_argument(
+        "--workers",
+        action="append",
+        metavar="N",
+        help=f"DataLoader num_workers (default {','.join(map(str, WORKERS))}; "
+        "other counts run too)",
+    )
+    group.add_argument(
+        "--shm",
+        action="append",
+        metavar="SIZE",
+        help=f"/dev/shm size (default {','.join(SHM_SIZES)}; any tmpfs size)",
+    )
+    group.add_argument(
+        "--tag",
+        action="append",
+        metavar="TAG",
+        help="cells carrying any of these tags: quick, full, cpu, gpu, "
+        "torch-2.4.1, ort-1.18.0, workers-4, shm-64m, ...",
+    )
 
 
 def selection_from_namespace(ns: argparse.Namespace) -> Selection:
@@ -268,8 +312,11 @@ def selection_from_namespace(ns: argparse.Namespace) -> Selection:
     except ValueError:
         raise SelectionError(f"--workers takes whole numbers, got {ns.workers}") from None
     return Selection(
-        torch=_split(ns.torch), ort=_split(ns.ort), flavour=_split(ns.flavour),
-        workers=workers, shm=tuple(normalize_shm(s) for s in _split(ns.shm)),
+        torch=_split(ns.torch),
+        ort=_split(ns.ort),
+        flavour=_split(ns.flavour),
+        workers=workers,
+        shm=tuple(normalize_shm(s) for s in _split(ns.shm)),
         tags=_split(ns.tag),
     )
 

@@ -22,16 +22,27 @@ from heygem.errors import InvalidOption
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m matrix.fingerprint",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m matrix.fingerprint", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--label", required=True, help="names this record in the drift table")
-    parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
-                        help="repeatable; default: all scenarios")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="repeatable; default: all scenarios",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        record = fingerprint_environment_run(args.scenario or None, backend="onnxruntime",
-                                             device="cpu", label=args.label, frames=False)
+        record = fingerprint_environment_run(
+            args.scenario or None,
+            backend="onnxruntime",
+            device="cpu",
+            label=args.label,
+            frames=False,
+        )
     except InvalidOption as exc:
         print(f"matrix.fingerprint: error: {exc}", file=sys.stderr)
         return 2

@@ -64,8 +64,9 @@ def _pip(python: Path, args: list[str], log_file: Path) -> tuple[int | None, tup
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
         try:
-            code: int | None = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
-                                              timeout=_PIP_TIMEOUT, check=False).returncode
+            code: int | None = subprocess.run(
+                command, stdout=out, stderr=subprocess.STDOUT, timeout=_PIP_TIMEOUT, check=False
+            ).returncode
         except subprocess.TimeoutExpired:
             code = None
             out.write(f"pip timed out after {_PIP_TIMEOUT:g} s\n")
@@ -89,8 +90,9 @@ def install(python: Path, packages: Packages, project: Path, log_file: Path) -> 
     started = time.perf_counter()
     code, tail = _pip(python, ["-c", str(constraints), *reqs], log_file)
     if code == 0:
-        code, tail = _pip(python, ["-c", str(constraints), "--no-deps", "-e", str(project)],
-                          log_file)
+        code, tail = _pip(
+            python, ["-c", str(constraints), "--no-deps", "-e", str(project)], log_file
+        )
     seconds = round(time.perf_counter() - started, 1)
     if code != 0:
         return InstallReport(False, seconds, False, tail, code, log_file)
@@ -98,13 +100,23 @@ def install(python: Path, packages: Packages, project: Path, log_file: Path) -> 
     return InstallReport(True, seconds, False, (), 0, log_file)
 
 
-def failure_records(cells: tuple[Cell, ...], report: InstallReport,
-                    session: str | None) -> list[CellResult]:
+def failure_records(
+    cells: tuple[Cell, ...], report: InstallReport, session: str | None
+) -> list[CellResult]:
     """One install-failed record per selected cell: the matrix goes on."""
     why = "timed out" if report.returncode is None else f"exit {report.returncode}"
     evidence = report.tail + ((f"full log: {report.log_path}",) if report.log_path else ())
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    return [CellResult.for_cell(cell, Outcome.INSTALL_FAILED, cause=f"pip install failed ({why})",
-                                evidence=evidence, failed_step="install", started=started,
-                                install_s=report.seconds, session=session)
-            for cell in cells]
+    return [
+        CellResult.for_cell(
+            cell,
+            Outcome.INSTALL_FAILED,
+            cause=f"pip install failed ({why})",
+            evidence=evidence,
+            failed_step="install",
+            started=started,
+            install_s=report.seconds,
+            session=session,
+        )
+        for cell in cells
+    ]

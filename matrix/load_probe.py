@@ -40,8 +40,13 @@ log = logging.getLogger("matrix.load_probe")
 MIB = 1 << 20
 _FPS = 25.0
 _MEL_BINS, _MEL_STEPS = 80, 16
-_PROBE_OUTCOMES = {"ok": Outcome.OK, "stalled": Outcome.STALLED, "crashed": Outcome.CRASHED,
-                   "bad-input": Outcome.ERROR, "error": Outcome.ERROR}
+_PROBE_OUTCOMES = {
+    "ok": Outcome.OK,
+    "stalled": Outcome.STALLED,
+    "crashed": Outcome.CRASHED,
+    "bad-input": Outcome.ERROR,
+    "error": Outcome.ERROR,
+}
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,9 @@ def _write_inputs(directory: Path, config: LoadConfig) -> tuple[Path, Path, int]
     n_template = 25  # one second of template frames, ping-ponged like a real template
     size, channels = config.face_size, config.channels
     crops_path = directory / "crops.npy"
-    crops = np.lib.format.open_memmap(crops_path, mode="w+", dtype=np.uint8,
-                                      shape=(n_template, size, size, channels))
+    crops = np.lib.format.open_memmap(
+        crops_path, mode="w+", dtype=np.uint8, shape=(n_template, size, size, channels)
+    )
     pattern = (np.arange(size * channels, dtype=np.uint32) % 251).astype(np.uint8)
     for index in range(n_template):
         crops[index] = (pattern.reshape(size, channels) + index)[None, :, :]
@@ -96,9 +102,11 @@ class LoadStalled(Exception):
 def _stall_alarm(seconds: float) -> Iterator[Callable[[], None]]:
     """Raise LoadStalled in the main thread (where the consumer waits on the loader) when
     ``seconds`` pass without the yielded ``rearm()`` being called; 0 disables it."""
+
     def expired(signum: int, frame: object) -> None:
-        raise LoadStalled(f"no batch for {seconds:g} s: the DataLoader is waiting for a "
-                          "batch that does not come")
+        raise LoadStalled(
+            f"no batch for {seconds:g} s: the DataLoader is waiting for a batch that does not come"
+        )
 
     def rearm() -> None:
         signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.0))
@@ -118,8 +126,10 @@ def run_load(config: LoadConfig) -> StepResult:
 
     started = time.perf_counter()
     detail: dict[str, object] = {
-        "workers": config.workers, "batch_size": config.batch_size,
-        "face_size": config.face_size, "channels": config.channels,
+        "workers": config.workers,
+        "batch_size": config.batch_size,
+        "face_size": config.face_size,
+        "channels": config.channels,
         "batch_mib": round(config.batch_size * config.sample_bytes / MIB, 1),
         "in_flight_mib": round(config.in_flight_bytes / MIB, 1),
     }
@@ -129,10 +139,18 @@ def run_load(config: LoadConfig) -> StepResult:
     with tempfile.TemporaryDirectory(prefix="heygem-matrix-load-") as tmp:
         try:
             crops_path, mel_path, n_template = _write_inputs(Path(tmp), config)
-            timing = FrameTiming(n_frames=config.batches * config.batch_size, out_fps=_FPS,
-                                 template_fps=_FPS, n_template=n_template)
-            loader = make_loader(FrameSamples(crops_path, mel_path, timing),
-                                 config.batch_size, config.workers, config.start_method)
+            timing = FrameTiming(
+                n_frames=config.batches * config.batch_size,
+                out_fps=_FPS,
+                template_fps=_FPS,
+                n_template=n_template,
+            )
+            loader = make_loader(
+                FrameSamples(crops_path, mel_path, timing),
+                config.batch_size,
+                config.workers,
+                config.start_method,
+            )
             with _stall_alarm(config.stall_seconds) as rearm:
                 batches = iter(loader)
                 for _, crops, _mel in batches:
@@ -142,18 +160,22 @@ def run_load(config: LoadConfig) -> StepResult:
                     rearm()
         except Exception as exc:  # noqa: BLE001 - the failure is what this step measures
             exits = _worker_exits(batches)
-            outcome, cause = ((Outcome.STALLED, str(exc)) if isinstance(exc, LoadStalled)
-                              else classify_load_error(exc, exits))
+            outcome, cause = (
+                (Outcome.STALLED, str(exc))
+                if isinstance(exc, LoadStalled)
+                else classify_load_error(exc, exits)
+            )
             detail["batches"] = loaded
             detail["worker_exits"] = [code for _, code in exits]
-            evidence = _evidence(exc) + tuple(f"worker {pid}: {_describe(code)}"
-                                              for pid, code in exits)
-            return StepResult(outcome, cause, evidence,
-                              round(time.perf_counter() - started, 3), detail)
+            evidence = _evidence(exc) + tuple(
+                f"worker {pid}: {_describe(code)}" for pid, code in exits
+            )
+            return StepResult(
+                outcome, cause, evidence, round(time.perf_counter() - started, 3), detail
+            )
     seconds = time.perf_counter() - started
     detail["batches"] = loaded
-    detail["mib_per_s"] = round(loaded * config.batch_size * config.sample_bytes / MIB
-                                / seconds, 1)
+    detail["mib_per_s"] = round(loaded * config.batch_size * config.sample_bytes / MIB / seconds, 1)
     return StepResult(Outcome.OK, None, (), round(seconds, 3), detail)
 
 
@@ -172,8 +194,9 @@ def _describe(exitcode: int) -> str:
     return describe_exit(exitcode)[0]
 
 
-def classify_load_error(exc: BaseException,
-                        exits: Sequence[tuple[int, int]] = ()) -> tuple[Outcome, str]:
+def classify_load_error(
+    exc: BaseException, exits: Sequence[tuple[int, int]] = ()
+) -> tuple[Outcome, str]:
     """Classify like the probe does, on the text the pipeline's watchdog would write.
     Recent torch reports a full /dev/shm as ENOSPC from the worker's allocation (it
     reserves the pages first); older torch dies of SIGBUS when touching them."""
@@ -195,16 +218,20 @@ def classify_load_error(exc: BaseException,
 def _evidence(exc: BaseException) -> tuple[str, ...]:
     """The first line (what torch says happened) and the last lines (the real error)."""
     # Indented lines are traceback frames and carets: the messages are flush left.
-    lines = [line.rstrip() for line in f"{type(exc).__name__}: {exc}".splitlines()
-             if line.strip() and not line[0].isspace()]
+    lines = [
+        line.rstrip()
+        for line in f"{type(exc).__name__}: {exc}".splitlines()
+        if line.strip() and not line[0].isspace()
+    ]
     if len(lines) <= 4:
         return tuple(lines)
     return (lines[0], "...", *lines[-3:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m matrix.load_probe",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m matrix.load_probe", description=__doc__.split("\n\n")[0]
+    )
     defaults = LoadConfig()
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -215,10 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start-method", default=defaults.start_method)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = LoadConfig(workers=args.workers, batch_size=args.batch_size,
-                        face_size=args.face_size, batches=args.batches,
-                        consumer_seconds=args.consumer_seconds, start_method=args.start_method,
-                        stall_seconds=args.stall_seconds)
+    config = LoadConfig(
+        workers=args.workers,
+        batch_size=args.batch_size,
+        face_size=args.face_size,
+        batches=args.batches,
+        consumer_seconds=args.consumer_seconds,
+        start_method=args.start_method,
+        stall_seconds=args.stall_seconds,
+    )
     result = run_load(config)
     print(json.dumps(result.to_dict()))  # the parent reads this line: CLI output
     return 0 if result.outcome is Outcome.OK else 1

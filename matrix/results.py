@@ -58,8 +58,12 @@ class Outcome(StrEnum):
 
 # Worst first: the outcome a cell gets when several of its steps failed.
 SEVERITY: tuple[Outcome, ...] = (
-    Outcome.INSTALL_FAILED, Outcome.UNAVAILABLE, Outcome.CRASHED, Outcome.STALLED,
-    Outcome.ERROR, Outcome.OK,
+    Outcome.INSTALL_FAILED,
+    Outcome.UNAVAILABLE,
+    Outcome.CRASHED,
+    Outcome.STALLED,
+    Outcome.ERROR,
+    Outcome.OK,
 )
 
 
@@ -78,15 +82,23 @@ class StepResult:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": str(self.outcome), "cause": self.cause,
-                "evidence": list(self.evidence), "seconds": self.seconds,
-                "detail": dict(self.detail)}
+        return {
+            "outcome": str(self.outcome),
+            "cause": self.cause,
+            "evidence": list(self.evidence),
+            "seconds": self.seconds,
+            "detail": dict(self.detail),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepResult:
-        return cls(Outcome(data["outcome"]), data.get("cause"),
-                   tuple(data.get("evidence", ())), float(data.get("seconds", 0.0)),
-                   dict(data.get("detail", {})))
+        return cls(
+            Outcome(data["outcome"]),
+            data.get("cause"),
+            tuple(data.get("evidence", ())),
+            float(data.get("seconds", 0.0)),
+            dict(data.get("detail", {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,13 +133,29 @@ class CellResult:
     def for_cell(cls, cell: Cell, outcome: Outcome, **values: Any) -> CellResult:
         """A record of ``cell``; fields a short run did not reach take their defaults."""
         record: dict[str, Any] = {
-            "cell_id": cell.id, "packages_id": cell.packages.id, "torch": cell.packages.torch,
-            "ort": cell.packages.ort, "flavour": cell.packages.flavour,
-            "workers": cell.runtime.workers, "shm": cell.runtime.shm, "outcome": outcome,
-            "cause": None, "evidence": (), "failed_step": None, "fps": None,
-            "providers_requested": (), "providers_used": (), "cpu_fallback": False,
-            "versions": {}, "doctor": {}, "steps": {}, "duration_s": 0.0, "install_s": None,
-            "started": "", "host": os.uname().nodename, "tags": cell.tags,
+            "cell_id": cell.id,
+            "packages_id": cell.packages.id,
+            "torch": cell.packages.torch,
+            "ort": cell.packages.ort,
+            "flavour": cell.packages.flavour,
+            "workers": cell.runtime.workers,
+            "shm": cell.runtime.shm,
+            "outcome": outcome,
+            "cause": None,
+            "evidence": (),
+            "failed_step": None,
+            "fps": None,
+            "providers_requested": (),
+            "providers_used": (),
+            "cpu_fallback": False,
+            "versions": {},
+            "doctor": {},
+            "steps": {},
+            "duration_s": 0.0,
+            "install_s": None,
+            "started": "",
+            "host": os.uname().nodename,
+            "tags": cell.tags,
         }
         record.update(values)
         return cls(**record)
@@ -151,15 +179,19 @@ class CellResult:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         tags = tuple(values.pop("tags", ()))
-        packages = Packages(str(values.pop("torch")), str(values.pop("ort")),
-                            str(values.pop("flavour")), quick="quick" in tags)
+        packages = Packages(
+            str(values.pop("torch")),
+            str(values.pop("ort")),
+            str(values.pop("flavour")),
+            quick="quick" in tags,
+        )
         cell = Cell(packages, Runtime(int(values.pop("workers")), str(values.pop("shm"))))
-        values["steps"] = {name: StepResult.from_dict(step)
-                           for name, step in values.get("steps", {}).items()}
+        values["steps"] = {
+            name: StepResult.from_dict(step) for name, step in values.get("steps", {}).items()
+        }
         for key in ("evidence", "providers_requested", "providers_used"):
             values[key] = tuple(values.get(key, ()))
-        return cls.for_cell(cell, Outcome(values.pop("outcome")), tags=tags or cell.tags,
-                            **values)
+        return cls.for_cell(cell, Outcome(values.pop("outcome")), tags=tags or cell.tags, **values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
@@ -184,8 +216,13 @@ def read_results(path: Path) -> list[CellResult]:
             try:
                 results.append(CellResult.from_dict(json.loads(line)))
             except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s:%d: skipped a record that does not parse (%s: %s)",
-                            path, number, type(exc).__name__, exc)
+                log.warning(
+                    "%s:%d: skipped a record that does not parse (%s: %s)",
+                    path,
+                    number,
+                    type(exc).__name__,
+                    exc,
+                )
     return results
 
 
@@ -224,8 +261,9 @@ class Fingerprint:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         fingerprint = cls(**values)
-        return replace(fingerprint, scenarios=tuple(fingerprint.scenarios),
-                       tail=tuple(fingerprint.tail))
+        return replace(
+            fingerprint, scenarios=tuple(fingerprint.scenarios), tail=tuple(fingerprint.tail)
+        )
 
 
 def fingerprints_dir(results: Path) -> Path:
@@ -239,8 +277,9 @@ def write_fingerprint(results: Path, fingerprint: Fingerprint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{fingerprint.packages_id}.json"
     tmp = target.with_suffix(".json.part")
-    tmp.write_text(json.dumps(fingerprint.to_dict(), ensure_ascii=False, sort_keys=True),
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps(fingerprint.to_dict(), ensure_ascii=False, sort_keys=True), encoding="utf-8"
+    )
     tmp.replace(target)
     return target
 
@@ -252,6 +291,10 @@ def read_fingerprints(results: Path) -> list[Fingerprint]:
         try:
             found.append(Fingerprint.from_dict(json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("%s: skipped a fingerprint file that does not parse (%s: %s)",
-                        path, type(exc).__name__, exc)
+            log.warning(
+                "%s: skipped a fingerprint file that does not parse (%s: %s)",
+                path,
+                type(exc).__name__,
+                exc,
+            )
     return found

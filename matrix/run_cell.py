@@ -58,18 +58,39 @@ from matrix.results import (
     write_fingerprint,
 )
 
-__all__ = ["FINGERPRINT_SCENARIOS", "CellOptions", "main", "parse_args", "run_cells",
-           "shm_unavailable_reason"]
+__all__ = [
+    "FINGERPRINT_SCENARIOS",
+    "CellOptions",
+    "main",
+    "parse_args",
+    "run_cells",
+    "shm_unavailable_reason",
+]
 
 log = logging.getLogger("matrix.run_cell")
 
 DEFAULT_RESULTS = Path("matrix-results/results.jsonl")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Distributions whose installed versions the record keeps (metadata only, no imports).
-_DISTRIBUTIONS = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "opencv-python-headless",
-                  "librosa", "av", "onnx", "scipy", "numba")
-_PROBE_OUTCOMES = {"ok": Outcome.OK, "stalled": Outcome.STALLED, "crashed": Outcome.CRASHED,
-                   "bad-input": Outcome.ERROR, "error": Outcome.ERROR}
+_DISTRIBUTIONS = (
+    "numpy",
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "opencv-python-headless",
+    "librosa",
+    "av",
+    "onnx",
+    "scipy",
+    "numba",
+)
+_PROBE_OUTCOMES = {
+    "ok": Outcome.OK,
+    "stalled": Outcome.STALLED,
+    "crashed": Outcome.CRASHED,
+    "bad-input": Outcome.ERROR,
+    "error": Outcome.ERROR,
+}
 _DOCTOR_EVIDENCE = ("shm", "thread-env", "ort-cuda", "cuda-consistency", "gpu", "numpy-abi")
 _TAIL = 12  # stderr lines kept as evidence when a step gives no JSON
 # "video" runs every stage (inputs to mux) on a real template, "seeded-batch" the generator
@@ -114,13 +135,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m matrix.run_cell",
-                     description="Run matrix cells of one package combination.")
-    parser.add_argument("--packages", required=True, metavar="ID",
-                        help="package combination id (e.g. torch2.4.1-ort1.18.0-cpu), or "
-                             "'here' for whatever this environment has installed")
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
-                        help=f"JSON-lines file to append to ({DEFAULT_RESULTS})")
+    parser = _Parser(
+        prog="python -m matrix.run_cell", description="Run matrix cells of one package combination."
+    )
+    parser.add_argument(
+        "--packages",
+        required=True,
+        metavar="ID",
+        help="package combination id (e.g. torch2.4.1-ort1.18.0-cpu), or "
+        "'here' for whatever this environment has installed",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help=f"JSON-lines file to append to ({DEFAULT_RESULTS})",
+    )
     parser.add_argument("--logs", type=Path, help="step logs (default: logs/ beside results)")
     parser.add_argument("--cache-dir", type=Path, help="heygem cache (default: in the venv)")
     parser.add_argument("--session", help="nox session name, kept in the record")
@@ -128,22 +158,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=3.0, help="probe speech seconds (3)")
     parser.add_argument("--probe-size", default="512x512", help="probe template size")
     parser.add_argument("--batch-size", type=int, default=16, help="DataLoader batch (16)")
-    parser.add_argument("--stall-timeout", type=float, default=10.0,
-                        help="probe watchdog stall timeout (10)")
-    parser.add_argument("--load-batches", type=int, default=12,
-                        help="batches the HeyGem-sized load step pulls (12)")
-    parser.add_argument("--load-face-size", type=int, default=512,
-                        help="face size of the load step (512)")
-    parser.add_argument("--doctor-only", action="append", default=[], metavar="ID",
-                        help="run only these doctor probes (repeatable; default all)")
-    parser.add_argument("--no-warm-up", action="store_true",
-                        help="skip the cache-filling probe run before the cells")
-    parser.add_argument("--fingerprint-scenarios", metavar="LIST",
-                        default=",".join(FINGERPRINT_SCENARIOS),
-                        help="regression scenarios to fingerprint, comma-separated, or 'all' "
-                             f"(default {','.join(FINGERPRINT_SCENARIOS)})")
-    parser.add_argument("--no-fingerprint", action="store_true",
-                        help="keep the combination's stored fingerprints, take none")
+    parser.add_argument(
+        "--stall-timeout", type=float, default=10.0, help="probe watchdog stall timeout (10)"
+    )
+    parser.add_argument(
+        "--load-batches", type=int, default=12, help="batches the HeyGem-sized load step pulls (12)"
+    )
+    parser.add_argument(
+        "--load-face-size", type=int, default=512, help="face size of the load step (512)"
+    )
+    parser.add_argument(
+        "--doctor-only",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only these doctor probes (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="skip the cache-filling probe run before the cells",
+    )
+    parser.add_argument(
+        "--fingerprint-scenarios",
+        metavar="LIST",
+        default=",".join(FINGERPRINT_SCENARIOS),
+        help="regression scenarios to fingerprint, comma-separated, or 'all' "
+        f"(default {','.join(FINGERPRINT_SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--no-fingerprint",
+        action="store_true",
+        help="keep the combination's stored fingerprints, take none",
+    )
     add_selection_arguments(parser)
     return parser
 
@@ -153,12 +200,21 @@ def parse_args(argv: Sequence[str]) -> CellOptions:
     ns = build_parser().parse_args(list(argv))
     packages = here_packages() if ns.packages == "here" else find_packages(ns.packages)
     return CellOptions(
-        packages=packages, selection=selection_from_namespace(ns), results=ns.results,
-        logs=ns.logs, cache_dir=ns.cache_dir, session=ns.session,
-        install_s=ns.install_seconds, seconds=ns.seconds, probe_size=ns.probe_size,
-        batch_size=ns.batch_size, stall_timeout=ns.stall_timeout,
-        load_batches=ns.load_batches, load_face_size=ns.load_face_size,
-        warm_up=not ns.no_warm_up, doctor_only=tuple(ns.doctor_only),
+        packages=packages,
+        selection=selection_from_namespace(ns),
+        results=ns.results,
+        logs=ns.logs,
+        cache_dir=ns.cache_dir,
+        session=ns.session,
+        install_s=ns.install_seconds,
+        seconds=ns.seconds,
+        probe_size=ns.probe_size,
+        batch_size=ns.batch_size,
+        stall_timeout=ns.stall_timeout,
+        load_batches=ns.load_batches,
+        load_face_size=ns.load_face_size,
+        warm_up=not ns.no_warm_up,
+        doctor_only=tuple(ns.doctor_only),
         fingerprint=not ns.no_fingerprint,
         fingerprint_scenarios=_scenario_list(ns.fingerprint_scenarios),
     )
@@ -198,12 +254,15 @@ def version_mismatches(packages: Packages, versions: Mapping[str, str | None]) -
         problems.append(f"torch {torch or 'missing'} installed, cell pins {packages.torch}")
     ort = versions.get(packages.ort_distribution)
     if ort != packages.ort:
-        problems.append(f"{packages.ort_distribution} {ort or 'missing'} installed, "
-                        f"cell pins {packages.ort}")
+        problems.append(
+            f"{packages.ort_distribution} {ort or 'missing'} installed, cell pins {packages.ort}"
+        )
     other = "onnxruntime" if packages.flavour == "gpu" else "onnxruntime-gpu"
     if versions.get(other):
-        problems.append(f"{other} {versions[other]} is installed too (same module: which "
-                        "one loads is undefined)")
+        problems.append(
+            f"{other} {versions[other]} is installed too (same module: which "
+            "one loads is undefined)"
+        )
     numpy = versions.get("numpy") or "missing"
     if packages.torch != "none" and not numpy.startswith("1.") and not packages.quick:
         problems.append(f"numpy {numpy} installed, cell pins numpy<2")
@@ -218,14 +277,21 @@ _MOUNT_AND_EXEC = 'mount -t tmpfs -o size="$0" tmpfs /dev/shm && exec "$@"'
 def shm_unavailable_reason() -> str | None:
     """None if a private tmpfs /dev/shm can be mounted here, else why not."""
     if os.geteuid() != 0:
-        return ("not root: a private /dev/shm of a given size needs a new mount namespace "
-                "(run the matrix as root, e.g. in its container)")
+        return (
+            "not root: a private /dev/shm of a given size needs a new mount namespace "
+            "(run the matrix as root, e.g. in its container)"
+        )
     unshare = shutil.which("unshare")
     if unshare is None:
         return "unshare(1) not found (util-linux)"
     try:
-        trial = subprocess.run([unshare, "--mount", "sh", "-c", _MOUNT_AND_EXEC, "1m", "true"],
-                               capture_output=True, text=True, timeout=30, check=False)
+        trial = subprocess.run(
+            [unshare, "--mount", "sh", "-c", _MOUNT_AND_EXEC, "1m", "true"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unshare --mount could not run: {exc}"
     if trial.returncode != 0:
@@ -271,8 +337,9 @@ def _group_members(pgid: int) -> int:
     return count
 
 
-def run_step(command: Sequence[str], *, timeout: float, log_path: Path,
-             env: Mapping[str, str]) -> StepRun:
+def run_step(
+    command: Sequence[str], *, timeout: float, log_path: Path, env: Mapping[str, str]
+) -> StepRun:
     """Run in its own process group; stderr to ``log_path``, stdout to a file beside it
     (a pipe would stay open while an orphaned worker holds it: waiting for its EOF would
     turn a finished step into a hang). Whatever the step leaves running is counted and
@@ -283,8 +350,14 @@ def run_step(command: Sequence[str], *, timeout: float, log_path: Path,
     with log_path.open("w", encoding="utf-8") as stderr, out_path.open("w") as stdout:
         stderr.write("$ " + " ".join(command) + "\n")
         stderr.flush()
-        proc = subprocess.Popen(list(command), stdout=stdout, stderr=stderr, text=True,
-                                env=dict(env), start_new_session=True)
+        proc = subprocess.Popen(
+            list(command),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            env=dict(env),
+            start_new_session=True,
+        )
         try:
             returncode: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -298,8 +371,13 @@ def run_step(command: Sequence[str], *, timeout: float, log_path: Path,
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
-    return StepRun(returncode, out_path.read_text(encoding="utf-8", errors="replace"),
-                   tuple(lines[-_TAIL:]), seconds, leftover)
+    return StepRun(
+        returncode,
+        out_path.read_text(encoding="utf-8", errors="replace"),
+        tuple(lines[-_TAIL:]),
+        seconds,
+        leftover,
+    )
 
 
 # --- the cell -------------------------------------------------------------------------
@@ -330,10 +408,23 @@ def _step_env() -> dict[str, str]:
 
 def _probe_command(ctx: _Context, workers: int, seconds: float) -> list[str]:
     o = ctx.options
-    return [*ctx.diagnose, "run-probe", "--json", "--seconds", f"{seconds:g}",
-            "--size", o.probe_size, "--num-workers", str(workers),
-            "--batch-size", str(o.batch_size), "--stall-timeout", f"{o.stall_timeout:g}",
-            "--cache-dir", str(o.cache)]
+    return [
+        *ctx.diagnose,
+        "run-probe",
+        "--json",
+        "--seconds",
+        f"{seconds:g}",
+        "--size",
+        o.probe_size,
+        "--num-workers",
+        str(workers),
+        "--batch-size",
+        str(o.batch_size),
+        "--stall-timeout",
+        f"{o.stall_timeout:g}",
+        "--cache-dir",
+        str(o.cache),
+    ]
 
 
 def _probe_timeout(options: CellOptions, workers: int) -> float:
@@ -350,9 +441,12 @@ def warm_up(ctx: _Context) -> None:
         return
     log.info("warming the caches in %s (one probe run)", ctx.options.cache)
     ctx.options.cache.mkdir(parents=True, exist_ok=True)
-    run = run_step(_probe_command(ctx, 0, 1.0), timeout=_probe_timeout(ctx.options, 0),
-                   log_path=ctx.options.log_dir / ctx.options.packages.id / "warm-up.log",
-                   env=ctx.env)
+    run = run_step(
+        _probe_command(ctx, 0, 1.0),
+        timeout=_probe_timeout(ctx.options, 0),
+        log_path=ctx.options.log_dir / ctx.options.packages.id / "warm-up.log",
+        env=ctx.env,
+    )
     if run.returncode in (0, 1):
         marker.write_text(f"{run.seconds}\n")
     else:
@@ -366,11 +460,19 @@ def _take_fingerprint(ctx: _Context) -> Fingerprint:
     command = [sys.executable, "-m", "matrix.fingerprint", "--label", o.packages.id]
     for name in o.fingerprint_scenarios:
         command += ["--scenario", name]
-    run = run_step(command, timeout=o.fingerprint_timeout,
-                   log_path=o.log_dir / o.packages.id / "fingerprint.log", env=ctx.env)
+    run = run_step(
+        command,
+        timeout=o.fingerprint_timeout,
+        log_path=o.log_dir / o.packages.id / "fingerprint.log",
+        env=ctx.env,
+    )
     record = run.json() if run.returncode == 0 else None
-    common: dict[str, Any] = {"packages_id": o.packages.id, "seconds": run.seconds,
-                              "started": started, "scenarios": o.fingerprint_scenarios}
+    common: dict[str, Any] = {
+        "packages_id": o.packages.id,
+        "seconds": run.seconds,
+        "started": started,
+        "scenarios": o.fingerprint_scenarios,
+    }
     if record is not None and record.get("kind") == "heygem-regress":
         return Fingerprint(ok=True, record=record, **common)
     if run.returncode is None:
@@ -379,8 +481,9 @@ def _take_fingerprint(ctx: _Context) -> Fingerprint:
         why = "printed no regression record"
     else:
         why = f"exit {run.returncode}"
-    return Fingerprint(ok=False, error=f"python -m matrix.fingerprint {why}",
-                       tail=run.stderr_tail, **common)
+    return Fingerprint(
+        ok=False, error=f"python -m matrix.fingerprint {why}", tail=run.stderr_tail, **common
+    )
 
 
 def _fingerprint(ctx: _Context) -> None:
@@ -394,32 +497,51 @@ def _fingerprint(ctx: _Context) -> None:
     if fingerprint.ok:
         log.info("fingerprints in %.1f s: %s", fingerprint.seconds, path)
     else:
-        log.warning("fingerprinting failed (%s), recorded in %s:\n  %s", fingerprint.error,
-                    path, "\n  ".join(fingerprint.tail))
+        log.warning(
+            "fingerprinting failed (%s), recorded in %s:\n  %s",
+            fingerprint.error,
+            path,
+            "\n  ".join(fingerprint.tail),
+        )
 
 
-def _doctor(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> tuple[dict[str, Any],
-                                                                                float]:
+def _doctor(
+    ctx: _Context, cell: Cell, prefix: list[str], logs: Path
+) -> tuple[dict[str, Any], float]:
     o = ctx.options
-    command = [*prefix, *ctx.diagnose, "env", "--json", "--num-workers",
-               str(cell.runtime.workers), "--batch-size", str(o.batch_size),
-               "--face-size", str(o.load_face_size)]
+    command = [
+        *prefix,
+        *ctx.diagnose,
+        "env",
+        "--json",
+        "--num-workers",
+        str(cell.runtime.workers),
+        "--batch-size",
+        str(o.batch_size),
+        "--face-size",
+        str(o.load_face_size),
+    ]
     for probe_id in o.doctor_only:
         command += ["--only", probe_id]
     run = run_step(command, timeout=180.0, log_path=logs / "doctor.log", env=ctx.env)
     report = run.json() if run.returncode in (0, 1) else None
     if report is None:
         why = "timed out" if run.returncode is None else f"exit {run.returncode}"
-        return {"error": f"heygem-diagnose env {why}", "tail": list(run.stderr_tail)}, \
-            run.seconds
+        return {"error": f"heygem-diagnose env {why}", "tail": list(run.stderr_tail)}, run.seconds
     results = report.get("results", [])
     return {
         "worst": report.get("worst"),
         "status": {r["id"]: r["status"] for r in results},
-        "evidence": {r["id"]: [_clean(line) for line in r.get("evidence", [])[:12]]
-                     for r in results if r["id"] in _DOCTOR_EVIDENCE},
-        "fix": {r["id"]: r["fix"] for r in results
-                if r.get("fix") and r.get("status") in ("fail", "warn")},
+        "evidence": {
+            r["id"]: [_clean(line) for line in r.get("evidence", [])[:12]]
+            for r in results
+            if r["id"] in _DOCTOR_EVIDENCE
+        },
+        "fix": {
+            r["id"]: r["fix"]
+            for r in results
+            if r.get("fix") and r.get("status") in ("fail", "warn")
+        },
     }, run.seconds
 
 
@@ -439,14 +561,25 @@ _FALLBACK_WHY = ("cannot find", "Failed to load", "not in use", "is_available")
 def _no_answer(run: StepRun, what: str, timeout: float) -> StepResult:
     """A step that printed no JSON: hung (stalled) or could not run (error)."""
     if run.returncode is None:
-        return StepResult(Outcome.STALLED, f"{what} gave no answer within {timeout:g} s",
-                          run.stderr_tail, run.seconds, {"leftover_processes": run.leftover})
-    return StepResult(Outcome.ERROR, f"{what} could not run (exit {run.returncode})",
-                      run.stderr_tail, run.seconds, {"leftover_processes": run.leftover})
+        return StepResult(
+            Outcome.STALLED,
+            f"{what} gave no answer within {timeout:g} s",
+            run.stderr_tail,
+            run.seconds,
+            {"leftover_processes": run.leftover},
+        )
+    return StepResult(
+        Outcome.ERROR,
+        f"{what} could not run (exit {run.returncode})",
+        run.stderr_tail,
+        run.seconds,
+        {"leftover_processes": run.leftover},
+    )
 
 
-def _probe(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> tuple[StepResult,
-                                                                               dict[str, Any]]:
+def _probe(
+    ctx: _Context, cell: Cell, prefix: list[str], logs: Path
+) -> tuple[StepResult, dict[str, Any]]:
     timeout = _probe_timeout(ctx.options, cell.runtime.workers)
     command = [*prefix, *_probe_command(ctx, cell.runtime.workers, ctx.options.seconds)]
     run = run_step(command, timeout=timeout, log_path=logs / "probe.log", env=ctx.env)
@@ -462,17 +595,22 @@ def _probe(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> tuple[St
         if ev.get("hint"):
             evidence.append(f"hint: {ev['hint']}")
     if data.get("cpu_fallback"):
-        evidence.append(f"providers requested {data.get('providers_requested')}, used "
-                        f"{data.get('providers_used')}")
+        evidence.append(
+            f"providers requested {data.get('providers_requested')}, used "
+            f"{data.get('providers_used')}"
+        )
     evidence += [f"leftover: {d}" for d in data.get("leftover_detail", [])]
     evidence += [f"warning: {w}" for w in data.get("warnings", [])[:3]]
-    detail = {k: data.get(k) for k in ("frames", "fps", "timings", "leftover_children",
-                                       "healthy", "config")}
+    detail = {
+        k: data.get(k)
+        for k in ("frames", "fps", "timings", "leftover_children", "healthy", "config")
+    }
     if run.leftover:
         detail["leftover_processes"] = run.leftover
     outcome = _PROBE_OUTCOMES.get(str(data.get("outcome")), Outcome.ERROR)
-    return StepResult(outcome, data.get("cause"), tuple(dict.fromkeys(evidence)),
-                      run.seconds, detail), data
+    return StepResult(
+        outcome, data.get("cause"), tuple(dict.fromkeys(evidence)), run.seconds, detail
+    ), data
 
 
 def lost_batch_line(log_path: Path) -> str | None:
@@ -487,18 +625,35 @@ def lost_batch_line(log_path: Path) -> str | None:
 
 def _load(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> StepResult:
     o = ctx.options
-    command = [*prefix, sys.executable, "-m", "matrix.load_probe",
-               "--workers", str(cell.runtime.workers), "--batch-size", str(o.batch_size),
-               "--face-size", str(o.load_face_size), "--batches", str(o.load_batches)]
+    command = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "matrix.load_probe",
+        "--workers",
+        str(cell.runtime.workers),
+        "--batch-size",
+        str(o.batch_size),
+        "--face-size",
+        str(o.load_face_size),
+        "--batches",
+        str(o.load_batches),
+    ]
     timeout = 90.0 + 10.0 * cell.runtime.workers + 2.0 * o.load_batches
     run = run_step(command, timeout=timeout, log_path=logs / "load.log", env=ctx.env)
     data = run.json() if run.returncode in (0, 1) else None
-    step = (_no_answer(run, "the HeyGem-sized DataLoader load", timeout) if data is None
-            else StepResult.from_dict(data))
+    step = (
+        _no_answer(run, "the HeyGem-sized DataLoader load", timeout)
+        if data is None
+        else StepResult.from_dict(data)
+    )
     if step.outcome is Outcome.STALLED and (line := lost_batch_line(logs / "load.log")):
-        step = replace(step, cause="shared memory exhausted: a worker's batch was lost (no "
-                       "space left on /dev/shm) and the loader waited for it",
-                       evidence=(line, *step.evidence))
+        step = replace(
+            step,
+            cause="shared memory exhausted: a worker's batch was lost (no "
+            "space left on /dev/shm) and the loader waited for it",
+            evidence=(line, *step.evidence),
+        )
     if run.leftover:
         step = replace(step, detail={**step.detail, "leftover_processes": run.leftover})
     return step
@@ -506,17 +661,31 @@ def _load(ctx: _Context, cell: Cell, prefix: list[str], logs: Path) -> StepResul
 
 def run_one(ctx: _Context, cell: Cell, shm_problem: str | None) -> CellResult:
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    common: dict[str, Any] = {"started": started, "session": ctx.options.session,
-                              "install_s": ctx.options.install_s, "versions": ctx.versions}
+    common: dict[str, Any] = {
+        "started": started,
+        "session": ctx.options.session,
+        "install_s": ctx.options.install_s,
+        "versions": ctx.versions,
+    }
     if shm_problem is not None:
-        return CellResult.for_cell(cell, Outcome.UNAVAILABLE, cause="private /dev/shm "
-                                   f"of {cell.runtime.shm} not possible here",
-                                   evidence=(shm_problem,), failed_step="namespace", **common)
+        return CellResult.for_cell(
+            cell,
+            Outcome.UNAVAILABLE,
+            cause=f"private /dev/shm of {cell.runtime.shm} not possible here",
+            evidence=(shm_problem,),
+            failed_step="namespace",
+            **common,
+        )
     mismatches = version_mismatches(cell.packages, ctx.versions)
     if mismatches:
-        return CellResult.for_cell(cell, Outcome.ERROR, cause="installed versions differ "
-                                   "from the cell's pins", evidence=tuple(mismatches),
-                                   failed_step="install", **common)
+        return CellResult.for_cell(
+            cell,
+            Outcome.ERROR,
+            cause="installed versions differ from the cell's pins",
+            evidence=tuple(mismatches),
+            failed_step="install",
+            **common,
+        )
     logs = ctx.options.log_dir / cell.id
     prefix = in_private_shm(cell.runtime.shm, [])
     doctor, doctor_s = _doctor(ctx, cell, prefix, logs)
@@ -534,21 +703,32 @@ def run_one(ctx: _Context, cell: Cell, shm_problem: str | None) -> CellResult:
         evidence += tuple(f"probe: {line}" for line in probe.evidence if "leftover" in line)
     if probe_data.get("cpu_fallback"):
         evidence += tuple(f"probe: {line}" for line in probe.evidence)
-        evidence += tuple(f"doctor {key}: {line}" for key in ("ort-cuda", "gpu")
-                          for line in doctor.get("evidence", {}).get(key, [])
-                          if any(word in line for word in _FALLBACK_WHY))
+        evidence += tuple(
+            f"doctor {key}: {line}"
+            for key in ("ort-cuda", "gpu")
+            for line in doctor.get("evidence", {}).get(key, [])
+            if any(word in line for word in _FALLBACK_WHY)
+        )
     return CellResult.for_cell(
-        cell, outcome, cause=cause, evidence=tuple(dict.fromkeys(evidence)), failed_step=first,
+        cell,
+        outcome,
+        cause=cause,
+        evidence=tuple(dict.fromkeys(evidence)),
+        failed_step=first,
         fps=probe_data.get("fps"),
         providers_requested=tuple(probe_data.get("providers_requested", ())),
         providers_used=tuple(probe_data.get("providers_used", ())),
-        cpu_fallback=bool(probe_data.get("cpu_fallback")), doctor=doctor, steps=steps,
-        duration_s=round(doctor_s + probe.seconds + load.seconds, 3), **common,
+        cpu_fallback=bool(probe_data.get("cpu_fallback")),
+        doctor=doctor,
+        steps=steps,
+        duration_s=round(doctor_s + probe.seconds + load.seconds, 3),
+        **common,
     )
 
 
-def run_cells(options: CellOptions,
-              shm_check: Callable[[], str | None] = shm_unavailable_reason) -> list[CellResult]:
+def run_cells(
+    options: CellOptions, shm_check: Callable[[], str | None] = shm_unavailable_reason
+) -> list[CellResult]:
     """Run and record every selected cell of ``options.packages``; returns the records."""
     cells = options.selection.cells(options.packages)
     if not cells:
@@ -569,8 +749,16 @@ def run_cells(options: CellOptions,
         append_results(options.results, [record])  # as we go: a killed run keeps its cells
         records.append(record)
         why = f" - {record.cause}" if record.outcome is not Outcome.OK and record.cause else ""
-        log.info("[%d/%d] %s: %s%s%s in %.1f s", number, len(cells), cell.id, record.outcome,
-                 " (CPU fallback)" if record.cpu_fallback else "", why, record.duration_s)
+        log.info(
+            "[%d/%d] %s: %s%s%s in %.1f s",
+            number,
+            len(cells),
+            cell.id,
+            record.outcome,
+            " (CPU fallback)" if record.cpu_fallback else "",
+            why,
+            record.duration_s,
+        )
     return records
 
 

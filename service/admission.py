@@ -60,8 +60,11 @@ def check_queue(services: Services) -> None:
     if queued >= services.settings.max_queue:
         wait = retry_after(services, queued)
         services.metrics.rejected_submission("QueueFull")
-        raise QueueFull(f"the queue is full ({queued} jobs waiting)", retry_after=wait,
-                        hint=f"retry after {wait} s")
+        raise QueueFull(
+            f"the queue is full ({queued} jobs waiting)",
+            retry_after=wait,
+            hint=f"retry after {wait} s",
+        )
 
 
 def job_overrides(services: Services, given: dict[str, Any]) -> dict[str, Any]:
@@ -69,28 +72,47 @@ def job_overrides(services: Services, given: dict[str, Any]) -> dict[str, Any]:
     overrides = {k: v for k, v in given.items() if k in JOB_OPTIONS and v is not None}
     if "fault" in overrides:
         if not services.settings.allow_fault_injection:
-            raise InvalidOption("fault injection is disabled on this server",
-                                hint="drop the 'fault' option")
+            raise InvalidOption(
+                "fault injection is disabled on this server", hint="drop the 'fault' option"
+            )
         fault = FaultInjection.from_env(str(overrides["fault"]))
         services.settings.base_options().with_changes(
-            **{k: v for k, v in overrides.items() if k != "fault"}, fault=fault)
+            **{k: v for k, v in overrides.items() if k != "fault"}, fault=fault
+        )
     elif overrides:
         services.settings.base_options().with_changes(**overrides)
     return overrides
 
 
-def admit(services: Services, job_id: str, job_dir: Path, audio: Path, video: Path, *,
-          options: dict[str, Any], source: str = "v1", code: str | None = None,
-          warnings: tuple[str, ...] = ()) -> Job:
+def admit(
+    services: Services,
+    job_id: str,
+    job_dir: Path,
+    audio: Path,
+    video: Path,
+    *,
+    options: dict[str, Any],
+    source: str = "v1",
+    code: str | None = None,
+    warnings: tuple[str, ...] = (),
+) -> Job:
     settings = services.settings
     check_audio(audio, settings)
     check_video(video, settings)
-    job = NewJob(id=job_id, audio_path=str(audio), video_path=str(video),
-                 output_path=str(job_dir / "result.mp4"), options=options, source=source,
-                 code=code, warnings=warnings)
+    job = NewJob(
+        id=job_id,
+        audio_path=str(audio),
+        video_path=str(video),
+        output_path=str(job_dir / "result.mp4"),
+        options=options,
+        source=source,
+        code=code,
+        warnings=warnings,
+    )
     queued = services.store.counts()[JobState.QUEUED]
-    created = services.store.create(job, max_queued=settings.max_queue,
-                                    retry_after=retry_after(services, queued))
+    created = services.store.create(
+        job, max_queued=settings.max_queue, retry_after=retry_after(services, queued)
+    )
     services.metrics.submitted(source)
     services.pool.wake()
     log.info("job %s queued (%s)", job_id, source, extra={"job_id": job_id})

@@ -31,19 +31,29 @@ def start_services(settings: ServiceSettings) -> Services:
     store = JobStore(settings.database)
     recovered = store.recover(settings.on_restart, settings.max_attempts)
     if any(recovered.values()):
-        log.warning("jobs left running by the previous process: %d requeued, %d failed",
-                    recovered["requeued"], recovered["failed"])
+        log.warning(
+            "jobs left running by the previous process: %d requeued, %d failed",
+            recovered["requeued"],
+            recovered["failed"],
+        )
     metrics = Metrics()
     pool = WorkerPool(
-        PoolConfig(workers=settings.workers, options=settings.base_options(),
-                   heartbeat_interval=settings.heartbeat_interval,
-                   stall_timeout=settings.worker_stall_timeout,
-                   start_timeout=settings.worker_start_timeout,
-                   cancel_grace=settings.cancel_grace, job_timeout=settings.job_timeout,
-                   log_level=settings.log_level),
-        store, metrics,
-        on_success=partial(compat.publish_compat_result,
-                           settings.media_root if settings.publish_compat_results else None),
+        PoolConfig(
+            workers=settings.workers,
+            options=settings.base_options(),
+            heartbeat_interval=settings.heartbeat_interval,
+            stall_timeout=settings.worker_stall_timeout,
+            start_timeout=settings.worker_start_timeout,
+            cancel_grace=settings.cancel_grace,
+            job_timeout=settings.job_timeout,
+            log_level=settings.log_level,
+        ),
+        store,
+        metrics,
+        on_success=partial(
+            compat.publish_compat_result,
+            settings.media_root if settings.publish_compat_results else None,
+        ),
     )
     pool.start()
     return Services(settings=settings, store=store, pool=pool, metrics=metrics)
@@ -63,9 +73,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             services.pool.stop()
             services.store.close()
 
-    app = FastAPI(title="heygem-harness", version=__version__, lifespan=lifespan,
-                  description="Lip-sync generation: native /v1 API and HeyGem-compatible "
-                              "/easy API. Errors: {error: {type, message, hint, status}}.")
+    app = FastAPI(
+        title="heygem-harness",
+        version=__version__,
+        lifespan=lifespan,
+        description="Lip-sync generation: native /v1 API and HeyGem-compatible "
+        "/easy API. Errors: {error: {type, message, hint, status}}.",
+    )
     install_error_handler(app)
     app.add_middleware(BodySizeLimit, max_bytes=2 * settings.max_upload_bytes + FORM_OVERHEAD)
     for router in (generations.router, uploads.router, compat.router, health.router):

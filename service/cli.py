@@ -44,20 +44,32 @@ def serve_args(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings
 
     overrides: dict[str, Any] = {
-        key: value for key, value in (
-            ("host", args.host), ("port", args.port), ("workers", args.workers),
-            ("data_dir", args.data_dir), ("media_root", args.media_root))
-        if value is not None}
+        key: value
+        for key, value in (
+            ("host", args.host),
+            ("port", args.port),
+            ("workers", args.workers),
+            ("data_dir", args.data_dir),
+            ("media_root", args.media_root),
+        )
+        if value is not None
+    }
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as exc:
         print(f"error: invalid service settings: {exc}", file=sys.stderr)
         return 2
-    if settings.api_key is None and not is_loopback(settings.host) and (
-            not settings.allow_remote_without_key):
-        print(f"error: refusing to serve on {settings.host} without an API key\n"
-              "  what to do: set HEYGEM_SERVICE_API_KEY, bind to 127.0.0.1, or set "
-              "HEYGEM_SERVICE_ALLOW_REMOTE_WITHOUT_KEY=1", file=sys.stderr)
+    if (
+        settings.api_key is None
+        and not is_loopback(settings.host)
+        and (not settings.allow_remote_without_key)
+    ):
+        print(
+            f"error: refusing to serve on {settings.host} without an API key\n"
+            "  what to do: set HEYGEM_SERVICE_API_KEY, bind to 127.0.0.1, or set "
+            "HEYGEM_SERVICE_ALLOW_REMOTE_WITHOUT_KEY=1",
+            file=sys.stderr,
+        )
         return 2
     try:
         app = create_app(settings)
@@ -66,13 +78,20 @@ def serve_args(args: argparse.Namespace) -> int:
         if exc.hint:
             print(f"  what to do: {exc.hint}", file=sys.stderr)
         return exc.exit_code
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
-    log.info("serving on http://%s:%d with %d workers, data in %s", settings.host,
-             settings.port, settings.workers, settings.data_dir)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    log.info(
+        "serving on http://%s:%d with %d workers, data in %s",
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.data_dir,
+    )
     # One server process: the job pool lives in it (its own worker processes scale out).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                workers=1)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1
+    )
     return 0
 
 

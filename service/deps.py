@@ -41,7 +41,8 @@ def require_api_key(request: Request, services: ServicesDep) -> None:
         raise Unauthorized(
             f"missing or wrong API key in the {services.settings.api_key_header} header",
             hint=f"send the key configured as HEYGEM_SERVICE_API_KEY in "
-                 f"{services.settings.api_key_header}")
+            f"{services.settings.api_key_header}",
+        )
 
 
 Authorized = Depends(require_api_key)

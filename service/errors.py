@@ -143,13 +143,21 @@ def http_status(exc: BaseException) -> int:
 
 
 def compat_code(exc: BaseException) -> int:
-    return next((code for cls, code in _COMPAT_CODE if isinstance(exc, cls)),
-                CompatCode.SYSTEM_ERROR)
+    return next(
+        (code for cls, code in _COMPAT_CODE if isinstance(exc, cls)), CompatCode.SYSTEM_ERROR
+    )
 
 
 def error_body(exc: HeygemError, status: int, details: Any = None) -> dict[str, Any]:
-    return {"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
-                      "status": status, "details": details}}
+    return {
+        "error": {
+            "type": type(exc).__name__,
+            "message": exc.message,
+            "hint": exc.hint,
+            "status": status,
+            "details": details,
+        }
+    }
 
 
 def compat_body(code: int, msg: str, data: Any = None) -> dict[str, Any]:
@@ -170,24 +178,33 @@ def _as_heygem(request: Request, exc: Exception) -> tuple[HeygemError, int, Any]
         return exc, http_status(exc), None
     if isinstance(exc, RequestValidationError):
         problems = [_describe_problem(e) for e in exc.errors()]
-        error = RequestInvalid("request is invalid: " + "; ".join(problems),
-                               hint="see the API schema at /docs")
-        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-                   for e in exc.errors()]
+        error = RequestInvalid(
+            "request is invalid: " + "; ".join(problems), hint="see the API schema at /docs"
+        )
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
         return error, 422, details
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 400 and request.scope.get(BODY_TOO_LARGE_KEY):
-            too_large = UploadTooLarge("the request body is larger than the upload limit",
-                                       hint="send smaller files")
+            too_large = UploadTooLarge(
+                "the request body is larger than the upload limit", hint="send smaller files"
+            )
             return too_large, 413, None
-        detail = exc.detail if isinstance(exc.detail, str) and exc.detail else (
-            f"HTTP {exc.status_code}")
+        detail = (
+            exc.detail
+            if isinstance(exc.detail, str) and exc.detail
+            else (f"HTTP {exc.status_code}")
+        )
         return HttpError(f"{detail} ({request.method} {request.url.path})"), exc.status_code, None
-    log.error("unhandled error serving %s %s", request.method, request.url.path,
-              exc_info=exc)
-    internal = HeygemError(f"internal error: {type(exc).__name__}: {exc}" if str(exc)
-                           else f"internal error: {type(exc).__name__}",
-                           hint="this is a bug in the service; the server log has the details")
+    log.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
+    internal = HeygemError(
+        f"internal error: {type(exc).__name__}: {exc}"
+        if str(exc)
+        else f"internal error: {type(exc).__name__}",
+        hint="this is a bug in the service; the server log has the details",
+    )
     return internal, 500, None
 
 
@@ -207,13 +224,15 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, StarletteHTTPException) and exc.headers:
         headers.update(exc.headers)
     if request.url.path.startswith(COMPAT_PREFIX):
-        code = CompatCode.MISSING_PARAMETER if isinstance(error, RequestInvalid) else (
-            compat_code(error))
+        code = (
+            CompatCode.MISSING_PARAMETER
+            if isinstance(error, RequestInvalid)
+            else (compat_code(error))
+        )
         # HeyGem clients read `code`, not the HTTP status; auth failures stay visible as 401.
         compat_status = 401 if status == 401 else 200
         msg = error.message + (f" ({error.hint})" if error.hint else "")
-        return JSONResponse(compat_body(code, msg), status_code=compat_status,
-                            headers=headers)
+        return JSONResponse(compat_body(code, msg), status_code=compat_status, headers=headers)
     return JSONResponse(error_body(error, status, details), status_code=status, headers=headers)
 
 

@@ -47,21 +47,33 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allowlist: tuple[str, ...]) -> None:
         self.allowlist = allowlist
 
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         if not allowed(newurl, self.allowlist):
-            raise UrlNotAllowed(f"{req.full_url} redirects to {newurl}, which is not allowed",
-                                hint="allow-list the final location or link to it directly")
+            raise UrlNotAllowed(
+                f"{req.full_url} redirects to {newurl}, which is not allowed",
+                hint="allow-list the final location or link to it directly",
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def fetch(url: str, target: Path, *, allowlist: tuple[str, ...], max_bytes: int,
-          timeout: float, what: str) -> int:
+def fetch(
+    url: str, target: Path, *, allowlist: tuple[str, ...], max_bytes: int, timeout: float, what: str
+) -> int:
     """Download ``url`` to ``target``; return its size. Raises UrlNotAllowed/UploadTooLarge."""
     if not allowed(url, allowlist):
-        raise UrlNotAllowed(f"{what}: {url!r} is not on the URL allow-list",
-                            hint="use a path under the media root, or have the operator add "
-                                 "the URL prefix to HEYGEM_SERVICE_URL_ALLOWLIST")
+        raise UrlNotAllowed(
+            f"{what}: {url!r} is not on the URL allow-list",
+            hint="use a path under the media root, or have the operator add "
+            "the URL prefix to HEYGEM_SERVICE_URL_ALLOWLIST",
+        )
     opener = urllib.request.build_opener(_AllowListRedirects(allowlist))
     deadline = time.monotonic() + timeout
     size = 0
@@ -70,16 +82,22 @@ def fetch(url: str, target: Path, *, allowlist: tuple[str, ...], max_bytes: int,
         with response, target.open("wb") as out:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise UploadTooLarge(f"{what}: {url} is {declared} bytes, above the "
-                                     f"{max_bytes} byte limit", hint="use a smaller file")
+                raise UploadTooLarge(
+                    f"{what}: {url} is {declared} bytes, above the {max_bytes} byte limit",
+                    hint="use a smaller file",
+                )
             while chunk := response.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise UploadTooLarge(f"{what}: {url} is larger than the {max_bytes} byte "
-                                         "limit", hint="use a smaller file")
+                    raise UploadTooLarge(
+                        f"{what}: {url} is larger than the {max_bytes} byte limit",
+                        hint="use a smaller file",
+                    )
                 if time.monotonic() > deadline:
-                    raise DownloadFailed(f"{what}: downloading {url} took longer than "
-                                        f"{timeout:g} s", hint="use a faster source")
+                    raise DownloadFailed(
+                        f"{what}: downloading {url} took longer than {timeout:g} s",
+                        hint="use a faster source",
+                    )
                 out.write(chunk)
     except (UrlNotAllowed, UploadTooLarge, DownloadFailed):
         target.unlink(missing_ok=True)
@@ -89,6 +107,8 @@ def fetch(url: str, target: Path, *, allowlist: tuple[str, ...], max_bytes: int,
         reason = getattr(exc, "reason", None) or exc
         if isinstance(exc, urllib.error.HTTPError):
             reason = f"HTTP {exc.code} {exc.reason}"
-        raise DownloadFailed(f"{what}: could not download {url}: {reason}",
-                            hint="check that the URL is reachable from the server") from exc
+        raise DownloadFailed(
+            f"{what}: could not download {url}: {reason}",
+            hint="check that the URL is reachable from the server",
+        ) from exc
     return size

@@ -41,8 +41,12 @@ class JobError:
         message = str(data.get("message") or "") or f"{data.get('type', 'Error')} (no detail)"
         stage = data.get("stage")
         hint = data.get("hint")
-        return cls(type=str(data.get("type") or "Error"), message=message,
-                   hint=str(hint) if hint else None, stage=str(stage) if stage else None)
+        return cls(
+            type=str(data.get("type") or "Error"),
+            message=message,
+            hint=str(hint) if hint else None,
+            stage=str(stage) if stage else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ class BodySizeLimit:
         if declared is not None and declared > self.max_bytes:
             error = UploadTooLarge(
                 f"the request body is {declared} bytes, above the {self.max_bytes} byte limit",
-                hint="send smaller files (server limit: HEYGEM_SERVICE_MAX_UPLOAD_BYTES)")
+                hint="send smaller files (server limit: HEYGEM_SERVICE_MAX_UPLOAD_BYTES)",
+            )
             response = await handle_error(Request(scope), error)
             await response(scope, receive, send)
             return

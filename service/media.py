@@ -56,7 +56,8 @@ def store_stream(source: BinaryIO, target: Path, *, max_bytes: int, what: str) -
                 if size > max_bytes:
                     raise UploadTooLarge(
                         f"{what} is larger than the {max_bytes} byte upload limit",
-                        hint="send a shorter or more compressed file")
+                        hint="send a shorter or more compressed file",
+                    )
                 out.write(chunk)
     except BaseException:
         target.unlink(missing_ok=True)
@@ -74,8 +75,10 @@ def confined(root: Path | None, reference: str, what: str) -> Path:
     like ``../`` is.
     """
     if root is None:
-        raise PathNotAllowed(f"{what}: path references are disabled on this server",
-                             hint="upload the file instead, or set HEYGEM_SERVICE_MEDIA_ROOT")
+        raise PathNotAllowed(
+            f"{what}: path references are disabled on this server",
+            hint="upload the file instead, or set HEYGEM_SERVICE_MEDIA_ROOT",
+        )
     if not reference or "\x00" in reference:
         raise PathNotAllowed(f"{what}: empty or invalid path", hint="pass a file name")
     base = root.resolve()
@@ -88,14 +91,20 @@ def confined(root: Path | None, reference: str, what: str) -> Path:
         inside = _inside(resolved, base)
         exists = inside and resolved.is_file()
     except (OSError, ValueError) as exc:  # name too long, undecodable, symlink loop
-        raise PathNotAllowed(f"{what}: {reference[:200]!r} is not a usable path: {exc}",
-                             hint="pass a plain relative path under the media root") from exc
+        raise PathNotAllowed(
+            f"{what}: {reference[:200]!r} is not a usable path: {exc}",
+            hint="pass a plain relative path under the media root",
+        ) from exc
     if not inside or (foreign and not exists):
-        raise PathNotAllowed(f"{what}: {reference!r} is outside the media root",
-                             hint="pass a path inside the media root, without '..'")
+        raise PathNotAllowed(
+            f"{what}: {reference!r} is outside the media root",
+            hint="pass a path inside the media root, without '..'",
+        )
     if not exists:
-        raise InputNotFound(f"{what}: {reference!r} does not exist under the media root",
-                            hint="check the file name and that it was copied to the media root")
+        raise InputNotFound(
+            f"{what}: {reference!r} does not exist under the media root",
+            hint="check the file name and that it was copied to the media root",
+        )
     return resolved
 
 
@@ -116,7 +125,8 @@ def check_video(path: Path, settings: ServiceSettings) -> VideoInfo:
         raise InputTooLarge(
             f"template video is {seconds:.0f} s long, above the "
             f"{settings.max_video_seconds:.0f} s limit",
-            hint="trim the template: a few seconds loop (ping-pong) for any audio length")
+            hint="trim the template: a few seconds loop (ping-pong) for any audio length",
+        )
     _decode_first(path, "video", "template video")
     return info
 
@@ -127,8 +137,10 @@ def summarize(path: Path) -> MediaSummary:
         audio = container.streams.audio[0] if container.streams.audio else None
         video = container.streams.video[0] if container.streams.video else None
         if audio is None and video is None:
-            raise MediaUnreadable("the upload has neither audio nor video",
-                                  hint="upload an audio file or a template video")
+            raise MediaUnreadable(
+                "the upload has neither audio nor video",
+                hint="upload an audio file or a template video",
+            )
         duration = container.duration / av.time_base if container.duration else None
         width = int(video.codec_context.width or 0) if video is not None else None
         height = int(video.codec_context.height or 0) if video is not None else None
@@ -143,15 +155,18 @@ def _decode_first(path: Path, kind: str, what: str) -> None:
             streams = container.streams.audio if kind == "audio" else container.streams.video
             if not streams:
                 raise (NoAudioStream if kind == "audio" else MediaUnreadable)(
-                    f"{what} has no {kind} stream", hint=f"send a file with {kind}")
+                    f"{what} has no {kind} stream", hint=f"send a file with {kind}"
+                )
             for _ in container.decode(streams[0]):
                 return
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as exc:
-        raise MediaUnreadable(f"{what} could not be decoded: {exc}",
-                              hint="convert it to a common format (MP4/H.264, WAV) and retry"
-                              ) from exc
-    raise MediaUnreadable(f"{what} has no decodable {kind} frame",
-                          hint="the file may be truncated; export it again")
+        raise MediaUnreadable(
+            f"{what} could not be decoded: {exc}",
+            hint="convert it to a common format (MP4/H.264, WAV) and retry",
+        ) from exc
+    raise MediaUnreadable(
+        f"{what} has no decodable {kind} frame", hint="the file may be truncated; export it again"
+    )
 
 
 def copy_into(source: Path, target: Path) -> None:

@@ -72,8 +72,9 @@ class Histogram:
         yield f"# TYPE {self.name} histogram"
         for key, data in sorted(self.series.items()):
             for bound, count in zip(self.buckets, data, strict=False):
-                yield f"{self.name}_bucket{_labels(key + (('le', _number(bound)),))} " \
-                      f"{_number(count)}"
+                yield (
+                    f"{self.name}_bucket{_labels(key + (('le', _number(bound)),))} {_number(count)}"
+                )
             yield f"{self.name}_bucket{_labels(key + (('le', '+Inf'),))} {_number(data[-1])}"
             yield f"{self.name}_sum{_labels(key)} {_number(data[-2])}"
             yield f"{self.name}_count{_labels(key)} {_number(data[-1])}"
@@ -90,28 +91,40 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.jobs_finished = Counter("heygem_jobs_finished_total",
-                                     "Jobs that reached a final state, by state.")
-        self.jobs_submitted = Counter("heygem_jobs_submitted_total",
-                                      "Jobs accepted, by API (v1 or easy).")
-        self.rejected = Counter("heygem_admission_rejected_total",
-                                "Submissions refused, by reason.")
-        self.stalls = Counter("heygem_stalls_total",
-                              "Stalls detected: kind=pipeline (a stage went silent) or "
-                              "kind=worker (a worker stopped sending heartbeats).")
-        self.worker_restarts = Counter("heygem_worker_restarts_total",
-                                       "Worker processes replaced, by reason.")
-        self.cpu_fallbacks = Counter("heygem_cpu_fallbacks_total",
-                                     "Jobs that asked for a GPU provider but ran on CPU.")
-        self.stage_seconds = Histogram("heygem_stage_seconds",
-                                       "Seconds spent per pipeline stage, per job.")
-        self.job_seconds = Histogram("heygem_job_seconds",
-                                     "Seconds from start to finish of succeeded jobs.")
-        self.queue_seconds = Histogram("heygem_queue_wait_seconds",
-                                       "Seconds jobs waited in the queue.")
-        self.fps = Histogram("heygem_generation_fps",
-                             "Output frames per second of processing time, per job.",
-                             buckets=FPS_BUCKETS)
+        self.jobs_finished = Counter(
+            "heygem_jobs_finished_total", "Jobs that reached a final state, by state."
+        )
+        self.jobs_submitted = Counter(
+            "heygem_jobs_submitted_total", "Jobs accepted, by API (v1 or easy)."
+        )
+        self.rejected = Counter(
+            "heygem_admission_rejected_total", "Submissions refused, by reason."
+        )
+        self.stalls = Counter(
+            "heygem_stalls_total",
+            "Stalls detected: kind=pipeline (a stage went silent) or "
+            "kind=worker (a worker stopped sending heartbeats).",
+        )
+        self.worker_restarts = Counter(
+            "heygem_worker_restarts_total", "Worker processes replaced, by reason."
+        )
+        self.cpu_fallbacks = Counter(
+            "heygem_cpu_fallbacks_total", "Jobs that asked for a GPU provider but ran on CPU."
+        )
+        self.stage_seconds = Histogram(
+            "heygem_stage_seconds", "Seconds spent per pipeline stage, per job."
+        )
+        self.job_seconds = Histogram(
+            "heygem_job_seconds", "Seconds from start to finish of succeeded jobs."
+        )
+        self.queue_seconds = Histogram(
+            "heygem_queue_wait_seconds", "Seconds jobs waited in the queue."
+        )
+        self.fps = Histogram(
+            "heygem_generation_fps",
+            "Output frames per second of processing time, per job.",
+            buckets=FPS_BUCKETS,
+        )
         self._durations: list[float] = []
 
     def job_succeeded(self, result: dict[str, object], queued_seconds: float | None) -> None:
@@ -134,7 +147,8 @@ class Metrics:
             requested = [str(p) for p in _seq(result.get("providers_requested"))]
             used = [str(p) for p in _seq(result.get("providers_used"))]
             if any("CUDA" in p or p == "cuda" for p in requested) and not any(
-                    "CUDA" in p or p == "cuda" for p in used):
+                "CUDA" in p or p == "cuda" for p in used
+            ):
                 self.cpu_fallbacks.inc()
 
     def job_ended(self, state: str, error_type: str | None = None) -> None:
@@ -166,8 +180,14 @@ class Metrics:
     def render(self, extra: Iterable[str] = ()) -> str:
         with self._lock:
             lines = list(extra)
-            for metric in (self.jobs_submitted, self.jobs_finished, self.rejected, self.stalls,
-                           self.worker_restarts, self.cpu_fallbacks):
+            for metric in (
+                self.jobs_submitted,
+                self.jobs_finished,
+                self.rejected,
+                self.stalls,
+                self.worker_restarts,
+                self.cpu_fallbacks,
+            ):
                 lines += metric.render()
             for hist in (self.stage_seconds, self.job_seconds, self.queue_seconds, self.fps):
                 lines += hist.render()

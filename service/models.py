@@ -58,25 +58,38 @@ class GenerationStatus(BaseModel):
     @classmethod
     def of(cls, job: Job, queue_position: int | None = None) -> GenerationStatus:
         result = job.result
-        timings = {k: float(v) for k, v in dict(result.get("timings") or {}).items()
-                   if isinstance(v, int | float)}
+        timings = {
+            k: float(v)
+            for k, v in dict(result.get("timings") or {}).items()
+            if isinstance(v, int | float)
+        }
         if job.started_at is not None:
             timings = {"queued": round(job.started_at - job.created_at, 3)} | timings
         return cls(
-            id=job.id, state=job.state, stage=job.stage, progress=job.progress,
+            id=job.id,
+            state=job.state,
+            stage=job.stage,
+            progress=job.progress,
             created_at=datetime.fromtimestamp(job.created_at, UTC),
-            started_at=_time(job.started_at), finished_at=_time(job.finished_at),
+            started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
             queue_position=queue_position,
-            attempts=job.attempts, cancel_requested=job.cancel_requested,
-            options=job.options, timings=timings,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            options=job.options,
+            timings=timings,
             providers_requested=[str(p) for p in result.get("providers_requested") or ()],
             providers_used=[str(p) for p in result.get("providers_used") or ()],
-            warnings=list(job.warnings), frames=result.get("frames"), fps=result.get("fps"),
+            warnings=list(job.warnings),
+            frames=result.get("frames"),
+            fps=result.get("fps"),
             duration=result.get("duration"),
             error=JobErrorInfo(**job.error.__dict__) if job.error else None,
-            worker_pid=job.worker_pid, code=job.code,
+            worker_pid=job.worker_pid,
+            code=job.code,
             result_url=f"/v1/generations/{job.id}/result"
-            if job.state is JobState.SUCCEEDED else None,
+            if job.state is JobState.SUCCEEDED
+            else None,
         )
 
 
@@ -105,8 +118,9 @@ class CompatSubmit(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    audio_url: str | None = Field(default=None, description="path under the media root, or an "
-                                                    "allow-listed http(s) URL")
+    audio_url: str | None = Field(
+        default=None, description="path under the media root, or an allow-listed http(s) URL"
+    )
     video_url: str | None = None
     code: str | None = Field(default=None, description="the client's task id")
     watermark_switch: int | None = 0
@@ -124,8 +138,10 @@ class CompatQueryData(BaseModel):
 
 
 class CompatResponse(BaseModel):
-    code: int = Field(description="10000 ok, 10001 busy, 10002 missing parameter, "
-                                  "10004 task not found, 9999 system error")
+    code: int = Field(
+        description="10000 ok, 10001 busy, 10002 missing parameter, "
+        "10004 task not found, 9999 system error"
+    )
     success: bool
     msg: str
     data: Any = None

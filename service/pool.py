@@ -92,8 +92,13 @@ class _Slot:
 
 
 class WorkerPool:
-    def __init__(self, config: PoolConfig, store: JobStore, metrics: Metrics,
-                 on_success: Callable[[Job], str | None] = lambda job: None) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        store: JobStore,
+        metrics: Metrics,
+        on_success: Callable[[Job], str | None] = lambda job: None,
+    ) -> None:
         self.config = config
         self._store = store
         self._metrics = metrics
@@ -112,8 +117,7 @@ class WorkerPool:
         now = time.monotonic()
         for slot in self._slots:
             slot.restart_at = now
-        self._thread = threading.Thread(target=self._run, name="heygem-supervisor",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="heygem-supervisor", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
@@ -123,11 +127,17 @@ class WorkerPool:
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        return [{"index": s.index, "state": s.state.value, "pid": s.pid,
-                 "job_id": s.job.id if s.job else None,
-                 "seconds_since_heartbeat": round(now - s.last_seen, 2) if s.pid else None,
-                 "last_start_error": s.start_error}
-                for s in self._slots]
+        return [
+            {
+                "index": s.index,
+                "state": s.state.value,
+                "pid": s.pid,
+                "job_id": s.job.id if s.job else None,
+                "seconds_since_heartbeat": round(now - s.last_seen, 2) if s.pid else None,
+                "last_start_error": s.start_error,
+            }
+            for s in self._slots
+        ]
 
     def supervisor_healthy(self) -> bool:
         alive = self._thread is not None and self._thread.is_alive()
@@ -195,8 +205,13 @@ class WorkerPool:
         if isinstance(message, Ready):
             slot.state, slot.pid, slot.failed_starts = SlotState.IDLE, message.pid, 0
             slot.start_error = None
-            log.info("worker %d (pid %d) warm in %.1f s on %s", slot.index, message.pid,
-                     message.warm_seconds, ",".join(message.providers))
+            log.info(
+                "worker %d (pid %d) warm in %.1f s on %s",
+                slot.index,
+                message.pid,
+                message.warm_seconds,
+                ",".join(message.providers),
+            )
         elif isinstance(message, StartFailed):
             error = JobError.from_dict(message.error)
             slot.start_error = error.message + (f" ({error.hint})" if error.hint else "")
@@ -239,26 +254,41 @@ class WorkerPool:
                 self._spawn(slot, now)
             return
         if slot.state is SlotState.STARTING and now - slot.started > cfg.start_timeout:
-            self._kill(slot, WorkerCrashed(
-                f"worker {slot.index} did not become ready within {cfg.start_timeout:.0f} s",
-                hint="check the worker log; model loading may be failing"),
-                reason="start_timeout")
+            self._kill(
+                slot,
+                WorkerCrashed(
+                    f"worker {slot.index} did not become ready within {cfg.start_timeout:.0f} s",
+                    hint="check the worker log; model loading may be failing",
+                ),
+                reason="start_timeout",
+            )
             return
         if slot.retiring:
             if now - slot.retiring_since > cfg.cancel_grace:  # it said it would leave
-                self._kill(slot, WorkerCrashed(f"worker {slot.pid} did not exit after "
-                                               f"retiring ({slot.retiring})"), reason="recycled")
+                self._kill(
+                    slot,
+                    WorkerCrashed(
+                        f"worker {slot.pid} did not exit after retiring ({slot.retiring})"
+                    ),
+                    reason="recycled",
+                )
             return
         if slot.state in (SlotState.IDLE, SlotState.BUSY) and (
-                now - slot.last_seen > cfg.stall_timeout):
+            now - slot.last_seen > cfg.stall_timeout
+        ):
             self._metrics.worker_stalled()
             doing = f"while running job {slot.job.id}" if slot.job else "while idle"
-            self._kill(slot, WorkerStalled(
-                f"worker process {slot.pid} sent no heartbeat for {now - slot.last_seen:.1f} s "
-                f"{doing} (stall timeout {cfg.stall_timeout:g} s); it was killed and replaced",
-                stage=slot.job.stage if slot.job else None,
-                hint="the worker was stuck (native code holding the GIL, or stopped); "
-                     "`heygem-diagnose ps` inspects a live worker"), reason="stalled")
+            self._kill(
+                slot,
+                WorkerStalled(
+                    f"worker process {slot.pid} sent no heartbeat for {now - slot.last_seen:.1f} s "
+                    f"{doing} (stall timeout {cfg.stall_timeout:g} s); it was killed and replaced",
+                    stage=slot.job.stage if slot.job else None,
+                    hint="the worker was stuck (native code holding the GIL, or stopped); "
+                    "`heygem-diagnose ps` inspects a live worker",
+                ),
+                reason="stalled",
+            )
             return
         if slot.state is SlotState.BUSY and slot.job is not None:
             self._check_cancel(slot, now)
@@ -271,7 +301,9 @@ class WorkerPool:
             if timed_out:
                 slot.cancel_error = JobTimedOut(
                     f"the job ran longer than the {cfg.job_timeout:g} s job timeout",
-                    stage=slot.job.stage, hint="use shorter inputs or raise the timeout")
+                    stage=slot.job.stage,
+                    hint="use shorter inputs or raise the timeout",
+                )
             try:
                 requested = self._store.get(slot.job.id).cancel_requested
             except JobNotFound:
@@ -282,9 +314,9 @@ class WorkerPool:
         elif now - slot.cancel_sent > cfg.cancel_grace:
             error = slot.cancel_error or Cancelled(
                 f"cancelled; the worker did not stop within {cfg.cancel_grace:g} s, so its "
-                "process was killed")
-            self._kill(slot, error, reason="cancel_timeout",
-                       cancelled=slot.cancel_error is None)
+                "process was killed"
+            )
+            self._kill(slot, error, reason="cancel_timeout", cancelled=slot.cancel_error is None)
 
     def _dispatch(self, slot: _Slot, now: float) -> None:
         if slot.state is not SlotState.IDLE or slot.retiring or self._stopping.is_set():
@@ -304,17 +336,22 @@ class WorkerPool:
     def _spawn(self, slot: _Slot, now: float) -> None:
         cfg = self.config
         parent, child = self._ctx.Pipe(duplex=True)
-        config = WorkerConfig(slot.index, cfg.options, cfg.heartbeat_interval, self._cpus,
-                              cfg.log_level)
-        process = self._ctx.Process(target=worker_main, args=(config, child),
-                                    name=f"heygem-worker-{slot.index}", daemon=True)
+        config = WorkerConfig(
+            slot.index, cfg.options, cfg.heartbeat_interval, self._cpus, cfg.log_level
+        )
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(config, child),
+            name=f"heygem-worker-{slot.index}",
+            daemon=True,
+        )
         try:
             process.start()
         except (OSError, RuntimeError) as exc:  # fork/exec limits, a broken __main__
             parent.close()
             child.close()
             slot.failed_starts += 1
-            slot.restart_at = now + min(MAX_BACKOFF, 2.0 ** slot.failed_starts)
+            slot.restart_at = now + min(MAX_BACKOFF, 2.0**slot.failed_starts)
             log.error("could not start worker %d: %s", slot.index, exc)
             return
         child.close()
@@ -324,19 +361,20 @@ class WorkerPool:
         slot.kill_error = None
         if slot.restart_reason != "start":
             self._metrics.worker_restarted(slot.restart_reason)
-        log.info("worker %d starting (pid %s, %s)", slot.index, process.pid,
-                 slot.restart_reason)
+        log.info("worker %d starting (pid %s, %s)", slot.index, process.pid, slot.restart_reason)
 
-    def _kill(self, slot: _Slot, error: HeygemError, *, reason: str,
-              cancelled: bool = False) -> None:
+    def _kill(
+        self, slot: _Slot, error: HeygemError, *, reason: str, cancelled: bool = False
+    ) -> None:
         slot.kill_error, slot.kill_reason = error, reason
         if slot.process is not None and slot.process.is_alive():
             log.warning("killing worker %d (pid %s): %s", slot.index, slot.pid, error.message)
             slot.process.kill()
             slot.process.join(5.0)
         exitcode = slot.process.exitcode if slot.process is not None else None
-        self._died(slot, exitcode if exitcode is not None else -9, time.monotonic(),
-                   cancelled=cancelled)
+        self._died(
+            slot, exitcode if exitcode is not None else -9, time.monotonic(), cancelled=cancelled
+        )
 
     def _died(self, slot: _Slot, exitcode: int, now: float, *, cancelled: bool = False) -> None:
         what, fix = describe_exit(exitcode)
@@ -345,13 +383,14 @@ class WorkerPool:
             error, reason = slot.kill_error, slot.kill_reason
         elif slot.retiring:
             reason = "recycled"
-            error = WorkerCrashed(f"worker process {slot.pid} left ({slot.retiring})",
-                                  hint=fix)
+            error = WorkerCrashed(f"worker process {slot.pid} left ({slot.retiring})", hint=fix)
         else:
             reason = "crashed" if exitcode != 0 else "exited"
-            error = WorkerCrashed(f"worker process {slot.pid} died while running this job: "
-                                  f"{what}", stage=slot.job.stage if slot.job else None,
-                                  hint=fix)
+            error = WorkerCrashed(
+                f"worker process {slot.pid} died while running this job: {what}",
+                stage=slot.job.stage if slot.job else None,
+                hint=fix,
+            )
         if slot.job is not None:
             self._fail(slot.job, _job_error(error), cancelled=cancelled)
         if slot.state is SlotState.STARTING:
@@ -362,7 +401,7 @@ class WorkerPool:
         if slot.process is not None:
             slot.process.join(1.0)  # reap: no <defunct> workers
         self._close(slot)
-        backoff = min(MAX_BACKOFF, 2.0 ** slot.failed_starts - 1) if slot.failed_starts else 0
+        backoff = min(MAX_BACKOFF, 2.0**slot.failed_starts - 1) if slot.failed_starts else 0
         slot.state, slot.process, slot.pid, slot.job = SlotState.DOWN, None, None, None
         slot.cancel_sent, slot.cancel_error, slot.retiring = None, None, None
         slot.restart_at, slot.restart_reason = now + backoff, reason
@@ -389,8 +428,9 @@ class WorkerPool:
             published = self._on_success(job)
         except (OSError, HeygemError) as exc:
             log.warning("job %s: could not publish its result: %s", job.id, exc)
-            result = result | {"warnings": [*result.get("warnings", []),
-                                            f"result not published: {exc}"]}
+            result = result | {
+                "warnings": [*result.get("warnings", []), f"result not published: {exc}"]
+            }
         self._store.succeed(job.id, result, published)
         queued = (job.started_at - job.created_at) if job.started_at else None
         self._metrics.job_succeeded(result, queued)
@@ -402,6 +442,3 @@ class WorkerPool:
 
 def _job_error(exc: HeygemError) -> JobError:
     return JobError(type(exc).__name__, exc.message, exc.hint, getattr(exc, "stage", None))
-
-
-

@@ -22,8 +22,7 @@ def default_data_dir() -> Path:
 class ServiceSettings(BaseSettings):
     """Everything the service needs; passed explicitly, never read from a global."""
 
-    model_config = SettingsConfigDict(env_prefix="HEYGEM_SERVICE_", frozen=True,
-                                      extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="HEYGEM_SERVICE_", frozen=True, extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8383, ge=0, le=65535)
@@ -98,9 +97,18 @@ class ServiceSettings(BaseSettings):
     def base_options(self, fault: FaultInjection | None = None) -> GenerateOptions:
         """The GenerateOptions every worker warms up with (raises InvalidOption if wrong)."""
         return GenerateOptions(
-            generator=self.generator, checkpoint=self.checkpoint, backend=self.backend,
-            device=self.device, batch_size=self.batch_size, num_workers=self.num_workers,
-            preset=self.preset, crf=self.crf, stall_timeout=self.stall_timeout,
-            max_width=self.max_width, max_height=self.max_height,
-            max_audio_seconds=self.max_audio_seconds, cache_dir=self.cache_dir, fault=fault,
+            generator=self.generator,
+            checkpoint=self.checkpoint,
+            backend=self.backend,
+            device=self.device,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            preset=self.preset,
+            crf=self.crf,
+            stall_timeout=self.stall_timeout,
+            max_width=self.max_width,
+            max_height=self.max_height,
+            max_audio_seconds=self.max_audio_seconds,
+            cache_dir=self.cache_dir,
+            fault=fault,
         ).validated()

@@ -115,33 +115,49 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     # Ctrl-C in a terminal signals the whole group; the service stops workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(config.cpus)
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"%(levelname)s worker-{config.index}[%(process)d] "
-                               "%(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(levelname)s worker-{config.index}[%(process)d] %(name)s: %(message)s",
+    )
     sender = _Sender(conn)
     stop = threading.Event()
-    threading.Thread(target=_heartbeats, args=(sender, config.heartbeat_interval, stop),
-                     name="worker-heartbeat", daemon=True).start()
+    threading.Thread(
+        target=_heartbeats,
+        args=(sender, config.heartbeat_interval, stop),
+        name="worker-heartbeat",
+        daemon=True,
+    ).start()
     started = time.perf_counter()
     pipelines = _WarmPipelines(_budget(config.cpus))
     try:
         runner, _ = pipelines.get(config.options).load()
     except Exception as exc:
-        sender.send(StartFailed(exc.to_dict() if isinstance(exc, HeygemError) else {
-            "type": type(exc).__name__, "message": str(exc) or repr(exc),
-            "hint": "the worker log has the traceback"}))
+        sender.send(
+            StartFailed(
+                exc.to_dict()
+                if isinstance(exc, HeygemError)
+                else {
+                    "type": type(exc).__name__,
+                    "message": str(exc) or repr(exc),
+                    "hint": "the worker log has the traceback",
+                }
+            )
+        )
         log.exception("cannot build the pipeline")
         raise SystemExit(3) from exc
     _warm_up()
-    sender.send(Ready(os.getpid(), round(time.perf_counter() - started, 3),
-                      tuple(runner.info.used)))
-    log.info("warm in %.1f s (providers %s)", time.perf_counter() - started,
-             ",".join(runner.info.used))
+    sender.send(
+        Ready(os.getpid(), round(time.perf_counter() - started, 3), tuple(runner.info.used))
+    )
+    log.info(
+        "warm in %.1f s (providers %s)", time.perf_counter() - started, ",".join(runner.info.used)
+    )
 
     jobs: queue.Queue[RunJob | None] = queue.Queue()
     control = _Control()
-    threading.Thread(target=_read_commands, args=(conn, jobs, control, stop),
-                     name="worker-commands", daemon=True).start()
+    threading.Thread(
+        target=_read_commands, args=(conn, jobs, control, stop), name="worker-commands", daemon=True
+    ).start()
     while (task := jobs.get()) is not None and not stop.is_set():
         cancel = control.begin(task.job_id)
         retire = _run(task, pipelines, config.options, sender, cancel)
@@ -158,8 +174,13 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     conn.close()
 
 
-def _run(task: RunJob, pipelines: _WarmPipelines, base: GenerateOptions, sender: _Sender,
-         cancel: threading.Event) -> str | None:
+def _run(
+    task: RunJob,
+    pipelines: _WarmPipelines,
+    base: GenerateOptions,
+    sender: _Sender,
+    cancel: threading.Event,
+) -> str | None:
     """Run one job; report how it ended; return why this worker must leave, if it must."""
     jlog = logging.LoggerAdapter(log, {"job_id": task.job_id})
     sender.send(Progress(task.job_id, Stage.PREPARING.value, PREPARING_PERCENT))
@@ -174,11 +195,16 @@ def _run(task: RunJob, pipelines: _WarmPipelines, base: GenerateOptions, sender:
     stalled = False
     try:
         pipeline = pipelines.get(job_options(base, task.options))
-        result = pipeline.generate(Path(task.audio), Path(task.video), Path(task.output),
-                                   progress=progress, cancel=cancel)
+        result = pipeline.generate(
+            Path(task.audio), Path(task.video), Path(task.output), progress=progress, cancel=cancel
+        )
         sender.send(JobDone(task.job_id, result.to_dict() | {"output": task.output}))
-        jlog.info("job %s done: %d frames in %.2f s", task.job_id, result.frames,
-                  result.timings.get("total", 0.0))
+        jlog.info(
+            "job %s done: %d frames in %.2f s",
+            task.job_id,
+            result.frames,
+            result.timings.get("total", 0.0),
+        )
     except Cancelled as exc:
         sender.send(JobFailed(task.job_id, exc.to_dict(), cancelled=True))
         jlog.info("job %s cancelled", task.job_id)
@@ -188,11 +214,18 @@ def _run(task: RunJob, pipelines: _WarmPipelines, base: GenerateOptions, sender:
         jlog.warning("job %s failed: %s", task.job_id, exc)
     except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
         jlog.exception("job %s raised", task.job_id)
-        sender.send(JobFailed(task.job_id, {
-            "type": "InternalError", "message": f"{type(exc).__name__}: {exc}",
-            "hint": "this is a bug; the worker log has the traceback", "stage": None}))
-    stray = [t.name for t in threading.enumerate() if t.name.startswith("heygem-")
-             and t.is_alive()]
+        sender.send(
+            JobFailed(
+                task.job_id,
+                {
+                    "type": "InternalError",
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "hint": "this is a bug; the worker log has the traceback",
+                    "stage": None,
+                },
+            )
+        )
+    stray = [t.name for t in threading.enumerate() if t.name.startswith("heygem-") and t.is_alive()]
     if stray:
         return f"stage threads still running after the job: {', '.join(stray)}"
     if stalled:
@@ -229,8 +262,9 @@ class _WarmPipelines:
         return pipeline
 
 
-def _read_commands(conn: Connection, jobs: queue.Queue[RunJob | None], control: _Control,
-                   stop: threading.Event) -> None:
+def _read_commands(
+    conn: Connection, jobs: queue.Queue[RunJob | None], control: _Control, stop: threading.Event
+) -> None:
     while True:
         try:
             message = conn.recv()
@@ -255,8 +289,12 @@ def _heartbeats(sender: _Sender, interval: float, stop: threading.Event) -> None
 
 def _limit_threads(cpus: int) -> None:
     # Before torch/numpy load: OpenMP/MKL/BLAS read these once, at import.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS"):
+    for var in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+    ):
         os.environ.setdefault(var, str(max(1, cpus)))
 
 

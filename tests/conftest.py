@@ -33,8 +33,9 @@ def speech_48k_stereo(media: Path) -> Path:
     path = media / "speech48.m4a"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("aac", rate=48000, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(np.stack([samples, samples]), format="fltp",
-                                           layout="stereo")
+        frame = av.AudioFrame.from_ndarray(
+            np.stack([samples, samples]), format="fltp", layout="stereo"
+        )
         frame.sample_rate = 48000
         for packet in stream.encode(frame):
             out.mux(packet)
@@ -71,9 +72,10 @@ def still_png(media: Path) -> Path:
 @pytest.fixture(scope="session")
 def faceless_mp4(media: Path) -> Path:
     rng = np.random.default_rng(0)
-    frames = [np.full((240, 320, 3), 90, np.uint8) + rng.integers(0, 5, (240, 320, 3),
-                                                                  dtype=np.uint8)
-              for _ in range(10)]
+    frames = [
+        np.full((240, 320, 3), 90, np.uint8) + rng.integers(0, 5, (240, 320, 3), dtype=np.uint8)
+        for _ in range(10)
+    ]
     return write_video(media / "noface.mp4", frames)
 
 

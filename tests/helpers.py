@@ -11,8 +11,9 @@ import numpy as np
 def read_gray_frames(path: Path) -> np.ndarray:
     """The luma (Y) plane of every frame, exactly as decoded (no range conversion)."""
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="yuv420p")[: f.height]
-                         for f in container.decode(video=0)])
+        return np.stack(
+            [f.to_ndarray(format="yuv420p")[: f.height] for f in container.decode(video=0)]
+        )
 
 
 def stream_summary(path: Path) -> dict[str, float]:

@@ -78,11 +78,14 @@ def _collect(nv: Any) -> NvmlSnapshot:
             util: int | None = nv.nvmlDeviceGetUtilizationRates(handle).gpu
         except nv.NVMLError:
             util = None
-        devices.append(GpuDevice(index, _text(nv.nvmlDeviceGetName(handle)), mem.total,
-                                 mem.used, util))
+        devices.append(
+            GpuDevice(index, _text(nv.nvmlDeviceGetName(handle)), mem.total, mem.used, util)
+        )
         sm = _sm_by_pid(nv, handle)
-        for getter in (nv.nvmlDeviceGetComputeRunningProcesses,
-                       nv.nvmlDeviceGetGraphicsRunningProcesses):
+        for getter in (
+            nv.nvmlDeviceGetComputeRunningProcesses,
+            nv.nvmlDeviceGetGraphicsRunningProcesses,
+        ):
             try:
                 running = getter(handle)
             except nv.NVMLError:
@@ -105,9 +108,11 @@ def probe_gpu() -> ProbeResult:
     title = "GPU visible to torch and NVML"
     snap = nvml_snapshot()
     evidence = [snap.reason or f"NVML driver {snap.driver}: {len(snap.devices)} GPU(s)"]
-    evidence += [f"GPU {d.index}: {d.name}, {fmt_bytes(d.memory_used)} / "
-                 f"{fmt_bytes(d.memory_total)} used, utilisation {d.utilization_percent}%"
-                 for d in snap.devices]
+    evidence += [
+        f"GPU {d.index}: {d.name}, {fmt_bytes(d.memory_used)} / "
+        f"{fmt_bytes(d.memory_total)} used, utilisation {d.utilization_percent}%"
+        for d in snap.devices
+    ]
     torch_installed = distribution_version("torch") is not None
     torch_cuda: str | None = None
     torch_sees = 0
@@ -116,25 +121,42 @@ def probe_gpu() -> ProbeResult:
 
         torch_cuda = torch.version.cuda
         torch_sees = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        evidence.append(f"torch CUDA build: {torch_cuda}; torch.cuda.is_available(): "
-                        f"{torch_sees > 0} ({torch_sees} device(s))")
+        evidence.append(
+            f"torch CUDA build: {torch_cuda}; torch.cuda.is_available(): "
+            f"{torch_sees > 0} ({torch_sees} device(s))"
+        )
     else:
         evidence.append("torch not installed")
     gpus = max(len(snap.devices), torch_sees)
     if gpus and torch_cuda and not torch_sees:
-        return ProbeResult("gpu", title, Status.FAIL, evidence,
-                           "NVML sees a GPU but torch cannot use it: the driver is older than "
-                           f"torch's CUDA {torch_cuda} needs; update the driver or install a "
-                           "torch wheel for an older CUDA.")
+        return ProbeResult(
+            "gpu",
+            title,
+            Status.FAIL,
+            evidence,
+            "NVML sees a GPU but torch cannot use it: the driver is older than "
+            f"torch's CUDA {torch_cuda} needs; update the driver or install a "
+            "torch wheel for an older CUDA.",
+        )
     if gpus and torch_installed and not torch_cuda:
-        return ProbeResult("gpu", title, Status.WARN, evidence,
-                           "torch is a CPU build while a GPU is present: install a CUDA "
-                           "wheel (e.g. --index-url https://download.pytorch.org/whl/cu121).")
+        return ProbeResult(
+            "gpu",
+            title,
+            Status.WARN,
+            evidence,
+            "torch is a CPU build while a GPU is present: install a CUDA "
+            "wheel (e.g. --index-url https://download.pytorch.org/whl/cu121).",
+        )
     if not gpus and torch_cuda:
-        return ProbeResult("gpu", title, Status.WARN, evidence,
-                           "torch is a CUDA build but no GPU is visible: start the container "
-                           "with --gpus all (NVIDIA Container Toolkit) or check "
-                           "NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES.")
+        return ProbeResult(
+            "gpu",
+            title,
+            Status.WARN,
+            evidence,
+            "torch is a CUDA build but no GPU is visible: start the container "
+            "with --gpus all (NVIDIA Container Toolkit) or check "
+            "NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES.",
+        )
     if not gpus:
         return ProbeResult("gpu", title, Status.INFO, evidence + ["no GPU: CPU-only run"])
     return ProbeResult("gpu", title, Status.OK, evidence)

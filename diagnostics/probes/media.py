@@ -35,7 +35,10 @@ def probe_av_codecs(required: Sequence[tuple[str, Mode, str]] = REQUIRED_CODECS)
     if not missing:
         return ProbeResult("av-codecs", "PyAV codecs", Status.OK, evidence)
     return ProbeResult(
-        "av-codecs", "PyAV codecs", Status.FAIL, evidence,
+        "av-codecs",
+        "PyAV codecs",
+        Status.FAIL,
+        evidence,
         f"Missing {', '.join(missing)}: install the PyPI binary wheel (pip install --force-"
         "reinstall av), whose bundled FFmpeg has them; a PyAV built from source uses the "
         "system FFmpeg, which needs --enable-libx264 (--enable-gpl).",

@@ -31,8 +31,9 @@ def read_child_env(method: str, names: Sequence[str], timeout: float) -> ChildVi
     """
     ctx: Any = multiprocessing.get_context(method)  # typeshed types str methods loosely
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_report_env, args=(send, tuple(names)), daemon=True,
-                       name=f"heygem-doctor-{method}")
+    proc = ctx.Process(
+        target=_report_env, args=(send, tuple(names)), daemon=True, name=f"heygem-doctor-{method}"
+    )
     try:
         proc.start()
         send.close()
@@ -74,17 +75,26 @@ def compare_env_propagation(
     title = "Thread env vars reach spawn/forkserver children"
     evidence = []
     for name, value in parent.items():
-        seen = ", ".join(f"{m}={v.get(name) if not isinstance(v, str) else '?'}"
-                         for m, v in children.items())
+        seen = ", ".join(
+            f"{m}={v.get(name) if not isinstance(v, str) else '?'}" for m, v in children.items()
+        )
         evidence.append(f"{name}: parent={value} {seen}")
     errors = [v for v in children.values() if isinstance(v, str)]
-    mismatched = sorted({
-        method for method, view in children.items() if not isinstance(view, str)
-        for name, value in parent.items() if view.get(name) != value
-    })
+    mismatched = sorted(
+        {
+            method
+            for method, view in children.items()
+            if not isinstance(view, str)
+            for name, value in parent.items()
+            if view.get(name) != value
+        }
+    )
     if errors:
         return ProbeResult(
-            "thread-env", title, Status.FAIL, evidence + errors,
+            "thread-env",
+            title,
+            Status.FAIL,
+            evidence + errors,
             "A child process could not be started in time: the pipeline's workers would hang "
             "the same way. Check the evidence (import errors in the child, /dev/shm, limits).",
         )
@@ -92,16 +102,22 @@ def compare_env_propagation(
         return ProbeResult("thread-env", title, Status.OK, evidence)
     fixes = []
     if "forkserver" in mismatched:
-        fixes.append("forkserver children inherit the forkserver's environment from when it "
-                     "was started, not the parent's current one: set thread vars before the "
-                     "first forkserver use, best before Python starts (Dockerfile ENV / "
-                     "docker run -e)")
+        fixes.append(
+            "forkserver children inherit the forkserver's environment from when it "
+            "was started, not the parent's current one: set thread vars before the "
+            "first forkserver use, best before Python starts (Dockerfile ENV / "
+            "docker run -e)"
+        )
     if set(mismatched) - {"forkserver"}:
-        fixes.append("a spawn child gets the C-level environment: something changed it "
-                     "without os.environ (native setenv) or the reverse; set the variables "
-                     "before Python starts")
+        fixes.append(
+            "a spawn child gets the C-level environment: something changed it "
+            "without os.environ (native setenv) or the reverse; set the variables "
+            "before Python starts"
+        )
     return ProbeResult(
-        "thread-env", title, Status.FAIL,
+        "thread-env",
+        title,
+        Status.FAIL,
         evidence + [f"children that disagree with the parent: {', '.join(mismatched)}"],
         "; ".join(fixes) + ".",
     )
@@ -123,17 +139,21 @@ def probe_thread_env(timeout: float = 20.0) -> ProbeResult:
     result = compare_env_propagation(parent, children)
     notes = []
     if "forkserver" in methods:
-        notes.append(f"forkserver was already running (pid {fs_before}); its environment dates "
-                     "from its start" if fs_before else
-                     "started this process's forkserver for the check (later forkserver "
-                     "children inherit today's environment)")
+        notes.append(
+            f"forkserver was already running (pid {fs_before}); its environment dates "
+            "from its start"
+            if fs_before
+            else "started this process's forkserver for the check (later forkserver "
+            "children inherit today's environment)"
+        )
     at_start = startup_environ()
     late = [n for n, v in parent.items() if v != at_start.get(n)]
     if late:
-        notes.append(f"set after this process started: {', '.join(late)}: thread pools "
-                     "already created here (numpy/torch/ORT imported earlier) ignored them")
-    return ProbeResult(result.id, result.title, result.status, result.evidence + notes,
-                       result.fix)
+        notes.append(
+            f"set after this process started: {', '.join(late)}: thread pools "
+            "already created here (numpy/torch/ORT imported earlier) ignored them"
+        )
+    return ProbeResult(result.id, result.title, result.status, result.evidence + notes, result.fix)
 
 
 @never_raises("start-method", "multiprocessing start method and fork hazards")
@@ -146,24 +166,36 @@ def probe_start_method() -> ProbeResult:
     evidence = [f"start method: {effective} ({'set explicitly' if chosen else 'default'})"]
     torch = sys.modules.get("torch")
     cuda_init = bool(torch is not None and torch.cuda.is_initialized())
-    evidence.append("CUDA initialised in this process: "
-                    + ("yes" if cuda_init else "no" if torch else "no (torch not imported)"))
+    evidence.append(
+        "CUDA initialised in this process: "
+        + ("yes" if cuda_init else "no" if torch else "no (torch not imported)")
+    )
     threads = _thread_count()
     evidence.append(f"OS threads in this process: {threads}")
     if effective != "fork":
         return ProbeResult("start-method", title, Status.OK, evidence)
     if cuda_init:
         return ProbeResult(
-            "start-method", title, Status.FAIL,
-            evidence + ["fork after CUDA init: children fail with 'Cannot re-initialize CUDA "
-                        "in forked subprocess' or hang"],
+            "start-method",
+            title,
+            Status.FAIL,
+            evidence
+            + [
+                "fork after CUDA init: children fail with 'Cannot re-initialize CUDA "
+                "in forked subprocess' or hang"
+            ],
             "Use multiprocessing.set_start_method('spawn') early in main, or "
             "DataLoader(multiprocessing_context='spawn').",
         )
     return ProbeResult(
-        "start-method", title, Status.INFO,
-        evidence + ["fork copies this process including locks held by other threads "
-                    "(thread pools, logging); the pipeline itself starts children with spawn"],
+        "start-method",
+        title,
+        Status.INFO,
+        evidence
+        + [
+            "fork copies this process including locks held by other threads "
+            "(thread pools, logging); the pipeline itself starts children with spawn"
+        ],
     )
 
 

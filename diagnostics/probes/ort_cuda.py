@@ -92,8 +92,12 @@ def check_session_providers(
         wanted = [provider_name(p) for p in requested]
         actual = list(session.get_providers())
     except Exception as exc:  # noqa: BLE001 - a check must never raise
-        return ProbeResult("ort-session-providers", title, Status.WARN,
-                           [f"could not read session providers: {type(exc).__name__}: {exc}"])
+        return ProbeResult(
+            "ort-session-providers",
+            title,
+            Status.WARN,
+            [f"could not read session providers: {type(exc).__name__}: {exc}"],
+        )
     evidence = [f"requested: {wanted}", f"session.get_providers(): {actual}"]
     evidence += [f"ORT: {line}" for line in ort_evidence_lines(log_lines)]
     missing = [p for p in wanted if p not in actual]
@@ -165,8 +169,9 @@ def session_with_evidence(
     with capture_native_stderr() as native, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            session = ort.InferenceSession(model or tiny_identity_model(),
-                                           providers=list(providers))
+            session = ort.InferenceSession(
+                model or tiny_identity_model(), providers=list(providers)
+            )
         except Exception as exc:  # noqa: BLE001 - the failure is the evidence
             error = f"InferenceSession failed: {type(exc).__name__}: {exc}"
     lines = native + [str(w.message) for w in caught]
@@ -204,14 +209,15 @@ def pip_nvidia_copies(sonames: Iterable[str]) -> dict[str, Path]:
 
 
 def missing_libs_fix(
-    missing: Sequence[str], needed: Sequence[str], ort_version: str | None,
+    missing: Sequence[str],
+    needed: Sequence[str],
+    ort_version: str | None,
     off_path: Mapping[str, Path],
 ) -> str:
     """Name the missing libraries, the majors this build needs and the two ways out."""
     cuda, cudnn = cuda_majors([*needed, *missing])
     wheels = sorted({w for s in missing if (w := pip_wheel_for(s, cuda)) is not None})
-    wheels = [f"'{w}=={cudnn}.*'" if w.startswith("nvidia-cudnn") and cudnn else w
-              for w in wheels]
+    wheels = [f"'{w}=={cudnn}.*'" if w.startswith("nvidia-cudnn") and cudnn else w for w in wheels]
     install = (
         f"pip install {' '.join(wheels)} and add their site-packages/nvidia/*/lib dirs to "
         "LD_LIBRARY_PATH before Python starts"
@@ -241,8 +247,9 @@ def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None)
     requested = [CUDA_EP, CPU_EP]
     session, lines = session_with_evidence(ort, requested)
     if session is None:  # some builds raise instead of falling back
-        check = ProbeResult("ort-session-providers", title, Status.FAIL,
-                            [f"ORT: {line}" for line in lines[-5:]])
+        check = ProbeResult(
+            "ort-session-providers", title, Status.FAIL, [f"ORT: {line}" for line in lines[-5:]]
+        )
     else:
         check = check_session_providers(session, requested, log_lines=lines)
     if check.status is Status.OK:
@@ -252,7 +259,10 @@ def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None)
     if lib is None:
         evidence.append(f"no {CUDA_PROVIDER_LIB} under {package_dir}")
         return ProbeResult(
-            "ort-cuda", title, Status.FAIL, evidence,
+            "ort-cuda",
+            title,
+            Status.FAIL,
+            evidence,
             "This onnxruntime has no CUDA provider library: a CPU 'onnxruntime' install "
             "probably overwrote onnxruntime-gpu's files. pip uninstall -y onnxruntime "
             "onnxruntime-gpu, then pip install onnxruntime-gpu only.",
@@ -263,15 +273,23 @@ def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None)
     if not missing:
         evidence.append("every library it needs resolves (ldd)")
         return ProbeResult(
-            "ort-cuda", title, Status.FAIL, evidence,
+            "ort-cuda",
+            title,
+            Status.FAIL,
+            evidence,
             "The libraries load, so CUDA failed at run time: check the driver (nvidia-smi), "
             "that the container has the GPU (--gpus all / NVIDIA_VISIBLE_DEVICES), and the "
             "ORT lines above.",
         )
     evidence.append(f"the loader cannot find: {', '.join(missing)}")
     off_path = pip_nvidia_copies(missing)
-    return ProbeResult("ort-cuda", title, Status.FAIL, evidence,
-                       missing_libs_fix(missing, needed, ort_version, off_path))
+    return ProbeResult(
+        "ort-cuda",
+        title,
+        Status.FAIL,
+        evidence,
+        missing_libs_fix(missing, needed, ort_version, off_path),
+    )
 
 
 @never_raises("ort-cuda", "ONNX Runtime CUDA provider actually loads")
@@ -284,11 +302,15 @@ def probe_ort_cuda() -> ProbeResult:
 
     available = list(ort.get_available_providers())
     version = distribution_version("onnxruntime")
-    evidence = [f"distribution(s): {', '.join(dists)} {version}",
-                f"available providers (build-time list only): {available}"]
+    evidence = [
+        f"distribution(s): {', '.join(dists)} {version}",
+        f"available providers (build-time list only): {available}",
+    ]
     if "onnxruntime-gpu" not in dists and CUDA_EP not in available:
         return ProbeResult(
-            "ort-cuda", title, Status.INFO,
+            "ort-cuda",
+            title,
+            Status.INFO,
             evidence + ["CPU-only onnxruntime build: CUDA is not expected"],
             None,
         )
@@ -308,8 +330,10 @@ def compare_cuda_builds(
     torch_cuda: str | None, torch_cudnn: int | None, ort_cuda: int | None, ort_cudnn: int | None
 ) -> tuple[Status, list[str], str | None]:
     torch_major = int(torch_cuda.split(".")[0]) if torch_cuda else None
-    evidence = [f"torch: CUDA {torch_cuda}, cuDNN major {torch_cudnn}",
-                f"onnxruntime: CUDA major {ort_cuda}, cuDNN major {ort_cudnn}"]
+    evidence = [
+        f"torch: CUDA {torch_cuda}, cuDNN major {torch_cudnn}",
+        f"onnxruntime: CUDA major {ort_cuda}, cuDNN major {ort_cudnn}",
+    ]
     if torch_major is None or ort_cuda is None:
         return Status.INFO, evidence + ["at least one side is a CPU build: nothing to match"], None
     clashes = []
@@ -351,13 +375,19 @@ def _ort_cuda_majors() -> tuple[int | None, int | None, str]:
 def probe_cuda_consistency() -> ProbeResult:
     title = "torch and onnxruntime CUDA/cuDNN majors"
     if distribution_version("torch") is None or distribution_version("onnxruntime") is None:
-        return ProbeResult("cuda-consistency", title, Status.INFO,
-                           ["torch or onnxruntime not installed: nothing to compare"])
+        return ProbeResult(
+            "cuda-consistency",
+            title,
+            Status.INFO,
+            ["torch or onnxruntime not installed: nothing to compare"],
+        )
     import torch
 
     torch_cudnn = cudnn_major(torch.backends.cudnn.version()) if torch.version.cuda else None
     ort_cuda, ort_cudnn, source = _ort_cuda_majors()
-    status, evidence, fix = compare_cuda_builds(torch.version.cuda, torch_cudnn, ort_cuda,
-                                                ort_cudnn)
-    return ProbeResult("cuda-consistency", title, status,
-                       evidence + [f"onnxruntime majors from {source}"], fix)
+    status, evidence, fix = compare_cuda_builds(
+        torch.version.cuda, torch_cudnn, ort_cuda, ort_cudnn
+    )
+    return ProbeResult(
+        "cuda-consistency", title, status, evidence + [f"onnxruntime majors from {source}"], fix
+    )

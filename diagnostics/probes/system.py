@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 SHM_SAFETY_FACTOR = 2.0
 
 # Thread-pool variables read once, at import, by OpenMP/MKL/OpenBLAS/NumExpr.
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                   "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS")
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "NUMEXPR_MAX_THREADS",
+)
 
 # cgroup v1 reports "no limit" as a page-rounded LONG_MAX.
 _UNLIMITED = 1 << 60
@@ -56,21 +61,36 @@ def probe_shm(need_bytes: int, need_detail: str, path: str = "/dev/shm") -> Prob
     title = "/dev/shm size vs. DataLoader need"
     evidence = [f"DataLoader needs ~{fmt_bytes(need_bytes)}: {need_detail}"]
     if need_bytes == 0:
-        return ProbeResult("shm", title, Status.INFO,
-                           evidence + ["num_workers=0: batches never go through shared memory"])
+        return ProbeResult(
+            "shm",
+            title,
+            Status.INFO,
+            evidence + ["num_workers=0: batches never go through shared memory"],
+        )
     if not os.path.isdir(path):
-        return ProbeResult("shm", title, Status.FAIL, evidence + [f"{path} does not exist"],
-                           f"Mount a tmpfs at {path} (docker --shm-size=2g).")
+        return ProbeResult(
+            "shm",
+            title,
+            Status.FAIL,
+            evidence + [f"{path} does not exist"],
+            f"Mount a tmpfs at {path} (docker --shm-size=2g).",
+        )
     st = os.statvfs(path)
     size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-    evidence.insert(0, f"{path}: size {fmt_bytes(size)}, free {fmt_bytes(free)} "
-                       f"({_mount_type(path)})")
+    evidence.insert(
+        0, f"{path}: size {fmt_bytes(size)}, free {fmt_bytes(free)} ({_mount_type(path)})"
+    )
     if free >= need_bytes:
         return ProbeResult("shm", title, Status.OK, evidence)
     return ProbeResult(
-        "shm", title, Status.FAIL,
-        evidence + [f"free {fmt_bytes(free)} < need {fmt_bytes(need_bytes)}: DataLoader workers "
-                    "die with SIGBUS (exit -7, 'Bus error') and the consumer waits forever"],
+        "shm",
+        title,
+        Status.FAIL,
+        evidence
+        + [
+            f"free {fmt_bytes(free)} < need {fmt_bytes(need_bytes)}: DataLoader workers "
+            "die with SIGBUS (exit -7, 'Bus error') and the consumer waits forever"
+        ],
         "Give the container more shared memory: docker run --shm-size=2g (compose: "
         "shm_size: '2gb'; Kubernetes: an emptyDir with medium: Memory at /dev/shm), or lower "
         "num_workers / batch size.",
@@ -133,7 +153,7 @@ def cgroup_dir(proc: Path, controller: str) -> Path | None:
             rel = paths[controller]
             # Without a cgroup namespace the mount root is our own path prefix.
             if root != "/" and rel.startswith(root):
-                rel = rel[len(root):]
+                rel = rel[len(root) :]
             candidate = Path(mountpoint) / rel.lstrip("/")
             return candidate if candidate.is_dir() else Path(mountpoint)
     return None
@@ -233,18 +253,29 @@ def probe_cpus(environ: Mapping[str, str] | None = None) -> ProbeResult:
     affinity = len(os.sched_getaffinity(0))
     usable = usable_cpus(affinity, limits.cpu_quota)
     quota = "none" if limits.cpu_quota is None else f"{limits.cpu_quota:g} CPUs"
-    evidence = [f"os.cpu_count()={total}, sched_getaffinity={affinity}, cgroup quota={quota} "
-                f"({limits.version}) -> usable {usable}", *limits.sources]
+    evidence = [
+        f"os.cpu_count()={total}, sched_getaffinity={affinity}, cgroup quota={quota} "
+        f"({limits.version}) -> usable {usable}",
+        *limits.sources,
+    ]
     unset = [v for v in THREAD_ENV_VARS if not env.get(v)]
-    evidence.append("thread vars set: " + (", ".join(
-        f"{v}={env[v]}" for v in THREAD_ENV_VARS if env.get(v)) or "none"))
+    evidence.append(
+        "thread vars set: "
+        + (", ".join(f"{v}={env[v]}" for v in THREAD_ENV_VARS if env.get(v)) or "none")
+    )
     if usable >= total or not unset:
         return ProbeResult("cpus", title, Status.OK, evidence)
     return ProbeResult(
-        "cpus", title, Status.WARN,
-        evidence + [f"{', '.join(unset)} unset: NumExpr/OpenBLAS size pools from the "
-                    f"{total} CPUs they see, not the {usable} usable (oversubscription)"],
-        "Export " + " ".join(f"{v}={usable}" for v in THREAD_ENV_VARS)
+        "cpus",
+        title,
+        Status.WARN,
+        evidence
+        + [
+            f"{', '.join(unset)} unset: NumExpr/OpenBLAS size pools from the "
+            f"{total} CPUs they see, not the {usable} usable (oversubscription)"
+        ],
+        "Export "
+        + " ".join(f"{v}={usable}" for v in THREAD_ENV_VARS)
         + " before Python starts (Dockerfile ENV or docker run -e).",
     )
 
@@ -256,25 +287,43 @@ def probe_memory(need_bytes: int, need_detail: str) -> ProbeResult:
     import psutil
 
     vm = psutil.virtual_memory()
-    evidence = [f"need ~{fmt_bytes(need_bytes)}: {need_detail}",
-                f"host RAM {fmt_bytes(vm.total)}, available {fmt_bytes(vm.available)}",
-                f"cgroup ({limits.version}) memory limit: "
-                + ("none" if limits.memory_limit is None else fmt_bytes(limits.memory_limit)),
-                *limits.sources]
-    fix = (f"Raise the container memory limit to at least {fmt_bytes(need_bytes * 1.25)} "
-           "(docker run --memory / compose mem_limit), or lower num_workers. /dev/shm pages "
-           "are charged to the same limit, so --shm-size does not add memory.")
+    evidence = [
+        f"need ~{fmt_bytes(need_bytes)}: {need_detail}",
+        f"host RAM {fmt_bytes(vm.total)}, available {fmt_bytes(vm.available)}",
+        f"cgroup ({limits.version}) memory limit: "
+        + ("none" if limits.memory_limit is None else fmt_bytes(limits.memory_limit)),
+        *limits.sources,
+    ]
+    fix = (
+        f"Raise the container memory limit to at least {fmt_bytes(need_bytes * 1.25)} "
+        "(docker run --memory / compose mem_limit), or lower num_workers. /dev/shm pages "
+        "are charged to the same limit, so --shm-size does not add memory."
+    )
     limit = limits.memory_limit
     if limit is not None and limit < need_bytes:
-        return ProbeResult("cgroup-memory", title, Status.FAIL,
-                           evidence + ["the OOM killer will SIGKILL (-9) a process"], fix)
+        return ProbeResult(
+            "cgroup-memory",
+            title,
+            Status.FAIL,
+            evidence + ["the OOM killer will SIGKILL (-9) a process"],
+            fix,
+        )
     if limit is not None and limit < need_bytes * 1.25:
-        return ProbeResult("cgroup-memory", title, Status.WARN,
-                           evidence + ["the limit leaves less than 25% headroom"], fix)
+        return ProbeResult(
+            "cgroup-memory",
+            title,
+            Status.WARN,
+            evidence + ["the limit leaves less than 25% headroom"],
+            fix,
+        )
     if vm.available < need_bytes:
-        return ProbeResult("cgroup-memory", title, Status.WARN,
-                           evidence + ["the host has less memory available than needed now"],
-                           "Free memory on the host or lower num_workers.")
+        return ProbeResult(
+            "cgroup-memory",
+            title,
+            Status.WARN,
+            evidence + ["the host has less memory available than needed now"],
+            "Free memory on the host or lower num_workers.",
+        )
     return ProbeResult("cgroup-memory", title, Status.OK, evidence)
 
 
@@ -282,12 +331,14 @@ def probe_memory(need_bytes: int, need_detail: str) -> ProbeResult:
 _CONTAINER_WORDS = ("docker", "kubepods", "containerd", "libpod", "lxc", "crio")
 
 
-def container_markers(root: Path = Path("/"), environ: Mapping[str, str] | None = None
-                      ) -> list[str]:
+def container_markers(
+    root: Path = Path("/"), environ: Mapping[str, str] | None = None
+) -> list[str]:
     """Evidence that we run inside a container; empty when none is found."""
     env = os.environ if environ is None else environ
-    found = [f"{root / m} exists" for m in (".dockerenv", "run/.containerenv")
-             if (root / m).exists()]
+    found = [
+        f"{root / m} exists" for m in (".dockerenv", "run/.containerenv") if (root / m).exists()
+    ]
     cgroup = _read(root / "proc/1/cgroup") or ""
     words = sorted({w for w in _CONTAINER_WORDS if w in cgroup})
     if words:
@@ -303,10 +354,15 @@ def container_markers(root: Path = Path("/"), environ: Mapping[str, str] | None 
 def probe_container() -> ProbeResult:
     markers = container_markers()
     if not markers:
-        return ProbeResult("container", "Container detection", Status.INFO,
-                           ["no container markers found: bare metal or VM"])
-    return ProbeResult("container", "Container detection", Status.INFO,
-                       ["running in a container", *markers])
+        return ProbeResult(
+            "container",
+            "Container detection",
+            Status.INFO,
+            ["no container markers found: bare metal or VM"],
+        )
+    return ProbeResult(
+        "container", "Container detection", Status.INFO, ["running in a container", *markers]
+    )
 
 
 def startup_environ(pid: int | str = "self") -> dict[str, str]:
@@ -339,17 +395,21 @@ def probe_ld_library_path() -> ProbeResult:
     if by_cv2:
         if not at_start and entries == [""]:
             entries = _entries(at_start)
-        evidence.append(f"added by opencv at import: {', '.join(by_cv2)} (this process's "
-                        "loader ignores it; children inherit it)")
+        evidence.append(
+            f"added by opencv at import: {', '.join(by_cv2)} (this process's "
+            "loader ignores it; children inherit it)"
+        )
     if entries != _entries(at_start):
         problems.append(
             f"changed after this process started (was {at_start!r}, now {current!r}): the "
             "dynamic loader read it at startup, so dlopen here ignores the change; only "
-            "children started from now on see it")
+            "children started from now on see it"
+        )
     for entry in entries:
         if entry == "":
-            problems.append("an empty entry (leading/trailing/double ':') means the current "
-                            "directory")
+            problems.append(
+                "an empty entry (leading/trailing/double ':') means the current directory"
+            )
         elif not os.path.isdir(entry):
             problems.append(f"{entry}: does not exist")
         else:
@@ -357,11 +417,18 @@ def probe_ld_library_path() -> ProbeResult:
             evidence.append(entry + (f": {', '.join(libs[:8])}" if libs else ""))
     if problems:
         return ProbeResult(
-            "ld-library-path", title, Status.WARN, evidence + problems,
+            "ld-library-path",
+            title,
+            Status.WARN,
+            evidence + problems,
             "Set LD_LIBRARY_PATH before Python starts (Dockerfile ENV, docker run -e, or a "
             "wrapper script), with existing directories only and no empty entries.",
         )
     if not entries:
-        return ProbeResult("ld-library-path", title, Status.INFO,
-                           ["LD_LIBRARY_PATH is unset at startup", *evidence])
+        return ProbeResult(
+            "ld-library-path",
+            title,
+            Status.INFO,
+            ["LD_LIBRARY_PATH is unset at startup", *evidence],
+        )
     return ProbeResult("ld-library-path", title, Status.OK, evidence)

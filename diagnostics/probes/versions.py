@@ -19,8 +19,14 @@ log = logging.getLogger(__name__)
 NUMPY2_FIRST_COMPATIBLE = {"onnxruntime": "1.19", "torch": "2.3"}
 
 # import name -> whether the pipeline cannot run without it
-_LIBRARIES = {"numpy": True, "torch": False, "onnxruntime": True, "cv2": True,
-              "librosa": True, "av": True}
+_LIBRARIES = {
+    "numpy": True,
+    "torch": False,
+    "onnxruntime": True,
+    "cv2": True,
+    "librosa": True,
+    "av": True,
+}
 
 
 def distributions_of(import_name: str) -> list[str]:
@@ -46,7 +52,8 @@ def numpy2_conflicts(numpy_version: str | None, versions: Mapping[str, str | Non
     return [
         f"{name} {ver} (numpy-2 builds start at {NUMPY2_FIRST_COMPATIBLE[name]})"
         for name, ver in versions.items()
-        if ver is not None and name in NUMPY2_FIRST_COMPATIBLE
+        if ver is not None
+        and name in NUMPY2_FIRST_COMPATIBLE
         and version_lt(ver, NUMPY2_FIRST_COMPATIBLE[name])
     ]
 
@@ -62,12 +69,17 @@ def probe_numpy_abi() -> ProbeResult:
     others = {name: distribution_version(name) for name in NUMPY2_FIRST_COMPATIBLE}
     evidence = [f"numpy {numpy_version}"] + [f"{k} {v}" for k, v in others.items()]
     if numpy_version is None:
-        return ProbeResult("numpy-abi", "numpy 2 vs. libraries built for numpy 1", Status.INFO,
-                           evidence + ["numpy is not installed; rule not applicable"])
+        return ProbeResult(
+            "numpy-abi",
+            "numpy 2 vs. libraries built for numpy 1",
+            Status.INFO,
+            evidence + ["numpy is not installed; rule not applicable"],
+        )
     conflicts = numpy2_conflicts(numpy_version, others)
     if not conflicts:
-        return ProbeResult("numpy-abi", "numpy 2 vs. libraries built for numpy 1", Status.OK,
-                           evidence)
+        return ProbeResult(
+            "numpy-abi", "numpy 2 vs. libraries built for numpy 1", Status.OK, evidence
+        )
     return ProbeResult(
         "numpy-abi",
         "numpy 2 vs. libraries built for numpy 1",
@@ -132,11 +144,19 @@ def probe_versions() -> ProbeResult:
     if duplicated:
         evidence += [f"several distributions own one package: {d}" for d in duplicated]
     if broken:
-        return ProbeResult("versions", "Library versions", Status.FAIL, evidence,
-                           "Fix the imports listed: " + "; ".join(broken))
+        return ProbeResult(
+            "versions",
+            "Library versions",
+            Status.FAIL,
+            evidence,
+            "Fix the imports listed: " + "; ".join(broken),
+        )
     if duplicated:
         return ProbeResult(
-            "versions", "Library versions", Status.WARN, evidence,
+            "versions",
+            "Library versions",
+            Status.WARN,
+            evidence,
             "Uninstall all but one of the distributions sharing a package directory "
             "(e.g. pip uninstall onnxruntime onnxruntime-gpu, then install only the one "
             "you want): the last one installed silently overwrote the other's files.",

@@ -35,8 +35,9 @@ def _syllable(rng: np.random.Generator, length: int, f0: float, sample_rate: int
     if rng.random() < 0.4:  # a fricative onset ("s", "f", "sh")
         burst = min(length, int(0.05 * sample_rate))
         noise = rng.standard_normal(burst)
-        sos = signal.butter(4, [3000, min(7000, sample_rate / 2 - 100)], "bandpass",
-                            fs=sample_rate, output="sos")
+        sos = signal.butter(
+            4, [3000, min(7000, sample_rate / 2 - 100)], "bandpass", fs=sample_rate, output="sos"
+        )
         out[:burst] += 0.3 * signal.sosfilt(sos, noise) * np.linspace(1, 0, burst)
     return out
 
@@ -64,8 +65,9 @@ def synth_speech(
             length = int(sample_rate * rng.uniform(0.7, 1.3) / syllables_per_second)
             if pos + length > total:
                 break
-            out[pos : pos + length] += _syllable(rng, length, f0 * rng.uniform(0.9, 1.1),
-                                                 sample_rate)
+            out[pos : pos + length] += _syllable(
+                rng, length, f0 * rng.uniform(0.9, 1.1), sample_rate
+            )
             pos += length + int(sample_rate * rng.uniform(0.01, 0.05))
         pos += int(sample_rate * rng.uniform(0.35, 0.8))
     peak = float(np.max(np.abs(out))) or 1.0

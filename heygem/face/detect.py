@@ -64,7 +64,10 @@ class HaarFaceDetector:
         small, scale = self._scaled(luma)
         min_side = max(20, small.shape[1] // 16)
         found, _, weights = self._cascade.detectMultiScale3(
-            small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side),
+            small,
+            scaleFactor=1.1,
+            minNeighbors=5,
+            minSize=(min_side, min_side),
             outputRejectLevels=True,
         )
         boxes = [Box(*(float(v) / scale for v in row)) for row in found]
@@ -89,15 +92,21 @@ class HaarFaceDetector:
         # Same pixel scale as the full search, so boxes agree between the two paths.
         scale = min(1.0, self._detect_width / width)
         if scale < 1.0:
-            window = cv2.resize(window, (max(1, round(window.shape[1] * scale)),
-                                         max(1, round(window.shape[0] * scale))),
-                                interpolation=cv2.INTER_AREA)
+            window = cv2.resize(
+                window,
+                (max(1, round(window.shape[1] * scale)), max(1, round(window.shape[0] * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
         side = previous.w * scale
         found = self._cascade.detectMultiScale(
-            window, scaleFactor=1.1, minNeighbors=5,
-            minSize=(max(20, int(side * 0.75)),) * 2, maxSize=(int(side * 1.35) + 1,) * 2,
+            window,
+            scaleFactor=1.1,
+            minNeighbors=5,
+            minSize=(max(20, int(side * 0.75)),) * 2,
+            maxSize=(int(side * 1.35) + 1,) * 2,
         )
-        boxes = [Box(x0 + r[0] / scale, y0 + r[1] / scale, r[2] / scale, r[3] / scale)
-                 for r in found]
+        boxes = [
+            Box(x0 + r[0] / scale, y0 + r[1] / scale, r[2] / scale, r[3] / scale) for r in found
+        ]
         best = max(boxes, key=previous.iou, default=None)
         return best if best is not None and best.iou(previous) > 0.3 else None

@@ -145,8 +145,9 @@ def _extract_crops(
             if valid[index]:
                 x0, y0, x1, y1 = (int(v) for v in regions[index])
                 crop = crop_bgr(frame, (x0, y0, x1, y1))
-                crops[index] = cv2.resize(crop, (spec.size, spec.size),
-                                          interpolation=cv2.INTER_AREA)
+                crops[index] = cv2.resize(
+                    crop, (spec.size, spec.size), interpolation=cv2.INTER_AREA
+                )
         crops.flush()
         del crops
         os.replace(tmp_name, target)

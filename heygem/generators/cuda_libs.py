@@ -96,16 +96,18 @@ def elf_dynamic(path: Path) -> ElfDynamic:
         f.seek(dynamic[0])
         raw = f.read(dynamic[1])
         fmt, size = (end + "qQ", 16) if is64 else (end + "iI", 8)
-        entries = [struct.unpack(fmt, raw[i : i + size])
-                   for i in range(0, len(raw) - size + 1, size)]
+        entries = [
+            struct.unpack(fmt, raw[i : i + size]) for i in range(0, len(raw) - size + 1, size)
+        ]
         tags: dict[int, list[int]] = {}
         for tag, val in entries:
             if tag == 0:
                 break
             tags.setdefault(tag, []).append(val)
         strtab_vaddr, strsz = tags.get(5, [0])[0], tags.get(10, [0])[0]
-        strtab_off = next((o + strtab_vaddr - v for v, o, n in loads if v <= strtab_vaddr < v + n),
-                          None)
+        strtab_off = next(
+            (o + strtab_vaddr - v for v, o, n in loads if v <= strtab_vaddr < v + n), None
+        )
         if strtab_off is None:
             raise ValueError(f"{path}: string table outside loadable segments")
         f.seek(strtab_off)
@@ -123,10 +125,22 @@ def _loader_dirs(lib: Path, runpath: Iterable[str]) -> list[Path]:
     dirs += [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10)
-        dirs += [Path(line.rsplit("=> ", 1)[1]).parent
-                 for line in cache.stdout.splitlines() if "=> " in line]
-    return dirs + [Path(p) for p in ("/lib64", "/usr/lib64", "/lib", "/usr/lib",
-                                     "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")]
+        dirs += [
+            Path(line.rsplit("=> ", 1)[1]).parent
+            for line in cache.stdout.splitlines()
+            if "=> " in line
+        ]
+    return dirs + [
+        Path(p)
+        for p in (
+            "/lib64",
+            "/usr/lib64",
+            "/lib",
+            "/usr/lib",
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu",
+        )
+    ]
 
 
 def missing_sonames(lib: Path) -> list[str]:
@@ -143,8 +157,6 @@ def missing_sonames(lib: Path) -> list[str]:
 def find_cuda_provider_lib(package_dir: Path) -> Path | None:
     hits = sorted(package_dir.rglob(CUDA_PROVIDER_LIB))
     return hits[0] if hits else None
-
-
 
 
 def ort_cuda_provider_missing_libs() -> tuple[Path | None, list[str]]:

@@ -37,15 +37,18 @@ def example_inputs(size: int, batch: int = 2, seed: int = 0) -> tuple[torch.Tens
 def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET) -> Path:
     """Write ``target`` atomically; raise PipelineError if the export does not match torch."""
     if opset > OPSET:
-        raise PipelineError(f"opset {opset} requested; onnxruntime 1.16 needs <= {OPSET}",
-                            stage="export")
+        raise PipelineError(
+            f"opset {opset} requested; onnxruntime 1.16 needs <= {OPSET}", stage="export"
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
         os.close(fd)
     except OSError as exc:
-        raise OutputNotWritable(f"cannot write the ONNX file to {str(target.parent)!r}: {exc}",
-                                hint="choose a writable output path") from exc
+        raise OutputNotWritable(
+            f"cannot write the ONNX file to {str(target.parent)!r}: {exc}",
+            hint="choose a writable output path",
+        ) from exc
     try:
         face, mel = example_inputs(size)
         # torch >= 2.5 defaults towards the dynamo exporter; torch 2.1-2.4 has no `dynamo`
@@ -97,6 +100,7 @@ def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
     if not diff <= PARITY_TOLERANCE:
         raise PipelineError(
             f"ONNX export differs from torch by {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})",
-            stage="export", hint="report this with `heygem-diagnose env` output",
+            stage="export",
+            hint="report this with `heygem-diagnose env` output",
         )
     return diff

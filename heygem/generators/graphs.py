@@ -49,8 +49,12 @@ class GeneratorSpec:
 
 def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:
     if name == "mouthwarp":
-        spec = GeneratorSpec(name, CropSpec("mouth", mouthwarp.CROP_SIZE), True,
-                             f"mouthwarp-{mouthwarp.CROP_SIZE}-v1")
+        spec = GeneratorSpec(
+            name,
+            CropSpec("mouth", mouthwarp.CROP_SIZE),
+            True,
+            f"mouthwarp-{mouthwarp.CROP_SIZE}-v1",
+        )
         return mouthwarp.MouthWarp().eval(), spec
     if name == "wav2lip":
         assert checkpoint is not None  # enforced by GenerateOptions.validated

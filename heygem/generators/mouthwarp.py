@@ -34,8 +34,9 @@ class MouthWarp(nn.Module):
         self.register_buffer("v", v[None], persistent=False)
         self.max_open = max_open
         # BGR colour of the mouth cavity.
-        self.register_buffer("cavity", torch.tensor([0.10, 0.07, 0.22]).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "cavity", torch.tensor([0.10, 0.07, 0.22]).view(1, 3, 1, 1), persistent=False
+        )
 
     def openness(self, mel: torch.Tensor) -> torch.Tensor:
         energy = mel[:, 0, 8:56, 1:7].mean(dim=(1, 2))
@@ -50,8 +51,9 @@ class MouthWarp(nn.Module):
         drop = amount * self.max_open * across * (lower - 0.3 * upper)
         narrow = 1.0 + 0.10 * amount * torch.exp(-((v / 0.3) ** 2))
         grid = torch.stack([u * narrow, v - drop], dim=-1)  # [B,S,S,2] source positions
-        warped = F.grid_sample(face, grid, mode="bilinear", padding_mode="border",
-                               align_corners=True)
+        warped = F.grid_sample(
+            face, grid, mode="bilinear", padding_mode="border", align_corners=True
+        )
         half_height = amount * 0.16 + 1e-3
         inside = 1.0 - (u / 0.34) ** 2 - ((v - 0.04) / half_height) ** 2
         cavity_mask = (torch.sigmoid(inside * 6.0) * (amount * 4.0).clamp(0.0, 1.0))[:, None]

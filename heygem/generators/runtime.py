@@ -44,14 +44,16 @@ class GraphRunner(Protocol):
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray: ...
 
 
-def _fallback_warning(what: str, requested: str, used: str, require_gpu: bool,
-                      reason: str = "") -> str:
+def _fallback_warning(
+    what: str, requested: str, used: str, require_gpu: bool, reason: str = ""
+) -> str:
     message = f"{what}: requested {requested} but the session runs on {used} (CPU fallback)"
     if reason:
         message += f": {reason}"
     if require_gpu:
         raise ProviderUnavailable(
-            message, stage="generate",
+            message,
+            stage="generate",
             hint="run `heygem-diagnose env` to see which CUDA/cuDNN libraries are missing",
         )
     log.warning("%s; run `heygem-diagnose env` to see why", message)
@@ -62,8 +64,10 @@ def _why_no_cuda_provider() -> str:
     """Name what is missing, so nobody has to guess (the HeyGem 1.18 -> 1.16 downgrades)."""
     lib, missing = ort_cuda_provider_missing_libs()
     if lib is None:
-        return ("this onnxruntime build has no CUDA provider (CPU-only wheel); install "
-                "onnxruntime-gpu instead of onnxruntime")
+        return (
+            "this onnxruntime build has no CUDA provider (CPU-only wheel); install "
+            "onnxruntime-gpu instead of onnxruntime"
+        )
     if missing:
         return f"{lib.name} cannot load: the dynamic loader does not find {', '.join(missing)}"
     return f"{lib.name} is present and its libraries resolve; check the GPU driver / device"
@@ -85,8 +89,11 @@ class OrtRunner:
         used = tuple(self._session.get_providers())
         warnings: tuple[str, ...] = ()
         if wants_cuda and used[0] != CUDA_EP:
-            warnings = (_fallback_warning("onnxruntime", CUDA_EP, used[0], require_gpu,
-                                          _why_no_cuda_provider()),)
+            warnings = (
+                _fallback_warning(
+                    "onnxruntime", CUDA_EP, used[0], require_gpu, _why_no_cuda_provider()
+                ),
+            )
         self.info = BackendInfo("onnxruntime", requested, used, warnings)
 
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
@@ -113,6 +120,7 @@ class TorchRunner:
 
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = self._graph(torch.from_numpy(face).to(self._device),
-                              torch.from_numpy(mel).to(self._device))
+            out = self._graph(
+                torch.from_numpy(face).to(self._device), torch.from_numpy(mel).to(self._device)
+            )
         return out.float().cpu().numpy()

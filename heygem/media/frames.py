@@ -38,13 +38,19 @@ def iter_template_frames(path: Path, width: int, height: int) -> Iterator[av.Vid
         stream.thread_type = "AUTO"  # frame threads: decode overlaps with our compute
         try:
             for frame in container.decode(stream):
-                if frame.format.name != "yuv420p" or frame.width != width or (
-                    frame.height != height
+                if (
+                    frame.format.name != "yuv420p"
+                    or frame.width != width
+                    or (frame.height != height)
                 ):
                     # Limited ("MPEG") range, as the encoder tags it: without this, PyAV 18
                     # converts RGB stills to full-range luma and the output looks too harsh.
-                    frame = frame.reformat(width=width, height=height, format="yuv420p",
-                                           dst_color_range=ColorRange.MPEG)
+                    frame = frame.reformat(
+                        width=width,
+                        height=height,
+                        format="yuv420p",
+                        dst_color_range=ColorRange.MPEG,
+                    )
                 else:
                     # Decoded buffers may still be the decoder's reference pictures.
                     frame.make_writable()
@@ -165,8 +171,9 @@ class FrameSource:
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
         spool_fd: int | None = None
         if self._needs_spool:
-            spool_fd, name = tempfile.mkstemp(prefix="heygem-spool-", suffix=".i420",
-                                              dir=self._spool_dir)
+            spool_fd, name = tempfile.mkstemp(
+                prefix="heygem-spool-", suffix=".i420", dir=self._spool_dir
+            )
             os.unlink(name)  # anonymous: the file vanishes with the descriptor, even on crash
         try:
             yield from self._frames(spool_fd)
@@ -206,4 +213,3 @@ class FrameSource:
         data = os.pread(spool, self._frame_bytes, index * self._frame_bytes)
         packed = np.frombuffer(data, dtype=np.uint8).reshape(self._h * 3 // 2, self._w)
         return from_i420(packed)
-

@@ -93,8 +93,11 @@ def probe_video(path: Path, *, max_width: int, max_height: int) -> VideoInfo:
         if not 1.0 <= fps <= 240.0:
             log.warning("template reports %.3f fps; assuming %.0f", fps, STILL_IMAGE_FPS)
             fps = STILL_IMAGE_FPS
-        seconds = float(stream.duration * stream.time_base) if (
-            stream.duration and stream.time_base) else 0.0
+        seconds = (
+            float(stream.duration * stream.time_base)
+            if (stream.duration and stream.time_base)
+            else 0.0
+        )
         estimated = stream.frames or round(seconds * fps)
         return VideoInfo(path, width, height, fps, ctx.name, still, 1 if still else estimated)
 
@@ -119,5 +122,6 @@ def probe_audio(path: Path, *, max_seconds: float) -> AudioInfo:
                 hint="split the audio into shorter parts or raise the limit",
             )
         ctx = stream.codec_context
-        return AudioInfo(path, int(ctx.sample_rate or 0), int(ctx.channels or 0), ctx.name,
-                         duration)
+        return AudioInfo(
+            path, int(ctx.sample_rate or 0), int(ctx.channels or 0), ctx.name, duration
+        )

@@ -31,17 +31,23 @@ def check_output_writable(target: Path) -> None:
     """Fail before any work if the output cannot be created where the user asked."""
     directory = target.parent if str(target.parent) else Path(".")
     if target.exists() and target.is_dir():
-        raise OutputNotWritable(f"output {str(target)!r} is a directory",
-                                hint="pass a file name such as out.mp4")
+        raise OutputNotWritable(
+            f"output {str(target)!r} is a directory", hint="pass a file name such as out.mp4"
+        )
     if not directory.is_dir():
-        raise OutputNotWritable(f"output directory {str(directory)!r} does not exist",
-                                hint="create it first or choose another path")
+        raise OutputNotWritable(
+            f"output directory {str(directory)!r} does not exist",
+            hint="create it first or choose another path",
+        )
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputNotWritable(f"output directory {str(directory)!r} is not writable",
-                                hint="choose a directory you can write to")
+        raise OutputNotWritable(
+            f"output directory {str(directory)!r} is not writable",
+            hint="choose a directory you can write to",
+        )
     if target.suffix.lower() not in (".mp4", ".m4v", ".mov"):
-        raise OutputNotWritable(f"output {str(target)!r} must end in .mp4",
-                                hint="name the output like result.mp4")
+        raise OutputNotWritable(
+            f"output {str(target)!r} must end in .mp4", hint="name the output like result.mp4"
+        )
 
 
 def _current_umask() -> int:
@@ -55,12 +61,25 @@ def video_rate(fps: float) -> Fraction:
 
 
 class Mp4Writer:
-    def __init__(self, target: Path, *, width: int, height: int, fps: float, preset: str,
-                 crf: int, threads: int, audio_path: Path) -> None:
+    def __init__(
+        self,
+        target: Path,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        preset: str,
+        crf: int,
+        threads: int,
+        audio_path: Path,
+    ) -> None:
         check_output_writable(target)
         self.target = target
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part.mp4",
-                                   dir=target.parent if str(target.parent) else ".")
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.stem}.",
+            suffix=".part.mp4",
+            dir=target.parent if str(target.parent) else ".",
+        )
         os.close(fd)
         self._tmp = Path(tmp)
         self._fps = video_rate(fps)
@@ -150,7 +169,11 @@ class Mp4Writer:
     def __enter__(self) -> Mp4Writer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is not None and self._tmp.exists():
             self.abort()

@@ -29,8 +29,14 @@ class JobCancelled(Exception):
 
 
 class Channel(Generic[T]):
-    def __init__(self, name: str, maxsize: int, producer: StageMonitor,
-                 consumer: StageMonitor, cancel: threading.Event) -> None:
+    def __init__(
+        self,
+        name: str,
+        maxsize: int,
+        producer: StageMonitor,
+        consumer: StageMonitor,
+        cancel: threading.Event,
+    ) -> None:
         self.name, self.maxsize = name, maxsize
         self.producer, self.consumer = producer, consumer
         self._queue: queue.Queue[T | EndOfStream] = queue.Queue(maxsize)
@@ -69,6 +75,8 @@ class Channel(Generic[T]):
         return item
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.depth()}/{self.maxsize} queued, "
-                f"{self.put_count} put by {self.producer.name}, "
-                f"{self.get_count} taken by {self.consumer.name}")
+        return (
+            f"{self.name}: {self.depth()}/{self.maxsize} queued, "
+            f"{self.put_count} put by {self.producer.name}, "
+            f"{self.get_count} taken by {self.consumer.name}"
+        )

@@ -5,17 +5,23 @@ from __future__ import annotations
 import signal
 
 _SIGNAL_MEANING = {
-    signal.SIGBUS: ("shared memory exhausted: the DataLoader workers ran out of /dev/shm",
-                    "give the container more shared memory (docker run --shm-size=2g) "
-                    "or use --num-workers 0"),
-    signal.SIGKILL: ("killed with SIGKILL, most likely by the kernel's OOM killer",
-                     "check `dmesg` for 'Out of memory', lower --batch-size/--num-workers "
-                     "or raise the memory limit"),
-    signal.SIGSEGV: ("crashed with a segmentation fault inside native code",
-                     "run `heygem-diagnose env`: mismatched onnxruntime/torch/numpy builds "
-                     "are the usual cause"),
-    signal.SIGABRT: ("aborted (SIGABRT), usually a failed assertion in native code",
-                     "run `heygem-diagnose env` and check the log for the assertion"),
+    signal.SIGBUS: (
+        "shared memory exhausted: the DataLoader workers ran out of /dev/shm",
+        "give the container more shared memory (docker run --shm-size=2g) or use --num-workers 0",
+    ),
+    signal.SIGKILL: (
+        "killed with SIGKILL, most likely by the kernel's OOM killer",
+        "check `dmesg` for 'Out of memory', lower --batch-size/--num-workers "
+        "or raise the memory limit",
+    ),
+    signal.SIGSEGV: (
+        "crashed with a segmentation fault inside native code",
+        "run `heygem-diagnose env`: mismatched onnxruntime/torch/numpy builds are the usual cause",
+    ),
+    signal.SIGABRT: (
+        "aborted (SIGABRT), usually a failed assertion in native code",
+        "run `heygem-diagnose env` and check the log for the assertion",
+    ),
     signal.SIGTERM: ("terminated (SIGTERM) by someone else", "check what stopped it"),
 }
 

@@ -39,8 +39,9 @@ class StageMonitor:
         self.thread_id = threading.get_ident()
         self.started_at = self.last_beat = time.monotonic()
 
-    def set_state(self, state: StageState, action: str | None = None,
-                  waiting_on: str | None = None) -> None:
+    def set_state(
+        self, state: StageState, action: str | None = None, waiting_on: str | None = None
+    ) -> None:
         now = time.monotonic()
         if state in (StageState.WAITING_INPUT, StageState.WAITING_OUTPUT):
             self._wait_started = now

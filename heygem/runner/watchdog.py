@@ -30,9 +30,13 @@ class ChildProcess:
 
 
 class Watchdog:
-    def __init__(self, monitors: Sequence[StageMonitor], channels: Sequence[Channel[Any]],
-                 stall_timeout: float,
-                 children: Callable[[], list[ChildProcess]] = list) -> None:
+    def __init__(
+        self,
+        monitors: Sequence[StageMonitor],
+        channels: Sequence[Channel[Any]],
+        stall_timeout: float,
+        children: Callable[[], list[ChildProcess]] = list,
+    ) -> None:
         self._monitors = {m.name: m for m in monitors}
         self._channels: dict[str, Channel[Any]] = {c.name: c for c in channels}
         self._timeout = stall_timeout
@@ -52,7 +56,8 @@ class Watchdog:
                 what, fix = describe_exit(child.exitcode)
                 return StageCrashed(
                     f"stage '{child.stage}': worker process {child.pid} died: {what}",
-                    stage=child.stage, hint=fix,
+                    stage=child.stage,
+                    hint=fix,
                 )
         return None
 
@@ -82,18 +87,24 @@ class Watchdog:
 
     def _report(self, culprit: StageMonitor, noticed: StageMonitor) -> PipelineStalled:
         silent = culprit.silent_for
-        lines = [f"stage '{culprit.name}' made no progress for {silent:.1f} s "
-                 f"(state: {culprit.state.value}; last action: {culprit.last_action}; "
-                 f"{culprit.items} items done)"]
+        lines = [
+            f"stage '{culprit.name}' made no progress for {silent:.1f} s "
+            f"(state: {culprit.state.value}; last action: {culprit.last_action}; "
+            f"{culprit.items} items done)"
+        ]
         summary = ""
         feeding = [c for c in self._channels.values() if c.consumer is culprit]
         for channel in feeding:
-            if culprit.items == 0 and channel.get_count == 0 and channel.depth() >= (
-                channel.maxsize
+            if (
+                culprit.items == 0
+                and channel.get_count == 0
+                and channel.depth() >= (channel.maxsize)
             ):
-                summary = (f"consumer never started or died: '{channel.producer.name}' filled "
-                           f"'{channel.name}' to its maxsize {channel.maxsize} and "
-                           f"'{culprit.name}' never took an item")
+                summary = (
+                    f"consumer never started or died: '{channel.producer.name}' filled "
+                    f"'{channel.name}' to its maxsize {channel.maxsize} and "
+                    f"'{culprit.name}' never took an item"
+                )
         if noticed is not culprit:
             lines.append(f"noticed at stage '{noticed.name}' ({noticed.state.value})")
         lines.append("queues: " + "; ".join(c.describe() for c in self._channels.values()))
@@ -104,9 +115,12 @@ class Watchdog:
             lines.append("stack of the stuck stage:\n" + stack)
         message = (summary + "\n" if summary else "") + "\n".join(lines)
         return PipelineStalled(
-            message, stage=culprit.name,
-            hint=("run `heygem-diagnose env` (shared memory, CUDA libraries) and try "
-                  "--num-workers 0 to take DataLoader workers out of the picture"),
+            message,
+            stage=culprit.name,
+            hint=(
+                "run `heygem-diagnose env` (shared memory, CUDA libraries) and try "
+                "--num-workers 0 to take DataLoader workers out of the picture"
+            ),
         )
 
 

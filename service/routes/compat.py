@@ -23,18 +23,32 @@ from service.store import CODE
 
 router = APIRouter(prefix="/easy", tags=["heygem-compatible"], dependencies=[Authorized])
 
-_STATUS = {JobState.QUEUED: 1, JobState.RUNNING: 1, JobState.SUCCEEDED: 2,
-           JobState.FAILED: 3, JobState.CANCELLED: 3}
-_IGNORED = {"watermark_switch": "watermarks", "digital_auth": "digital-human authorisation "
-            "marks", "chaofen": "super-resolution (chaofen)"}
+_STATUS = {
+    JobState.QUEUED: 1,
+    JobState.RUNNING: 1,
+    JobState.SUCCEEDED: 2,
+    JobState.FAILED: 3,
+    JobState.CANCELLED: 3,
+}
+_IGNORED = {
+    "watermark_switch": "watermarks",
+    "digital_auth": "digital-human authorisation marks",
+    "chaofen": "super-resolution (chaofen)",
+}
 
 
 def _media(services: Services, reference: str, name: str, job_dir: Path) -> Path:
     settings = services.settings
     if is_url(reference):
         target = job_dir / f"{name}{safe_suffix(reference.split('?')[0])}"
-        fetch(reference, target, allowlist=settings.url_allowlist,
-              max_bytes=settings.url_max_bytes, timeout=settings.url_timeout, what=name)
+        fetch(
+            reference,
+            target,
+            allowlist=settings.url_allowlist,
+            max_bytes=settings.url_max_bytes,
+            timeout=settings.url_timeout,
+            what=name,
+        )
         return target
     return confined(settings.media_root, reference, name)
 
@@ -43,33 +57,53 @@ def _media(services: Services, reference: str, name: str, job_dir: Path) -> Path
 def submit(services: ServicesDep, body: CompatSubmit, response: Response) -> dict[str, Any]:
     missing = [n for n in ("audio_url", "video_url", "code") if not getattr(body, n)]
     if missing:
-        raise MissingParameter(f"missing parameter: {', '.join(missing)}",
-                               hint="send audio_url, video_url and code")
+        raise MissingParameter(
+            f"missing parameter: {', '.join(missing)}", hint="send audio_url, video_url and code"
+        )
     assert body.code and body.audio_url and body.video_url
     if not CODE.match(body.code):
-        raise MissingParameter(f"code {body.code!r} is not a valid task code",
-                               hint="use letters, digits, '.', '_' or '-' (a UUID is fine)")
+        raise MissingParameter(
+            f"code {body.code!r} is not a valid task code",
+            hint="use letters, digits, '.', '_' or '-' (a UUID is fine)",
+        )
     check_queue(services)
-    warnings = tuple(f"{what} requested but not supported; ignored"
-                     for key, what in _IGNORED.items() if getattr(body, key))
+    warnings = tuple(
+        f"{what} requested but not supported; ignored"
+        for key, what in _IGNORED.items()
+        if getattr(body, key)
+    )
     job_id = new_id()
     with job_directory(services, job_id) as job_dir:
         audio = _media(services, body.audio_url, "audio_url", job_dir)
         video = _media(services, body.video_url, "video_url", job_dir)
-        job = admit(services, job_id, job_dir, audio, video, options={}, source="easy",
-                    code=body.code, warnings=warnings)
+        job = admit(
+            services,
+            job_id,
+            job_dir,
+            audio,
+            video,
+            options={},
+            source="easy",
+            code=body.code,
+            warnings=warnings,
+        )
     return compat_body(CompatCode.OK, "", {"code": body.code, "job_id": job.id})
 
 
 @router.get("/query", response_model=CompatResponse, summary="Query a task (HeyGem API)")
-def query(services: ServicesDep,
-          code: Annotated[str | None, Query(description="the task code")] = None
-          ) -> dict[str, Any]:
+def query(
+    services: ServicesDep, code: Annotated[str | None, Query(description="the task code")] = None
+) -> dict[str, Any]:
     if not code:
         raise MissingParameter("missing parameter: code", hint="send ?code=<task code>")
     job = services.store.get_by_code(code)
-    data = {"code": code, "status": _STATUS[job.state], "progress": job.progress,
-            "result": _result(job), "msg": _message(services, job)}
+    data = {
+        "code": code,
+        "status": _STATUS[job.state],
+        "progress": job.progress,
+        "result": _result(job),
+        "msg": _message(services, job),
+    }
     return compat_body(CompatCode.OK, "", data)
 
 

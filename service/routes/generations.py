@@ -35,41 +35,62 @@ def _status(services: Services, job_id: str) -> GenerationStatus:
     return GenerationStatus.of(job, position)
 
 
-def _input(services: Services, job_dir: Path, kind: str, upload: UploadFile | None,
-           upload_id: str | None, path: str | None) -> Path:
+def _input(
+    services: Services,
+    job_dir: Path,
+    kind: str,
+    upload: UploadFile | None,
+    upload_id: str | None,
+    path: str | None,
+) -> Path:
     """Exactly one of: a file in this request, an earlier upload, a media-root path."""
-    given = [name for name, value in ((kind, upload), (f"{kind}_upload_id", upload_id),
-                                      (f"{kind}_path", path)) if value]
+    given = [
+        name
+        for name, value in (
+            (kind, upload),
+            (f"{kind}_upload_id", upload_id),
+            (f"{kind}_path", path),
+        )
+        if value
+    ]
     if len(given) != 1:
         problem = "is missing" if not given else f"is given {len(given)} ways ({', '.join(given)})"
         raise MissingParameter(
             f"the {kind} input {problem}",
             hint=f"send exactly one of: a file field '{kind}', '{kind}_upload_id' (from "
-                 f"POST /v1/uploads) or '{kind}_path' (under the media root)")
+            f"POST /v1/uploads) or '{kind}_path' (under the media root)",
+        )
     settings = services.settings
     if upload is not None:
         target = job_dir / f"{kind}{safe_suffix(upload.filename)}"
-        store_stream(upload.file, target, max_bytes=settings.max_upload_bytes,
-                     what=f"the {kind} upload")
+        store_stream(
+            upload.file, target, max_bytes=settings.max_upload_bytes, what=f"the {kind} upload"
+        )
         return target
     if upload_id:
         record = services.store.get_upload(upload_id)
         if record is None or not Path(record["path"]).is_file():
-            raise UploadNotFound(f"no upload with id {upload_id!r}",
-                                 hint="upload the file with POST /v1/uploads first")
+            raise UploadNotFound(
+                f"no upload with id {upload_id!r}",
+                hint="upload the file with POST /v1/uploads first",
+            )
         return Path(record["path"])
     assert path is not None
     return confined(settings.media_root, path, f"{kind}_path")
 
 
-@router.post("", status_code=202, response_model=GenerationStatus, responses=_ERRORS,
-             summary="Submit a generation job")
+@router.post(
+    "",
+    status_code=202,
+    response_model=GenerationStatus,
+    responses=_ERRORS,
+    summary="Submit a generation job",
+)
 def submit(
     services: ServicesDep,
     response: Response,
     audio: Annotated[UploadFile | None, File(description="speech audio (any format)")] = None,
-    video: Annotated[UploadFile | None, File(description="template video or still image")
-                     ] = None,
+    video: Annotated[UploadFile | None, File(description="template video or still image")] = None,
     audio_upload_id: Annotated[str | None, Form()] = None,
     video_upload_id: Annotated[str | None, Form()] = None,
     audio_path: Annotated[str | None, Form(description="path under the media root")] = None,
@@ -80,13 +101,23 @@ def submit(
     preset: Annotated[str | None, Form()] = None,
     crf: Annotated[int | None, Form()] = None,
     stall_timeout: Annotated[float | None, Form()] = None,
-    fault: Annotated[str | None, Form(description="STAGE:KIND[:SECONDS], test servers only")
-                     ] = None,
+    fault: Annotated[
+        str | None, Form(description="STAGE:KIND[:SECONDS], test servers only")
+    ] = None,
 ) -> GenerationStatus:
     check_queue(services)
-    options = job_overrides(services, {
-        "backend": backend, "batch_size": batch_size, "fps": fps, "preset": preset,
-        "crf": crf, "stall_timeout": stall_timeout, "fault": fault})
+    options = job_overrides(
+        services,
+        {
+            "backend": backend,
+            "batch_size": batch_size,
+            "fps": fps,
+            "preset": preset,
+            "crf": crf,
+            "stall_timeout": stall_timeout,
+            "fault": fault,
+        },
+    )
     job_id = new_id()
     with job_directory(services, job_id) as job_dir:
         audio_file = _input(services, job_dir, "audio", audio, audio_upload_id, audio_path)
@@ -106,39 +137,61 @@ def list_generations(
     jobs, total = services.store.page(limit=limit, offset=offset, state=state)
     items = [GenerationStatus.of(job) for job in jobs]
     following = offset + len(items)
-    return GenerationList(items=items, total=total, limit=limit, offset=offset,
-                          next_offset=following if following < total else None)
+    return GenerationList(
+        items=items,
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=following if following < total else None,
+    )
 
 
-@router.get("/{job_id}", response_model=GenerationStatus, responses=_ERRORS,
-            summary="Status of a job")
+@router.get(
+    "/{job_id}", response_model=GenerationStatus, responses=_ERRORS, summary="Status of a job"
+)
 def get_generation(services: ServicesDep, job_id: str) -> GenerationStatus:
     return _status(services, job_id)
 
 
-@router.get("/{job_id}/result", response_class=FileResponse, responses={
-    **_ERRORS, 200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}},
-    416: {"model": ErrorResponse}}, summary="Download the MP4 (range requests supported)")
-def get_result(services: ServicesDep, job_id: str,
-               range_: Annotated[str | None, Header(alias="range")] = None) -> FileResponse:
+@router.get(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        **_ERRORS,
+        200: {"content": {"video/mp4": {}}},
+        206: {"content": {"video/mp4": {}}},
+        416: {"model": ErrorResponse},
+    },
+    summary="Download the MP4 (range requests supported)",
+)
+def get_result(
+    services: ServicesDep, job_id: str, range_: Annotated[str | None, Header(alias="range")] = None
+) -> FileResponse:
     job = services.store.get(job_id)
     if job.state is not JobState.SUCCEEDED:
-        raise ResultNotReady(f"job {job_id} has no result: it is {job.state.value}",
-                             hint="poll GET /v1/generations/{id} until state is succeeded"
-                             if not job.state.finished else "submit the job again")
+        raise ResultNotReady(
+            f"job {job_id} has no result: it is {job.state.value}",
+            hint="poll GET /v1/generations/{id} until state is succeeded"
+            if not job.state.finished
+            else "submit the job again",
+        )
     path = Path(job.output_path)
     if not path.is_file():
-        raise JobConflict(f"the result of job {job_id} is no longer on disk",
-                          hint="submit the job again")
+        raise JobConflict(
+            f"the result of job {job_id} is no longer on disk", hint="submit the job again"
+        )
     if range_ is not None:
         _check_range(range_, path.stat().st_size)
     return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
 
-@router.delete("/{job_id}", response_model=GenerationStatus, responses=_ERRORS,
-               summary="Cancel a queued or running job")
-def cancel_generation(services: ServicesDep, job_id: str, response: Response
-                      ) -> GenerationStatus:
+@router.delete(
+    "/{job_id}",
+    response_model=GenerationStatus,
+    responses=_ERRORS,
+    summary="Cancel a queued or running job",
+)
+def cancel_generation(services: ServicesDep, job_id: str, response: Response) -> GenerationStatus:
     job = services.store.request_cancel(job_id)
     if job.state is JobState.RUNNING:
         services.pool.wake()  # the supervisor tells the worker; it reports when stopped
@@ -153,12 +206,17 @@ def _check_range(header: str, size: int) -> None:
     """Refuse malformed or unsatisfiable ranges in our error shape (the rest: Starlette)."""
     match = _RANGE.match(header)
     if match is None:
-        raise RangeNotSatisfiable(f"Range header {header!r} is malformed", size=size,
-                                  hint="use e.g. 'bytes=0-1023'")
+        raise RangeNotSatisfiable(
+            f"Range header {header!r} is malformed", size=size, hint="use e.g. 'bytes=0-1023'"
+        )
     start, end = match.group(1), match.group(2)
     if not start and not end:
-        raise RangeNotSatisfiable(f"Range header {header!r} names no bytes", size=size,
-                                  hint="use e.g. 'bytes=0-1023'")
+        raise RangeNotSatisfiable(
+            f"Range header {header!r} names no bytes", size=size, hint="use e.g. 'bytes=0-1023'"
+        )
     if start and (int(start) >= size or (end and int(end) < int(start))):
-        raise RangeNotSatisfiable(f"range {header!r} is outside the {size} byte file",
-                                  size=size, hint=f"ask for bytes 0-{size - 1}")
+        raise RangeNotSatisfiable(
+            f"range {header!r} is outside the {size} byte file",
+            size=size,
+            hint=f"ask for bytes 0-{size - 1}",
+        )

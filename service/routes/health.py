@@ -21,22 +21,31 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
-            summary="Workers warm, supervisor healthy, disk writable")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness}},
+    summary="Workers warm, supervisor healthy, disk writable",
+)
 def readyz(services: ServicesDep) -> JSONResponse:
     workers = services.pool.snapshot()
     warm = [w for w in workers if w["state"] in ("idle", "busy")]
-    detail = f"{len(warm)} of {len(workers)} workers warm" if workers else (
-        "no workers configured (HEYGEM_SERVICE_WORKERS=0)")
+    detail = (
+        f"{len(warm)} of {len(workers)} workers warm"
+        if workers
+        else ("no workers configured (HEYGEM_SERVICE_WORKERS=0)")
+    )
     start_errors = {w["last_start_error"] for w in workers if w["last_start_error"]}
     if start_errors:
         detail += "; workers fail to start: " + "; ".join(sorted(start_errors))
     checks = {
         "workers": Check(ok=bool(warm), detail=detail),
-        "watchdog": Check(ok=services.pool.supervisor_healthy(),
-                          detail="supervisor thread ticking"
-                          if services.pool.supervisor_healthy()
-                          else "supervisor thread is not running or stuck"),
+        "watchdog": Check(
+            ok=services.pool.supervisor_healthy(),
+            detail="supervisor thread ticking"
+            if services.pool.supervisor_healthy()
+            else "supervisor thread is not running or stuck",
+        ),
         "disk": _disk(services),
     }
     ready = all(c.ok for c in checks.values())
@@ -67,15 +76,23 @@ def metrics(services: ServicesDep) -> PlainTextResponse:
     for worker in workers:
         by_state[worker["state"]] = by_state.get(worker["state"], 0) + 1
     extra: list[str] = []
-    extra += gauge("heygem_jobs", "Jobs in the store, by state.",
-                   {(("state", s.value),): float(n) for s, n in counts.items()})
-    extra += gauge("heygem_queue_depth", "Jobs waiting for a worker.",
-                   {(): float(counts[JobState.QUEUED])})
-    extra += gauge("heygem_queue_capacity", "Maximum queued jobs before 429.",
-                   {(): float(services.settings.max_queue)})
-    extra += gauge("heygem_workers", "Worker processes, by state.",
-                   {(("state", s),): float(n) for s, n in by_state.items()})
+    extra += gauge(
+        "heygem_jobs",
+        "Jobs in the store, by state.",
+        {(("state", s.value),): float(n) for s, n in counts.items()},
+    )
+    extra += gauge(
+        "heygem_queue_depth", "Jobs waiting for a worker.", {(): float(counts[JobState.QUEUED])}
+    )
+    extra += gauge(
+        "heygem_queue_capacity",
+        "Maximum queued jobs before 429.",
+        {(): float(services.settings.max_queue)},
+    )
+    extra += gauge(
+        "heygem_workers",
+        "Worker processes, by state.",
+        {(("state", s),): float(n) for s, n in by_state.items()},
+    )
     text = services.metrics.render(extra)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-

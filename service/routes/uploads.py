@@ -22,22 +22,33 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _info(record: dict[str, Any]) -> UploadInfo:
-    return UploadInfo(id=record["id"], filename=record["filename"], size=record["size"],
-                      created_at=datetime.fromtimestamp(record["created_at"], UTC),
-                      **record["info"])
+    return UploadInfo(
+        id=record["id"],
+        filename=record["filename"],
+        size=record["size"],
+        created_at=datetime.fromtimestamp(record["created_at"], UTC),
+        **record["info"],
+    )
 
 
-@router.post("", status_code=201, response_model=UploadInfo, responses=_ERRORS,
-             summary="Upload an audio or template video for later jobs")
-def upload(services: ServicesDep,
-           file: Annotated[UploadFile, File(description="audio or video")]) -> UploadInfo:
+@router.post(
+    "",
+    status_code=201,
+    response_model=UploadInfo,
+    responses=_ERRORS,
+    summary="Upload an audio or template video for later jobs",
+)
+def upload(
+    services: ServicesDep, file: Annotated[UploadFile, File(description="audio or video")]
+) -> UploadInfo:
     upload_id = new_id()
     directory = services.settings.data_dir / "uploads" / upload_id
     directory.mkdir(parents=True)
     try:
         path = directory / f"media{safe_suffix(file.filename)}"
-        size = store_stream(file.file, path, max_bytes=services.settings.max_upload_bytes,
-                            what="the upload")
+        size = store_stream(
+            file.file, path, max_bytes=services.settings.max_upload_bytes, what="the upload"
+        )
         summary = summarize(path)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
@@ -49,11 +60,13 @@ def upload(services: ServicesDep,
     return _info(record)
 
 
-@router.get("/{upload_id}", response_model=UploadInfo, responses=_ERRORS,
-            summary="Describe an upload")
+@router.get(
+    "/{upload_id}", response_model=UploadInfo, responses=_ERRORS, summary="Describe an upload"
+)
 def get_upload(services: ServicesDep, upload_id: str) -> UploadInfo:
     record = services.store.get_upload(upload_id)
     if record is None:
-        raise UploadNotFound(f"no upload with id {upload_id!r}",
-                             hint="upload the file with POST /v1/uploads")
+        raise UploadNotFound(
+            f"no upload with id {upload_id!r}", hint="upload the file with POST /v1/uploads"
+        )
     return _info(record)

@@ -24,45 +24,128 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_stage_benchmarks_run_on_tiny_inputs(tmp_path: Path) -> None:
     env = {**os.environ, "HEYGEM_BENCH_SMOKE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "benchmarks/test_stages.py", "-q",
-           "-p", "no:cacheprovider", "--benchmark-disable", "--basetemp", str(tmp_path / "bt"),
-           # wav2lip's 36M-parameter export alone takes ~10 s; the code path is the same
-           # as mouthwarp's and the export has tests of its own.
-           "-k", "not wav2lip"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=240, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks/test_stages.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-disable",
+        "--basetemp",
+        str(tmp_path / "bt"),
+        # wav2lip's 36M-parameter export alone takes ~10 s; the code path is the same
+        # as mouthwarp's and the export has tests of its own.
+        "-k",
+        "not wav2lip",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
 def _bench(name: str, minimum: float, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "fullname": f"benchmarks/x.py::{name}", "group": None,
-            "stats": {"min": minimum, "median": minimum * 1.1, "mean": minimum * 1.1,
-                      "max": minimum * 1.2, "rounds": 2},
-            "extra_info": extra}
+    return {
+        "name": name,
+        "fullname": f"benchmarks/x.py::{name}",
+        "group": None,
+        "stats": {
+            "min": minimum,
+            "median": minimum * 1.1,
+            "mean": minimum * 1.1,
+            "max": minimum * 1.2,
+            "rounds": 2,
+        },
+        "extra_info": extra,
+    }
 
 
 def _results(path: Path, scale: float, e2e_720: float) -> Path:
     """A hand-made results file; ``scale`` multiplies every time (a slower machine)."""
     benches = [
-        _bench("test_transcode_floor[720p]", 2.0 * scale, kind="floor", resolution="720p",
-               frames=250, seconds=2.0 * scale, fps=125.0 / scale, rtf=0.2 * scale),
-        _bench("test_end_to_end_warm[720p]", e2e_720 * scale, kind="e2e", resolution="720p",
-               cache="warm", frames=250, seconds=e2e_720 * scale, fps=61.5, rtf=0.41,
-               ratio_to_floor=e2e_720 / 2.0, ttff_s=0.31, peak_rss_mb=512.0,
-               job_rss_mb=80.0, cpu_util=1.7),
-        _bench("test_decode", 0.5 * scale, kind="stage", stage="decode", frames=250,
-               per_frame_ms=2.0, share_of_floor=0.25),
-        _bench("test_generator_batch[mouthwarp-torch-b8]", 0.02 * scale, kind="generator",
-               generator="mouthwarp", backend="torch", batch=8, fps=400.0, ratio_to_ort=1.4),
-        _bench("test_template_cache_second_job", 4.0 * scale, kind="cache", resolution="720p",
-               ttff_first_s=9.5, ttff_second_s=0.4, speedup=23.75, target=2.0,
-               meets_target=True),
-        _bench("test_memory_growth", 30.0 * scale, kind="memory", resolution="720p",
-               short_audio_s=10.0, long_audio_s=60.0, rss_short_mb=500.0, rss_long_mb=540.0,
-               ratio=1.08, job_ratio=1.3, target=1.2, meets_target=True),
-        _bench("test_dataloader_workers[workers2]", 6.0 * scale, kind="workers", workers=2,
-               start_method="spawn", seconds=6.0, fps=41.7, ratio_to_workers0=1.46),
+        _bench(
+            "test_transcode_floor[720p]",
+            2.0 * scale,
+            kind="floor",
+            resolution="720p",
+            frames=250,
+            seconds=2.0 * scale,
+            fps=125.0 / scale,
+            rtf=0.2 * scale,
+        ),
+        _bench(
+            "test_end_to_end_warm[720p]",
+            e2e_720 * scale,
+            kind="e2e",
+            resolution="720p",
+            cache="warm",
+            frames=250,
+            seconds=e2e_720 * scale,
+            fps=61.5,
+            rtf=0.41,
+            ratio_to_floor=e2e_720 / 2.0,
+            ttff_s=0.31,
+            peak_rss_mb=512.0,
+            job_rss_mb=80.0,
+            cpu_util=1.7,
+        ),
+        _bench(
+            "test_decode",
+            0.5 * scale,
+            kind="stage",
+            stage="decode",
+            frames=250,
+            per_frame_ms=2.0,
+            share_of_floor=0.25,
+        ),
+        _bench(
+            "test_generator_batch[mouthwarp-torch-b8]",
+            0.02 * scale,
+            kind="generator",
+            generator="mouthwarp",
+            backend="torch",
+            batch=8,
+            fps=400.0,
+            ratio_to_ort=1.4,
+        ),
+        _bench(
+            "test_template_cache_second_job",
+            4.0 * scale,
+            kind="cache",
+            resolution="720p",
+            ttff_first_s=9.5,
+            ttff_second_s=0.4,
+            speedup=23.75,
+            target=2.0,
+            meets_target=True,
+        ),
+        _bench(
+            "test_memory_growth",
+            30.0 * scale,
+            kind="memory",
+            resolution="720p",
+            short_audio_s=10.0,
+            long_audio_s=60.0,
+            rss_short_mb=500.0,
+            rss_long_mb=540.0,
+            ratio=1.08,
+            job_ratio=1.3,
+            target=1.2,
+            meets_target=True,
+        ),
+        _bench(
+            "test_dataloader_workers[workers2]",
+            6.0 * scale,
+            kind="workers",
+            workers=2,
+            start_method="spawn",
+            seconds=6.0,
+            fps=41.7,
+            ratio_to_workers0=1.46,
+        ),
         _bench("test_something_unknown", 0.1 * scale),
     ]
     path.write_text(json.dumps({"benchmarks": benches, "machine_info": {}}))
@@ -74,8 +157,16 @@ def test_summary_renders_every_section(tmp_path: Path) -> None:
     out = tmp_path / "summary.md"
     assert summary.main([str(results), "-o", str(out)]) == 0
     text = out.read_text()
-    for heading in ("Transcode floor", "End to end", "Stage timings", "Template cache",
-                    "Memory growth", "DataLoader workers", "ONNX Runtime vs torch", "Other"):
+    for heading in (
+        "Transcode floor",
+        "End to end",
+        "Stage timings",
+        "Template cache",
+        "Memory growth",
+        "DataLoader workers",
+        "ONNX Runtime vs torch",
+        "Other",
+    ):
         assert f"## {heading}" in text, heading
     assert "| 720p | warm | 250 |" in text
     assert "23.8x" in text and "PASS" in text  # cache speedup and its verdict
@@ -83,8 +174,9 @@ def test_summary_renders_every_section(tmp_path: Path) -> None:
     assert "test_something_unknown" in text
 
 
-def test_compare_is_by_ratio_to_the_floor(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_is_by_ratio_to_the_floor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     baseline = _results(tmp_path / "base.json", 1.0, 4.0)
     # Everything 2x slower (a busier machine): normalised by the floor, nothing regressed.
     slower_machine = _results(tmp_path / "slow.json", 2.0, 4.0)
@@ -95,10 +187,10 @@ def test_compare_is_by_ratio_to_the_floor(tmp_path: Path,
     printed = capsys.readouterr().out
     assert "| test_end_to_end_warm[720p] | 1.500 | 1.500 | REGRESSED |" in printed
     # Without normalisation the uniformly slower run fails every benchmark.
-    assert summary.main([str(slower_machine), "--compare", str(baseline),
-                         "--normalize", "none"]) == 1
-    assert summary.main([str(regressed), "--compare", str(baseline),
-                         "--threshold", "1.6"]) == 0
+    assert (
+        summary.main([str(slower_machine), "--compare", str(baseline), "--normalize", "none"]) == 1
+    )
+    assert summary.main([str(regressed), "--compare", str(baseline), "--threshold", "1.6"]) == 0
     # With -o the file holds the summary followed by the comparison (the nox bench session).
     out = tmp_path / "summary.md"
     assert summary.main([str(regressed), "-o", str(out), "--compare", str(baseline)]) == 1

@@ -51,10 +51,18 @@ def assert_one_line_error(err: str, *words: str) -> None:
 
 # --- top level ------------------------------------------------------------------------
 def test_help_starts_without_torch() -> None:
-    code = ("import sys, diagnostics.cli as c; c.build_parser().format_help(); "
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'av', 'cv2') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, diagnostics.cli as c; c.build_parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'av', 'cv2') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -103,8 +111,7 @@ def test_log_healthy_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "OK" in out
 
 
-def test_log_missing_file_is_one_line(capsys: pytest.CaptureFixture[str],
-                                      tmp_path: Path) -> None:
+def test_log_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "log", str(tmp_path / "dh.log"))
     assert code == 2 and out == ""
     assert_one_line_error(err, "not found", "dh.log")
@@ -138,19 +145,26 @@ def test_fault_stages_mirror_the_pipeline() -> None:
 
 
 def test_classification_of_errors() -> None:
-    assert classify_error(StageCrashed("stage 'load': worker process 9 died: exit -7 (SIGBUS)",
-                                       stage="load")) == (Outcome.CRASHED,
-                                                          "shared memory exhausted (SIGBUS)")
-    assert classify_error(StageCrashed("DataLoader worker (pid 9) is killed by signal: Killed.",
-                                       stage="load"))[1].startswith("worker killed (SIGKILL)")
-    caught = StageCrashed("stage 'load' failed: RuntimeError: Caught RuntimeError in "
-                          "DataLoader worker process 0.", stage="load")
+    assert classify_error(
+        StageCrashed("stage 'load': worker process 9 died: exit -7 (SIGBUS)", stage="load")
+    ) == (Outcome.CRASHED, "shared memory exhausted (SIGBUS)")
+    assert classify_error(
+        StageCrashed("DataLoader worker (pid 9) is killed by signal: Killed.", stage="load")
+    )[1].startswith("worker killed (SIGKILL)")
+    caught = StageCrashed(
+        "stage 'load' failed: RuntimeError: Caught RuntimeError in DataLoader worker process 0.",
+        stage="load",
+    )
     assert classify_error(caught)[1] == "stage 'load' raised an error in a DataLoader worker"
     assert classify_error(PipelineStalled("stuck", stage="compose")) == (
-        Outcome.STALLED, "stage 'compose' made no progress")
+        Outcome.STALLED,
+        "stage 'compose' made no progress",
+    )
     assert classify_error(ProbeDeadlineExceeded("late"))[1].startswith("no answer")
-    assert classify_error(ProviderUnavailable("cpu")) == (Outcome.ERROR,
-                                                          "CPU fallback (GPU required)")
+    assert classify_error(ProviderUnavailable("cpu")) == (
+        Outcome.ERROR,
+        "CPU fallback (GPU required)",
+    )
     assert classify_error(NoFaceFound("none"))[0] is Outcome.BAD_INPUT
     assert classify_error(ValueError("x")) == (Outcome.ERROR, "unexpected ValueError")
 
@@ -161,15 +175,15 @@ def test_invalid_probe_options_cannot_run(capsys: pytest.CaptureFixture[str]) ->
     assert_one_line_error(err, "sigbus")
 
 
-def probe(capsys: pytest.CaptureFixture[str], cache: Path,
-          *argv: str) -> tuple[int, dict[str, Any], float]:
+def probe(
+    capsys: pytest.CaptureFixture[str], cache: Path, *argv: str
+) -> tuple[int, dict[str, Any], float]:
     started = time.monotonic()
     code, data = run_json(capsys, "run-probe", *TINY, "--cache-dir", str(cache), *argv)
     return code, data, time.monotonic() - started
 
 
-def test_probe_ok(capsys: pytest.CaptureFixture[str], shared_cache: Path,
-                  tmp_path: Path) -> None:
+def test_probe_ok(capsys: pytest.CaptureFixture[str], shared_cache: Path, tmp_path: Path) -> None:
     kept = tmp_path / "probe.mp4"
     code, data, _ = probe(capsys, shared_cache, "--keep-output", str(kept))
     assert code == 0, data["evidence"]
@@ -182,8 +196,9 @@ def test_probe_ok(capsys: pytest.CaptureFixture[str], shared_cache: Path,
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")  # ORT's own notice
-def test_probe_cpu_fallback_is_a_problem(capsys: pytest.CaptureFixture[str],
-                                         shared_cache: Path) -> None:
+def test_probe_cpu_fallback_is_a_problem(
+    capsys: pytest.CaptureFixture[str], shared_cache: Path
+) -> None:
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -195,10 +210,12 @@ def test_probe_cpu_fallback_is_a_problem(capsys: pytest.CaptureFixture[str],
     assert data["providers_used"] == ["CPUExecutionProvider"]
 
 
-def test_probe_hang_is_stalled_in_generate(capsys: pytest.CaptureFixture[str],
-                                           shared_cache: Path) -> None:
-    code, data, wall = probe(capsys, shared_cache, "--fault", "generate:hang:30",
-                             "--stall-timeout", "2")
+def test_probe_hang_is_stalled_in_generate(
+    capsys: pytest.CaptureFixture[str], shared_cache: Path
+) -> None:
+    code, data, wall = probe(
+        capsys, shared_cache, "--fault", "generate:hang:30", "--stall-timeout", "2"
+    )
     assert code == 1
     assert data["outcome"] == "stalled"
     assert data["evidence"]["stage"] == "generate" and "generate" in data["cause"]
@@ -206,8 +223,9 @@ def test_probe_hang_is_stalled_in_generate(capsys: pytest.CaptureFixture[str],
     assert data["leftover_children"] == 0
 
 
-def test_probe_sigbus_is_shared_memory(capsys: pytest.CaptureFixture[str],
-                                       shared_cache: Path) -> None:
+def test_probe_sigbus_is_shared_memory(
+    capsys: pytest.CaptureFixture[str], shared_cache: Path
+) -> None:
     code, data, _ = probe(capsys, shared_cache, "--fault", "load:sigbus", "--num-workers", "1")
     assert code == 1
     assert data["outcome"] == "crashed"
@@ -216,21 +234,40 @@ def test_probe_sigbus_is_shared_memory(capsys: pytest.CaptureFixture[str],
     assert data["leftover_children"] == 0, data["leftover_detail"]
 
 
-def test_probe_never_started_consumer_in_text(capsys: pytest.CaptureFixture[str],
-                                              shared_cache: Path) -> None:
-    code, out, _ = run(capsys, "run-probe", *TINY, "--cache-dir", str(shared_cache),
-                       "--fault", "generate:never_start", "--stall-timeout", "2")
+def test_probe_never_started_consumer_in_text(
+    capsys: pytest.CaptureFixture[str], shared_cache: Path
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "run-probe",
+        *TINY,
+        "--cache-dir",
+        str(shared_cache),
+        "--fault",
+        "generate:never_start",
+        "--stall-timeout",
+        "2",
+    )
     assert code == 1
     first = out.splitlines()[0]
     assert first.startswith("heygem probe: STALLED") and "consumer never started" in first
     assert "leftover child processes: 0" in out
 
 
-def test_probe_outer_deadline_catches_a_silent_watchdog(capsys: pytest.CaptureFixture[str],
-                                                        shared_cache: Path) -> None:
+def test_probe_outer_deadline_catches_a_silent_watchdog(
+    capsys: pytest.CaptureFixture[str], shared_cache: Path
+) -> None:
     # The watchdog allows 60 s of silence, the probe only 3 s in total: the probe answers.
-    code, data, wall = probe(capsys, shared_cache, "--fault", "generate:hang:30",
-                             "--stall-timeout", "60", "--timeout", "3")
+    code, data, wall = probe(
+        capsys,
+        shared_cache,
+        "--fault",
+        "generate:hang:30",
+        "--stall-timeout",
+        "60",
+        "--timeout",
+        "3",
+    )
     assert code == 1
     assert data["outcome"] == "stalled" and "watchdog did not fire" in data["cause"]
     assert wall < 15.0

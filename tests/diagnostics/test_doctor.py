@@ -62,16 +62,22 @@ REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 
 
-def run_python(code: str, *, env: dict[str, str | None] | None = None,
-               prefix: list[str] | None = None, timeout: float = 60) -> Any:
+def run_python(
+    code: str,
+    *,
+    env: dict[str, str | None] | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 60,
+) -> Any:
     """Run ``code`` in a fresh interpreter (``env`` value None: unset); it must print one
     JSON document last."""
     full_env = {k: v for k, v in os.environ.items() if k not in (env or {})}
     full_env.update({k: v for k, v in (env or {}).items() if v is not None})
     full_env["PYTHONPATH"] = str(REPO)
     argv = [*(prefix or []), sys.executable, "-c", textwrap.dedent(code)]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, cwd=REPO,
-                          timeout=timeout)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -90,8 +96,7 @@ def test_probe_result_is_frozen_and_worst_ranks_fail_over_warn_over_ok_over_info
     assert DoctorReport([warn, fail, ok]).worst is Status.FAIL
     assert DoctorReport([warn]).to_dict() == {
         "worst": "warn",
-        "results": [{"id": "c", "title": "C", "status": "warn", "evidence": ["y"],
-                     "fix": "do z"}],
+        "results": [{"id": "c", "title": "C", "status": "warn", "evidence": ["y"], "fix": "do z"}],
     }
 
 
@@ -147,15 +152,18 @@ def test_versions_probe_fails_when_a_required_library_does_not_import(tmp_path: 
     assert "cv2 does not import (ImportError: shadowed cv2)" in result["fix"]
 
 
-@pytest.mark.parametrize(("numpy_v", "ort_v", "bad"), [
-    ("2.0.0", "1.18.0", True),
-    ("2.0.0rc1", "1.16.3", True),  # a numpy-2 pre-release already has the new ABI
-    ("2.1.3", "1.18.1+cu118", True),
-    ("1.26.4", "1.18.0", False),
-    ("1.26.4", "1.16.3", False),
-    ("2.0.2", "1.19.0", False),
-    ("2.4.6", "1.32.0", False),
-])
+@pytest.mark.parametrize(
+    ("numpy_v", "ort_v", "bad"),
+    [
+        ("2.0.0", "1.18.0", True),
+        ("2.0.0rc1", "1.16.3", True),  # a numpy-2 pre-release already has the new ABI
+        ("2.1.3", "1.18.1+cu118", True),
+        ("1.26.4", "1.18.0", False),
+        ("1.26.4", "1.16.3", False),
+        ("2.0.2", "1.19.0", False),
+        ("2.4.6", "1.32.0", False),
+    ],
+)
 def test_numpy2_with_onnxruntime_older_than_1_19(numpy_v: str, ort_v: str, bad: bool) -> None:
     assert numpy_ort_incompatible(numpy_v, ort_v) is bad
 
@@ -253,8 +261,9 @@ def test_ldd_and_elf_on_a_real_library_of_the_venv() -> None:
     assert "libc.so.6" in needed
     if shutil.which("readelf"):
         out = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True).stdout
-        assert needed == [line.split("[")[1].rstrip("]") for line in out.splitlines()
-                          if "(NEEDED)" in line]
+        assert needed == [
+            line.split("[")[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -270,11 +279,33 @@ def fake_cuda_provider(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = root / "stub.c"
     src.write_text("int stub(void) { return 0; }\n")
     for soname in ("libcudart.so.12", "libcudnn.so.9"):
-        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(stubs / soname), str(src),
-                        f"-Wl,-soname,{soname}"], check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-shared",
+                "-fPIC",
+                "-o",
+                str(stubs / soname),
+                str(src),
+                f"-Wl,-soname,{soname}",
+            ],
+            check=True,
+        )
     lib = capi / "libonnxruntime_providers_cuda.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src), "-Wl,--no-as-needed",
-                    str(stubs / "libcudart.so.12"), str(stubs / "libcudnn.so.9")], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-o",
+            str(lib),
+            str(src),
+            "-Wl,--no-as-needed",
+            str(stubs / "libcudart.so.12"),
+            str(stubs / "libcudnn.so.9"),
+        ],
+        check=True,
+    )
     shutil.rmtree(stubs)
     return lib
 
@@ -402,8 +433,7 @@ def test_thread_var_set_after_the_forkserver_started_does_not_reach_its_children
     result = run_python(code, env={"OMP_NUM_THREADS": None})
     assert result["status"] == "fail"
     assert "OMP_NUM_THREADS: parent=3 spawn=3, forkserver=None" in result["evidence"]
-    assert any("set after this process started: OMP_NUM_THREADS" in e
-               for e in result["evidence"])
+    assert any("set after this process started: OMP_NUM_THREADS" in e for e in result["evidence"])
     assert "forkserver" in result["fix"]
 
 
@@ -495,8 +525,11 @@ def test_real_cgroup_cpu_quota_is_detected(v1_cgroup: Path) -> None:
         from diagnostics.probes.system import probe_cpus, read_cgroup_limits
         print(json.dumps([read_cgroup_limits().cpu_quota, probe_cpus().to_dict()]))
     """
-    quota, result = run_python(code, prefix=in_cgroup(v1_cgroup),
-                               env={"OMP_NUM_THREADS": None, "NUMEXPR_MAX_THREADS": None})
+    quota, result = run_python(
+        code,
+        prefix=in_cgroup(v1_cgroup),
+        env={"OMP_NUM_THREADS": None, "NUMEXPR_MAX_THREADS": None},
+    )
     assert quota == 0.5
     assert "-> usable 1" in result["evidence"][0]
     assert any("cpu.cfs_quota_us=50000" in e for e in result["evidence"])
@@ -538,7 +571,9 @@ def test_container_markers(tmp_path: Path) -> None:
     (tmp_path / "proc" / "1").mkdir(parents=True)
     (tmp_path / "proc" / "1" / "cgroup").write_text("0::/kubepods/burstable/pod1/abc\n")
     assert container_markers(tmp_path, environ={"container": "podman"}) == [
-        "/proc/1/cgroup mentions kubepods", "container=podman in the environment"]
+        "/proc/1/cgroup mentions kubepods",
+        "container=podman in the environment",
+    ]
 
 
 LD_CODE = """
@@ -560,8 +595,9 @@ def test_ld_library_path_changed_in_process_or_broken_warns(tmp_path: Path) -> N
     changed = run_python(LD_CODE.format(before=late), env={"LD_LIBRARY_PATH": None})
     assert changed["status"] == "warn"
     assert any("changed after this process started" in e for e in changed["evidence"])
-    broken = run_python(LD_CODE.format(before=""),
-                        env={"LD_LIBRARY_PATH": f"{tmp_path}/missing:{tmp_path}:"})
+    broken = run_python(
+        LD_CODE.format(before=""), env={"LD_LIBRARY_PATH": f"{tmp_path}/missing:{tmp_path}:"}
+    )
     assert broken["status"] == "warn"
     assert f"{tmp_path}/missing: does not exist" in broken["evidence"]
     assert any("empty entry" in e for e in broken["evidence"])

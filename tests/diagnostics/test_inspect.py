@@ -93,8 +93,9 @@ if __name__ == "__main__":
 def spawn_tree(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, str]]:
     script = tmp_path / "heygem-test-tree.py"  # the program's name is what is matched
     script.write_text(TREE_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script)], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stdin is not None
     child_pid, shm_name = proc.stdout.readline().split()
     yield proc, int(child_pid), shm_name
@@ -169,8 +170,11 @@ def test_orphaned_spawn_worker_and_a_pid1_that_does_not_reap() -> None:
         pytest.skip("needs root and unshare for a private PID namespace")
     argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", ORPHAN_DRIVER]
     proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
-    if proc.returncode != 0 and "unshare" in proc.stderr and "Operation not permitted" in (
-            proc.stderr):
+    if (
+        proc.returncode != 0
+        and "unshare" in proc.stderr
+        and "Operation not permitted" in (proc.stderr)
+    ):
         pytest.skip(f"unshare --pid not permitted: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -227,8 +231,9 @@ def test_find_heygem_processes_finds_roots_only(tmp_path: Path) -> None:
     script.write_text(code)
     # An argument that merely mentions heygem is not a heygem process.
     bystander = subprocess.Popen(["sleep", "30", marker])
-    root = subprocess.Popen([sys.executable, str(script)], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    root = subprocess.Popen(
+        [sys.executable, str(script)], text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         assert root.stdout is not None
         child_pid = int(root.stdout.readline())

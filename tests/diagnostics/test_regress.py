@@ -75,8 +75,9 @@ def test_record_writes_a_small_complete_golden(recorded: Path, golden: dict[str,
     assert abs(mux["av_offset_ms"]) <= 10.0
 
 
-def test_record_then_check_on_the_same_machine_passes(capsys: pytest.CaptureFixture[str],
-                                                      recorded: Path) -> None:
+def test_record_then_check_on_the_same_machine_passes(
+    capsys: pytest.CaptureFixture[str], recorded: Path
+) -> None:
     code, out, _ = run(capsys, "regress", "check", "--golden", str(recorded), "--json")
     data = json.loads(out)
     assert code == 0, [r for r in data["regressions"]]
@@ -95,11 +96,23 @@ def test_the_stored_golden_passes_here(capsys: pytest.CaptureFixture[str]) -> No
 
 
 # --- the checker can fail -----------------------------------------------------------------
-def test_a_perturbed_generator_fails_naming_generate(capsys: pytest.CaptureFixture[str],
-                                                     recorded: Path) -> None:
-    code, out, _ = run(capsys, "regress", "check", "--golden", str(recorded), "--scenario",
-                       "seeded-batch", "--scenario", "still", "--perturb", "generate:0.01",
-                       "--json")
+def test_a_perturbed_generator_fails_naming_generate(
+    capsys: pytest.CaptureFixture[str], recorded: Path
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "regress",
+        "check",
+        "--golden",
+        str(recorded),
+        "--scenario",
+        "seeded-batch",
+        "--scenario",
+        "still",
+        "--perturb",
+        "generate:0.01",
+        "--json",
+    )
     data = json.loads(out)
     assert code == 1
     assert _first_drift(data) == "generate"
@@ -137,14 +150,16 @@ def test_a_changed_composite_frame_fails_by_psnr(golden: dict[str, Any]) -> None
     assert bad["frames.mouth_psnr"].difference < 40.0
 
 
-def test_update_rerecords_the_golden_on_purpose(capsys: pytest.CaptureFixture[str],
-                                                recorded: Path, tmp_path: Path) -> None:
+def test_update_rerecords_the_golden_on_purpose(
+    capsys: pytest.CaptureFixture[str], recorded: Path, tmp_path: Path
+) -> None:
     target = shutil.copytree(recorded, tmp_path / "golden")
     record = json.loads((target / RECORD_FILE).read_text())
     record["scenarios"]["still"]["mux"]["frames"] += 1  # a stale value
     (target / RECORD_FILE).write_text(json.dumps(record))
-    code, out, _ = run(capsys, "regress", "check", "--golden", str(target), "--scenario",
-                       "still", "--update")
+    code, out, _ = run(
+        capsys, "regress", "check", "--golden", str(target), "--scenario", "still", "--update"
+    )
     assert code == 0 and "REGRESSION" in out and "golden updated" in out
     updated = load_golden(target)
     assert updated["scenarios"]["still"]["mux"]["frames"] == 50
@@ -152,8 +167,7 @@ def test_update_rerecords_the_golden_on_purpose(capsys: pytest.CaptureFixture[st
     assert not [f for f in compare_records(updated, load_golden(recorded)) if not f.ok]
 
 
-def test_golden_round_trips_through_its_directory(golden: dict[str, Any],
-                                                  tmp_path: Path) -> None:
+def test_golden_round_trips_through_its_directory(golden: dict[str, Any], tmp_path: Path) -> None:
     write_golden(tmp_path, golden)
     pngs = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert "video-0018-mouth.png" in pngs
@@ -176,8 +190,9 @@ def test_drift_table_names_the_largest_difference_per_stage(golden: dict[str, An
     assert gen["between"] == ["ort 1.18.0", "ort 1.16.3"]
     assert abs(gen["difference"] - 0.01) < 1e-6
     table = format_drift_table(list(rows.values()))
-    assert ("| generate | seeded-batch blocks: 0.01 out | 0.002 | ort 1.18.0 vs ort 1.16.3 |"
-            in table)
+    assert (
+        "| generate | seeded-batch blocks: 0.01 out | 0.002 | ort 1.18.0 vs ort 1.16.3 |" in table
+    )
 
 
 def test_fingerprint_environment_run_for_a_matrix_cell(golden: dict[str, Any]) -> None:
@@ -209,14 +224,18 @@ def test_best_lag_finds_a_known_shift() -> None:
     assert best_lag(delayed, envelope, 250) == pytest.approx(-40, abs=0.5)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["check", "--golden", "/nonexistent/golden"], ["no golden record"]),
-    (["check", "--perturb", "generate:0.1", "--update"], ["--update with --perturb"]),
-    (["check", "--perturb", "mux:1"], ["cannot perturb stage"]),
-    (["record", "--scenario", "nope"], ["invalid choice"]),
-])
-def test_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
-                                        words: list[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["check", "--golden", "/nonexistent/golden"], ["no golden record"]),
+        (["check", "--perturb", "generate:0.1", "--update"], ["--update with --perturb"]),
+        (["check", "--perturb", "mux:1"], ["cannot perturb stage"]),
+        (["record", "--scenario", "nope"], ["invalid choice"]),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], words: list[str]
+) -> None:
     code, _, err = run(capsys, "regress", *argv)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -29,8 +29,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_demo_writes_a_real_mp4_and_reports_providers(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo.mp4"
-    code, stdout, _ = run(capsys, "demo", "-o", str(out), "--seconds", "3",
-                          "--cache-dir", str(tmp_path / "cache"))
+    code, stdout, _ = run(
+        capsys, "demo", "-o", str(out), "--seconds", "3", "--cache-dir", str(tmp_path / "cache")
+    )
     assert code == 0
     assert out.stat().st_size > 10_000
     assert f"wrote {out.resolve()}" in stdout
@@ -38,11 +39,21 @@ def test_demo_writes_a_real_mp4_and_reports_providers(tmp_path: Path, capsys) ->
     assert "stage timings" in stdout
 
 
-def test_generate_json_result(tmp_path: Path, capsys, speech_wav: Path,
-                              template_mp4: Path) -> None:
+def test_generate_json_result(tmp_path: Path, capsys, speech_wav: Path, template_mp4: Path) -> None:
     out = tmp_path / "o.mp4"
-    code, stdout, _ = run(capsys, "generate", "-a", str(speech_wav), "-i", str(template_mp4),
-                          "-o", str(out), "--json", "--cache-dir", str(tmp_path / "c"))
+    code, stdout, _ = run(
+        capsys,
+        "generate",
+        "-a",
+        str(speech_wav),
+        "-i",
+        str(template_mp4),
+        "-o",
+        str(out),
+        "--json",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
     assert code == 0
     result = json.loads(stdout)
     assert result["output"] == str(out) and result["frames"] == 125
@@ -69,49 +80,115 @@ def _bad(kind: str, paths: dict[str, Path], tmp: Path) -> tuple[list[str], type[
     audio, video = str(paths["audio"]), str(paths["video"])
     out = str(tmp / "out.mp4")
     cases: dict[str, tuple[list[str], type[Exception], str]] = {
-        "missing audio": (["-a", str(tmp / "nope.wav"), "-i", video, "-o", out],
-                          InputNotFound, "does not exist"),
-        "missing video": (["-a", audio, "-i", str(tmp / "nope.mp4"), "-o", out],
-                          InputNotFound, "does not exist"),
-        "garbage video": (["-a", audio, "-i", str(paths["garbage"]), "-o", out],
-                          MediaUnreadable, "could not be decoded"),
-        "garbage audio": (["-a", str(paths["garbage"]), "-i", video, "-o", out],
-                          MediaUnreadable, "could not be decoded"),
-        "video without audio": (["-a", video, "-i", video, "-o", out],
-                                NoAudioStream, "has no audio stream"),
-        "zero-length audio": (["-a", str(paths["empty"]), "-i", video, "-o", out],
-                              EmptyAudio, "contains no samples"),
-        "no face": (["-a", audio, "-i", str(paths["noface"]), "-o", out],
-                    NoFaceFound, "no face was found"),
-        "bad checkpoint": (["-a", audio, "-i", video, "-o", out, "--generator", "wav2lip",
-                            "--checkpoint", str(paths["garbage"])],
-                           CheckpointError, "checkpoint"),
-        "wav2lip without checkpoint": (["-a", audio, "-i", video, "-o", out,
-                                        "--generator", "wav2lip"],
-                                       InvalidOption, "needs a checkpoint"),
-        "output dir missing": (["-a", audio, "-i", video, "-o", str(tmp / "no/such/o.mp4")],
-                               OutputNotWritable, "does not exist"),
-        "output not mp4": (["-a", audio, "-i", video, "-o", str(tmp / "o.avi")],
-                           OutputNotWritable, "must end in .mp4"),
-        "absurd batch": (["-a", audio, "-i", video, "-o", out, "--batch-size", "0"],
-                         InvalidOption, "batch size 0 is out of range"),
+        "missing audio": (
+            ["-a", str(tmp / "nope.wav"), "-i", video, "-o", out],
+            InputNotFound,
+            "does not exist",
+        ),
+        "missing video": (
+            ["-a", audio, "-i", str(tmp / "nope.mp4"), "-o", out],
+            InputNotFound,
+            "does not exist",
+        ),
+        "garbage video": (
+            ["-a", audio, "-i", str(paths["garbage"]), "-o", out],
+            MediaUnreadable,
+            "could not be decoded",
+        ),
+        "garbage audio": (
+            ["-a", str(paths["garbage"]), "-i", video, "-o", out],
+            MediaUnreadable,
+            "could not be decoded",
+        ),
+        "video without audio": (
+            ["-a", video, "-i", video, "-o", out],
+            NoAudioStream,
+            "has no audio stream",
+        ),
+        "zero-length audio": (
+            ["-a", str(paths["empty"]), "-i", video, "-o", out],
+            EmptyAudio,
+            "contains no samples",
+        ),
+        "no face": (
+            ["-a", audio, "-i", str(paths["noface"]), "-o", out],
+            NoFaceFound,
+            "no face was found",
+        ),
+        "bad checkpoint": (
+            [
+                "-a",
+                audio,
+                "-i",
+                video,
+                "-o",
+                out,
+                "--generator",
+                "wav2lip",
+                "--checkpoint",
+                str(paths["garbage"]),
+            ],
+            CheckpointError,
+            "checkpoint",
+        ),
+        "wav2lip without checkpoint": (
+            ["-a", audio, "-i", video, "-o", out, "--generator", "wav2lip"],
+            InvalidOption,
+            "needs a checkpoint",
+        ),
+        "output dir missing": (
+            ["-a", audio, "-i", video, "-o", str(tmp / "no/such/o.mp4")],
+            OutputNotWritable,
+            "does not exist",
+        ),
+        "output not mp4": (
+            ["-a", audio, "-i", video, "-o", str(tmp / "o.avi")],
+            OutputNotWritable,
+            "must end in .mp4",
+        ),
+        "absurd batch": (
+            ["-a", audio, "-i", video, "-o", out, "--batch-size", "0"],
+            InvalidOption,
+            "batch size 0 is out of range",
+        ),
     }
     return cases[kind]
 
 
-BAD_INPUTS = ["missing audio", "missing video", "garbage video", "garbage audio",
-              "video without audio", "zero-length audio", "no face", "bad checkpoint",
-              "wav2lip without checkpoint", "output dir missing", "output not mp4",
-              "absurd batch"]
+BAD_INPUTS = [
+    "missing audio",
+    "missing video",
+    "garbage video",
+    "garbage audio",
+    "video without audio",
+    "zero-length audio",
+    "no face",
+    "bad checkpoint",
+    "wav2lip without checkpoint",
+    "output dir missing",
+    "output not mp4",
+    "absurd batch",
+]
 
 
 @pytest.mark.parametrize("kind", BAD_INPUTS)
 def test_bad_input_is_one_clear_line_and_a_distinct_exit_code(
-    kind: str, tmp_path: Path, capsys, speech_wav: Path, template_mp4: Path,
-    faceless_mp4: Path, garbage: Path, empty_wav: Path,
+    kind: str,
+    tmp_path: Path,
+    capsys,
+    speech_wav: Path,
+    template_mp4: Path,
+    faceless_mp4: Path,
+    garbage: Path,
+    empty_wav: Path,
 ) -> None:
-    paths = {"audio": speech_wav, "video": template_mp4, "garbage": garbage,
-             "noface": faceless_mp4, "empty": empty_wav}
+    paths = {
+        "audio": speech_wav,
+        "video": template_mp4,
+        "garbage": garbage,
+        "noface": faceless_mp4,
+        "empty": empty_wav,
+    }
     argv, error, text = _bad(kind, paths, tmp_path)
     code, stdout, stderr = run(capsys, "generate", *argv, "--cache-dir", str(tmp_path / "c"))
     assert code == error.exit_code
@@ -121,14 +198,26 @@ def test_bad_input_is_one_clear_line_and_a_distinct_exit_code(
 
 
 def test_exit_codes_are_distinct() -> None:
-    codes = [e.exit_code for e in (InputNotFound, MediaUnreadable, NoAudioStream, EmptyAudio,
-                                   NoFaceFound, CheckpointError, OutputNotWritable,
-                                   InvalidOption, InputTooLarge)]
+    codes = [
+        e.exit_code
+        for e in (
+            InputNotFound,
+            MediaUnreadable,
+            NoAudioStream,
+            EmptyAudio,
+            NoFaceFound,
+            CheckpointError,
+            OutputNotWritable,
+            InvalidOption,
+            InputTooLarge,
+        )
+    ]
     assert len(set(codes)) == len(codes)
 
 
-def test_oversized_template_is_refused(tmp_path: Path, speech_wav: Path,
-                                       template_mp4: Path) -> None:
+def test_oversized_template_is_refused(
+    tmp_path: Path, speech_wav: Path, template_mp4: Path
+) -> None:
     from heygem.config import GenerateOptions
     from heygem.pipeline import Pipeline
 
@@ -145,18 +234,27 @@ def test_export_onnx_command(tmp_path: Path, capsys) -> None:
     assert info["max_abs_diff_vs_torch"] < 2e-4 and out.exists()
 
 
-def test_json_log_is_readable_by_the_log_analyzer(tmp_path: Path, capsys, speech_wav: Path,
-                                                  template_mp4: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_log_is_readable_by_the_log_analyzer(
+    tmp_path: Path, capsys, speech_wav: Path, template_mp4: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from diagnostics.logs import analyze_log
 
-    base = ["generate", "-a", str(speech_wav), "-i", str(template_mp4), "-q",
-            "--cache-dir", str(tmp_path / "c"), "--stall-timeout", "1"]
+    base = [
+        "generate",
+        "-a",
+        str(speech_wav),
+        "-i",
+        str(template_mp4),
+        "-q",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--stall-timeout",
+        "1",
+    ]
     good_log, bad_log = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     assert run(capsys, *base, "-o", str(tmp_path / "a.mp4"), "--log-json", str(good_log))[0] == 0
     monkeypatch.setenv("HEYGEM_FAULT", "generate:never_start")
-    code, _, stderr = run(capsys, *base, "-o", str(tmp_path / "b.mp4"), "--log-json",
-                          str(bad_log))
+    code, _, stderr = run(capsys, *base, "-o", str(tmp_path / "b.mp4"), "--log-json", str(bad_log))
     assert code == 21 and stderr.count("consumer never started or died") == 1
     assert analyze_log(good_log).worst_severity.value == "ok"
     bad = analyze_log(bad_log)

@@ -53,13 +53,15 @@ def test_pixels_outside_the_mouth_are_unchanged(demo_run, template_mp4: Path) ->
     original = _template_gray(template_mp4, len(produced)).astype(np.int16)
     diff = np.abs(produced - original)
     # The head sways across the middle; the left/right margins and top never hold the mouth.
-    outside = np.concatenate([diff[:, :, :100].ravel(), diff[:, :, -100:].ravel(),
-                              diff[:, :80, :].ravel()])
+    outside = np.concatenate(
+        [diff[:, :, :100].ravel(), diff[:, :, -100:].ravel(), diff[:, :80, :].ravel()]
+    )
     assert outside.mean() < 1.5, "background changed beyond re-encoding noise"
 
 
-def test_mouth_moves_with_speech_and_rests_in_silence(demo_run, template_mp4: Path,
-                                                      speech_wav: Path) -> None:
+def test_mouth_moves_with_speech_and_rests_in_silence(
+    demo_run, template_mp4: Path, speech_wav: Path
+) -> None:
     from heygem.audio.features import voice_activity
 
     _, out = demo_run
@@ -94,8 +96,9 @@ def test_long_audio_loops_template_and_keeps_last_partial_batch(
     assert np.abs(produced[:, :, :100] - original[:, :, :100]).mean() < 1.5
 
 
-def test_short_audio_cuts_template(options: GenerateOptions, template_mp4: Path,
-                                   tmp_path: Path) -> None:
+def test_short_audio_cuts_template(
+    options: GenerateOptions, template_mp4: Path, tmp_path: Path
+) -> None:
     from heygem.audio.synth import synth_speech
     from heygem.demo import write_wav
 
@@ -105,8 +108,9 @@ def test_short_audio_cuts_template(options: GenerateOptions, template_mp4: Path,
     assert result.frames == frame_count(int(0.9 * 16000), 25.0) == stream_summary(out)["frames"]
 
 
-def test_any_rate_and_layout_and_a_still_image(options: GenerateOptions, speech_48k_stereo: Path,
-                                               still_png: Path, tmp_path: Path) -> None:
+def test_any_rate_and_layout_and_a_still_image(
+    options: GenerateOptions, speech_48k_stereo: Path, still_png: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "still.mp4"
     result = Pipeline(options).generate(speech_48k_stereo, still_png, out)
     summary = stream_summary(out)
@@ -138,9 +142,9 @@ def test_template_cache_skips_detection_second_time(
 
 
 @pytest.mark.parametrize("workers", [2])
-def test_dataloader_workers_are_real_processes(options: GenerateOptions, speech_wav: Path,
-                                               template_mp4: Path, tmp_path: Path,
-                                               workers: int) -> None:
+def test_dataloader_workers_are_real_processes(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path, workers: int
+) -> None:
     import multiprocessing
 
     out = tmp_path / "workers.mp4"
@@ -150,20 +154,23 @@ def test_dataloader_workers_are_real_processes(options: GenerateOptions, speech_
     assert multiprocessing.active_children() == []  # every worker reaped
 
 
-def test_torch_backend_matches_onnxruntime(options: GenerateOptions, speech_wav: Path,
-                                           template_mp4: Path, tmp_path: Path) -> None:
+def test_torch_backend_matches_onnxruntime(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
     ort_out, torch_out = tmp_path / "ort.mp4", tmp_path / "torch.mp4"
     Pipeline(options).generate(speech_wav, template_mp4, ort_out)
-    result = Pipeline(replace(options, backend="torch")).generate(speech_wav, template_mp4,
-                                                                  torch_out)
+    result = Pipeline(replace(options, backend="torch")).generate(
+        speech_wav, template_mp4, torch_out
+    )
     assert result.providers_used == ("cpu",)
     a = read_gray_frames(ort_out).astype(np.int16)
     b = read_gray_frames(torch_out).astype(np.int16)
     assert np.abs(a - b).mean() < 0.5
 
 
-def test_cancel_leaves_no_output(options: GenerateOptions, speech_wav: Path,
-                                 template_mp4: Path, tmp_path: Path) -> None:
+def test_cancel_leaves_no_output(
+    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
     import threading
 
     from heygem.errors import Cancelled
@@ -176,6 +183,5 @@ def test_cancel_leaves_no_output(options: GenerateOptions, speech_wav: Path,
             cancel.set()
 
     with pytest.raises(Cancelled):
-        Pipeline(options).generate(speech_wav, template_mp4, out, progress=progress,
-                                   cancel=cancel)
+        Pipeline(options).generate(speech_wav, template_mp4, out, progress=progress, cancel=cancel)
     assert list(tmp_path.glob("*.mp4")) == [] and list(tmp_path.glob(".*")) == []

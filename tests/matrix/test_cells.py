@@ -21,15 +21,17 @@ from matrix.cells import (
 def test_full_matrix_is_every_combination_of_the_heygem_versions():
     assert len(FULL_PACKAGES) == 8
     assert {(p.torch, p.ort, p.flavour) for p in FULL_PACKAGES} == {
-        (t, o, f) for t in ("2.1.2", "2.4.1") for o in ("1.16.3", "1.18.0")
-        for f in ("cpu", "gpu")}
+        (t, o, f) for t in ("2.1.2", "2.4.1") for o in ("1.16.3", "1.18.0") for f in ("cpu", "gpu")
+    }
     assert len({p.id for p in FULL_PACKAGES}) == 8
     assert len(Selection().select(FULL_PACKAGES)) == 32  # x workers {0,4} x shm {64m,2g}
 
 
 def test_quick_subset_is_the_on_disk_torch_with_both_ort_cpu_wheels():
     assert [(p.torch, p.ort, p.flavour) for p in QUICK_PACKAGES] == [
-        ("2.13.0", "1.16.3", "cpu"), ("2.13.0", "1.18.0", "cpu")]
+        ("2.13.0", "1.16.3", "cpu"),
+        ("2.13.0", "1.18.0", "cpu"),
+    ]
     assert all("quick" in p.tags for p in QUICK_PACKAGES)
 
 
@@ -37,8 +39,7 @@ def test_ids_tags_and_pins():
     packages = Packages("2.4.1", "1.18.0", "gpu")
     cell = Cell(packages, Runtime(4, "64m"))
     assert cell.id == "torch2.4.1-ort1.18.0-gpu-w4-shm64m"
-    assert set(cell.tags) == {"torch-2.4.1", "ort-1.18.0", "gpu", "full", "workers-4",
-                              "shm-64m"}
+    assert set(cell.tags) == {"torch-2.4.1", "ort-1.18.0", "gpu", "full", "workers-4", "shm-64m"}
     pins = packages.pins()
     assert "numpy<2" in pins and "torch==2.4.1" in pins and "onnxruntime-gpu==1.18.0" in pins
     assert not any(p.startswith("onnxruntime==") for p in pins)
@@ -95,15 +96,18 @@ def test_to_args_round_trips():
     assert parse_selection(selection.to_args()) == selection
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--ort", "1.17.0"], "not a matrix version"),
-    (["--torch", "2.2"], "not a matrix version"),
-    (["--flavour", "rocm"], "not one of"),
-    (["--shm", "lots"], "not a size"),
-    (["--workers", "four"], "whole numbers"),
-    (["--tag", "gpuu"], "unknown tag"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ort", "1.17.0"], "not a matrix version"),
+        (["--torch", "2.2"], "not a matrix version"),
+        (["--flavour", "rocm"], "not one of"),
+        (["--shm", "lots"], "not a size"),
+        (["--workers", "four"], "whole numbers"),
+        (["--tag", "gpuu"], "unknown tag"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_bad_selection_is_a_clear_error(argv, message):
     with pytest.raises(SelectionError, match=message):
         parse_selection(argv)

@@ -24,15 +24,15 @@ from matrix.run_cell import FINGERPRINT_SCENARIOS
 RESULTS = os.environ.get("MATRIX_RESULTS")
 REPORT = os.environ.get("MATRIX_REPORT")
 
-pytestmark = pytest.mark.skipif(not RESULTS, reason="MATRIX_RESULTS not set (CI sets it "
-                                                    "after `nox -s matrix_quick`)")
+pytestmark = pytest.mark.skipif(
+    not RESULTS, reason="MATRIX_RESULTS not set (CI sets it after `nox -s matrix_quick`)"
+)
 
 
 @pytest.fixture(scope="module")
 def report():
     assert RESULTS is not None
-    return build_report(read_results(Path(RESULTS)), [RESULTS],
-                        read_fingerprints(Path(RESULTS)))
+    return build_report(read_results(Path(RESULTS)), [RESULTS], read_fingerprints(Path(RESULTS)))
 
 
 def test_every_quick_cell_ran(report):
@@ -74,7 +74,8 @@ def test_doctor_prediction_agrees_with_the_load(report):
             continue
         load = r.steps["load"]
         shm_failure = load.outcome in (Outcome.CRASHED, Outcome.STALLED) and (
-            "shared memory" in (load.cause or ""))
+            "shared memory" in (load.cause or "")
+        )
         assert shm_failure == (r.doctor["status"]["shm"] == "fail"), (r.cell_id, load.cause)
 
 
@@ -82,8 +83,10 @@ def test_verdicts_are_backed_by_cells(report):
     verdicts = {v.hypothesis.id: v for v in report.verdicts}
     if os.geteuid() == 0:
         for hypothesis in ("workers", "ort", "shm"):
-            assert verdicts[hypothesis].status in (VerdictStatus.CHANGES,
-                                                   VerdictStatus.NO_CHANGE), hypothesis
+            assert verdicts[hypothesis].status in (
+                VerdictStatus.CHANGES,
+                VerdictStatus.NO_CHANGE,
+            ), hypothesis
             assert verdicts[hypothesis].evidence
         # On 2 cores with 4 workers, 512x512 batches do not fit Docker's 64 MB default.
         assert verdicts["shm"].status is VerdictStatus.CHANGES

@@ -33,9 +33,12 @@ def test_requirements_pin_the_cell_and_keep_the_other_dependencies():
 
 
 def test_failed_install_is_recorded_with_pips_last_lines(tmp_path: Path):
-    python = _fake_python(tmp_path, 'echo "Collecting torch==2.1.2"\n'
-                                    'echo "ERROR: No matching distribution found for '
-                                    'torch==2.1.2" >&2\nexit 1\n')
+    python = _fake_python(
+        tmp_path,
+        'echo "Collecting torch==2.1.2"\n'
+        'echo "ERROR: No matching distribution found for '
+        'torch==2.1.2" >&2\nexit 1\n',
+    )
     packages = Packages("2.1.2", "1.16.3", "cpu")
     report = install(python, packages, PROJECT, tmp_path / "logs" / "install.log")
     assert not report.ok and report.returncode == 1 and not report.reused
@@ -44,8 +47,10 @@ def test_failed_install_is_recorded_with_pips_last_lines(tmp_path: Path):
 
     cells = parse_selection(["--shm", "2g"]).cells(packages)
     records = failure_records(cells, report, "matrix(torch2.1.2-ort1.16.3-cpu)")
-    assert [r.cell_id for r in records] == ["torch2.1.2-ort1.16.3-cpu-w0-shm2g",
-                                            "torch2.1.2-ort1.16.3-cpu-w4-shm2g"]
+    assert [r.cell_id for r in records] == [
+        "torch2.1.2-ort1.16.3-cpu-w0-shm2g",
+        "torch2.1.2-ort1.16.3-cpu-w4-shm2g",
+    ]
     assert all(r.outcome is Outcome.INSTALL_FAILED for r in records)
     assert records[0].cause == "pip install failed (exit 1)"
     assert "ERROR: No matching distribution found for torch==2.1.2" in records[0].evidence
@@ -63,6 +68,7 @@ def test_a_reused_venv_with_the_same_requirements_skips_pip(tmp_path: Path):
     again = install(python, packages, PROJECT, tmp_path / "install.log")
     assert again.ok and again.reused
     assert len(calls.read_text().splitlines()) == 2
-    other = install(python, Packages("2.13.0", "1.18.0", "cpu", quick=True), PROJECT,
-                    tmp_path / "install.log")
+    other = install(
+        python, Packages("2.13.0", "1.18.0", "cpu", quick=True), PROJECT, tmp_path / "install.log"
+    )
     assert other.ok and not other.reused  # different pins: installs again

@@ -52,8 +52,7 @@ def test_shm_verdict(report):
     assert verdict.summary.startswith("shm 64 MB -> 2 GB changes the outcome")
     assert "in 3 of 6 comparable pairs" in verdict.summary
     assert "fixes 2" in verdict.summary and "moves between failures 1" in verdict.summary
-    assert any("workers 4: 64m crashed" in line and "-> 2g ok" in line
-               for line in verdict.evidence)
+    assert any("workers 4: 64m crashed" in line and "-> 2g ok" in line for line in verdict.evidence)
 
 
 def test_workers_verdict(report):
@@ -100,11 +99,19 @@ def test_env_verdict_observed_and_silent_gpu_fallback():
         return CellResult.for_cell(cell, Outcome.OK, **values)
 
     results = [
-        record(Runtime(0, "2g"), providers_used=("CPUExecutionProvider",),
-               doctor={"status": {"thread-env": "fail"},
-                       "evidence": {"thread-env": ["OMP_NUM_THREADS: parent=1 spawn=None"]}}),
-        record(Runtime(4, "2g"), providers_used=("CUDAExecutionProvider",),
-               doctor={"status": {"thread-env": "ok"}}),
+        record(
+            Runtime(0, "2g"),
+            providers_used=("CPUExecutionProvider",),
+            doctor={
+                "status": {"thread-env": "fail"},
+                "evidence": {"thread-env": ["OMP_NUM_THREADS: parent=1 spawn=None"]},
+            },
+        ),
+        record(
+            Runtime(4, "2g"),
+            providers_used=("CUDAExecutionProvider",),
+            doctor={"status": {"thread-env": "ok"}},
+        ),
     ]
     report = build_report(results)
     env = _verdict(report, "env")
@@ -136,7 +143,10 @@ def test_numeric_drift(report):
     drift = report.drift
     assert drift.packages == report.packages  # the extra fingerprint file is left out
     assert [f.packages_id for f in drift.compared] == [
-        "torch2.4.1-ort1.16.3-cpu", "torch2.4.1-ort1.18.0-cpu", "torch2.4.1-ort1.18.0-gpu"]
+        "torch2.4.1-ort1.16.3-cpu",
+        "torch2.4.1-ort1.18.0-cpu",
+        "torch2.4.1-ort1.18.0-gpu",
+    ]
     assert drift.missing == ("torch2.1.2-ort1.18.0-cpu",)
     rows = {row["stage"]: row for row in drift.rows}
     assert list(rows) == ["audio_features", "face_track", "generate", "mux"]
@@ -145,24 +155,32 @@ def test_numeric_drift(report):
     assert not generate["identical"] and not generate["exceeds"]
     assert generate["difference"] == pytest.approx(1e-4)
     assert generate["between"] == ["torch2.4.1-ort1.16.3-cpu", "torch2.4.1-ort1.18.0-cpu"]
-    assert rows["face_track"]["exceeds"] and "torch2.4.1-ort1.18.0-gpu" in (
-        rows["face_track"]["between"])
-    assert drift.summary == ("3 of 5 combinations fingerprinted; beyond tolerance in "
-                             "face_track (2 of 4 stages identical)")
+    assert (
+        rows["face_track"]["exceeds"]
+        and "torch2.4.1-ort1.18.0-gpu" in (rows["face_track"]["between"])
+    )
+    assert drift.summary == (
+        "3 of 5 combinations fingerprinted; beyond tolerance in "
+        "face_track (2 of 4 stages identical)"
+    )
 
 
 def test_numeric_drift_markdown_and_html(report):
     text = render_markdown(report)
     section = text.split("## Numeric drift between versions", 1)[1].split("\n## ", 1)[0]
     assert "scenarios seeded-batch, video" in section
-    assert ("| torch2.4.1-ort1.16.3-cpu | ok | 6.5 | torch 2.4.1, onnxruntime 1.16.3, "
-            "numpy 1.26.4") in section
+    assert (
+        "| torch2.4.1-ort1.16.3-cpu | ok | 6.5 | torch 2.4.1, onnxruntime 1.16.3, numpy 1.26.4"
+    ) in section
     assert "| torch2.1.2-ort1.18.0-cpu | not taken (none stored) |" in section
     assert "| torch2.13.0-ort1.16.3-cpu | failed: python -m matrix.fingerprint exit 1 |" in (
-        section)
+        section
+    )
     assert "No module named 'cv2'" in section  # the failed step's evidence
-    assert ("| face_track | video regions: 2 px | 0 | torch2.4.1-ort1.16.3-cpu vs "
-            "torch2.4.1-ort1.18.0-gpu | exceeds |") in section
+    assert (
+        "| face_track | video regions: 2 px | 0 | torch2.4.1-ort1.16.3-cpu vs "
+        "torch2.4.1-ort1.18.0-gpu | exceeds |"
+    ) in section
     assert "| audio_features | identical |" in section
     page = render_html(report)
     html_section = page.split("<h2>Numeric drift between versions</h2>", 1)[1].split("<h2>")[0]
@@ -202,7 +220,8 @@ def test_cli_writes_both_files(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "shm 64 MB -> 2 GB changes the outcome" in out
     assert "numeric drift: 3 of 5 combinations fingerprinted; beyond tolerance in face_track" in (
-        out)
+        out
+    )
 
 
 def test_cli_selection_filters_cells(tmp_path: Path):

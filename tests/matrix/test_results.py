@@ -31,14 +31,23 @@ def _record(outcome: Outcome = Outcome.OK, **values) -> CellResult:
 
 def test_record_round_trips_through_json(tmp_path: Path):
     record = _record(
-        Outcome.CRASHED, cause="shared memory exhausted (SIGBUS)", evidence=("line 1", "line 2"),
-        failed_step="load", fps=2.5, providers_requested=("CUDAExecutionProvider",),
-        providers_used=("CPUExecutionProvider",), cpu_fallback=True,
+        Outcome.CRASHED,
+        cause="shared memory exhausted (SIGBUS)",
+        evidence=("line 1", "line 2"),
+        failed_step="load",
+        fps=2.5,
+        providers_requested=("CUDAExecutionProvider",),
+        providers_used=("CPUExecutionProvider",),
+        cpu_fallback=True,
         versions={"torch": "2.4.1+cu121", "onnxruntime-gpu": "1.18.0", "numpy": "1.26.4"},
         doctor={"worst": "fail", "status": {"shm": "fail"}},
-        steps={"probe": StepResult(Outcome.OK, seconds=9.0),
-               "load": StepResult(Outcome.CRASHED, "shm", ("x",), 3.0, {"batches": 0})},
-        duration_s=12.0, install_s=61.5, started="2026-11-23T10:00:00+00:00",
+        steps={
+            "probe": StepResult(Outcome.OK, seconds=9.0),
+            "load": StepResult(Outcome.CRASHED, "shm", ("x",), 3.0, {"batches": 0}),
+        },
+        duration_s=12.0,
+        install_s=61.5,
+        started="2026-11-23T10:00:00+00:00",
     )
     line = record.to_json()
     assert "\n" not in line
@@ -70,9 +79,17 @@ def test_unparseable_lines_are_skipped_with_a_warning(tmp_path: Path, caplog):
 
 
 def test_minimal_hand_written_record_gets_defaults():
-    record = CellResult.from_dict({"torch": "2.1.2", "ort": "1.16.3", "flavour": "cpu",
-                                   "workers": 0, "shm": "2g", "outcome": "install-failed",
-                                   "some_future_field": 1})
+    record = CellResult.from_dict(
+        {
+            "torch": "2.1.2",
+            "ort": "1.16.3",
+            "flavour": "cpu",
+            "workers": 0,
+            "shm": "2g",
+            "outcome": "install-failed",
+            "some_future_field": 1,
+        }
+    )
     assert record.cell_id == "torch2.1.2-ort1.16.3-cpu-w0-shm2g"
     assert record.outcome is Outcome.INSTALL_FAILED and not record.outcome.comparable
     assert record.fps is None and record.steps == {}
@@ -96,10 +113,23 @@ def test_fingerprints_live_beside_their_results_file(tmp_path: Path, caplog):
     results = tmp_path / "ci.jsonl"
     assert fingerprints_dir(results) == tmp_path / "ci.fingerprints"
     assert read_fingerprints(results) == []  # none taken yet
-    ok = Fingerprint("torch2.13.0-ort1.16.3-cpu", True, 6.2, "2026-11-23T10:00:00+00:00",
-                     ("video", "seeded-batch"), record={"kind": "heygem-regress", "scenarios": {}})
-    failed = Fingerprint("torch2.13.0-ort1.18.0-cpu", False, 300.0, "2026-11-23T10:05:00+00:00",
-                         (), error="timed out after 300 s", tail=("loading ...",))
+    ok = Fingerprint(
+        "torch2.13.0-ort1.16.3-cpu",
+        True,
+        6.2,
+        "2026-11-23T10:00:00+00:00",
+        ("video", "seeded-batch"),
+        record={"kind": "heygem-regress", "scenarios": {}},
+    )
+    failed = Fingerprint(
+        "torch2.13.0-ort1.18.0-cpu",
+        False,
+        300.0,
+        "2026-11-23T10:05:00+00:00",
+        (),
+        error="timed out after 300 s",
+        tail=("loading ...",),
+    )
     path = write_fingerprint(results, ok)
     assert path == tmp_path / "ci.fingerprints" / "torch2.13.0-ort1.16.3-cpu.json"
     write_fingerprint(results, failed)

@@ -30,17 +30,30 @@ IS_ROOT = os.geteuid() == 0
 
 
 def test_parse_args():
-    options = parse_args(["--packages", "torch2.4.1-ort1.18.0-gpu", "--shm", "64m",
-                          "--seconds", "2", "--results", "r.jsonl"])
+    options = parse_args(
+        [
+            "--packages",
+            "torch2.4.1-ort1.18.0-gpu",
+            "--shm",
+            "64m",
+            "--seconds",
+            "2",
+            "--results",
+            "r.jsonl",
+        ]
+    )
     assert options.packages == Packages("2.4.1", "1.18.0", "gpu")
     assert [c.id for c in options.selection.cells(options.packages)] == [
-        "torch2.4.1-ort1.18.0-gpu-w0-shm64m", "torch2.4.1-ort1.18.0-gpu-w4-shm64m"]
+        "torch2.4.1-ort1.18.0-gpu-w0-shm64m",
+        "torch2.4.1-ort1.18.0-gpu-w4-shm64m",
+    ]
     assert options.seconds == 2.0 and options.log_dir == Path("logs")
     assert options.fingerprint and options.fingerprint_scenarios == ("video", "seeded-batch")
     options = parse_args(["--packages", "here", "--fingerprint-scenarios", "all"])
     assert options.fingerprint_scenarios == ()  # the child runs every scenario
-    options = parse_args(["--packages", "here", "--fingerprint-scenarios", "still, long",
-                          "--no-fingerprint"])
+    options = parse_args(
+        ["--packages", "here", "--fingerprint-scenarios", "still, long", "--no-fingerprint"]
+    )
     assert options.fingerprint_scenarios == ("still", "long") and not options.fingerprint
     with pytest.raises(SelectionError, match="unknown package combination"):
         parse_args(["--packages", "torch9-ort9-cpu"])
@@ -66,23 +79,34 @@ def test_private_shm_command_passes_the_size_as_an_argument():
 
 def test_a_hung_step_is_killed_at_its_timeout(tmp_path: Path):
     started = time.monotonic()
-    run = run_step(["sh", "-c", "echo started >&2; sleep 60"], timeout=0.5,
-                   log_path=tmp_path / "step.log", env=os.environ)
+    run = run_step(
+        ["sh", "-c", "echo started >&2; sleep 60"],
+        timeout=0.5,
+        log_path=tmp_path / "step.log",
+        env=os.environ,
+    )
     assert run.returncode is None and time.monotonic() - started < 10
     assert run.stderr_tail == ("started",)
 
 
 def test_what_a_step_leaves_running_is_counted_and_killed(tmp_path: Path):
-    run = run_step(["sh", "-c", "sleep 60 & echo '{\"outcome\": \"ok\"}'"], timeout=30,
-                   log_path=tmp_path / "step.log", env=os.environ)
+    run = run_step(
+        ["sh", "-c", 'sleep 60 & echo \'{"outcome": "ok"}\''],
+        timeout=30,
+        log_path=tmp_path / "step.log",
+        env=os.environ,
+    )
     assert run.returncode == 0 and run.json() == {"outcome": "ok"}
     assert run.leftover == 1
 
 
 def test_cells_are_unavailable_without_a_private_shm(tmp_path: Path):
-    options = CellOptions(packages=Packages("2.13.0", "1.16.3", "cpu", quick=True),
-                          selection=parse_selection(["--workers", "4"]),
-                          results=tmp_path / "results.jsonl", fingerprint=False)
+    options = CellOptions(
+        packages=Packages("2.13.0", "1.16.3", "cpu", quick=True),
+        selection=parse_selection(["--workers", "4"]),
+        results=tmp_path / "results.jsonl",
+        fingerprint=False,
+    )
     records = run_cells(options, shm_check=lambda: "not root: no mount namespace")
     assert [r.outcome for r in records] == [Outcome.UNAVAILABLE] * 2
     assert records[0].evidence == ("not root: no mount namespace",)
@@ -90,16 +114,24 @@ def test_cells_are_unavailable_without_a_private_shm(tmp_path: Path):
     assert not fingerprints_dir(tmp_path / "results.jsonl").exists()
 
 
-@pytest.mark.parametrize(("scenarios", "timeout", "error", "tail"), [
-    (("nope",), 120.0, "exit 2", "unknown regression scenario nope"),
-    (FINGERPRINT_SCENARIOS, 0.05, "timed out after 0.05 s", None),
-])
-def test_a_failed_fingerprint_is_recorded_and_the_cells_still_run(tmp_path: Path, scenarios,
-                                                                  timeout, error, tail):
+@pytest.mark.parametrize(
+    ("scenarios", "timeout", "error", "tail"),
+    [
+        (("nope",), 120.0, "exit 2", "unknown regression scenario nope"),
+        (FINGERPRINT_SCENARIOS, 0.05, "timed out after 0.05 s", None),
+    ],
+)
+def test_a_failed_fingerprint_is_recorded_and_the_cells_still_run(
+    tmp_path: Path, scenarios, timeout, error, tail
+):
     results = tmp_path / "results.jsonl"
-    options = CellOptions(packages=Packages("2.13.0", "1.16.3", "cpu", quick=True),
-                          selection=parse_selection(["--workers", "0"]), results=results,
-                          fingerprint_scenarios=scenarios, fingerprint_timeout=timeout)
+    options = CellOptions(
+        packages=Packages("2.13.0", "1.16.3", "cpu", quick=True),
+        selection=parse_selection(["--workers", "0"]),
+        results=results,
+        fingerprint_scenarios=scenarios,
+        fingerprint_timeout=timeout,
+    )
     records = run_cells(options, shm_check=lambda: "not root: no mount namespace")
     assert len(records) == 2 and read_results(results) == records
     [fingerprint] = read_fingerprints(results)
@@ -112,10 +144,12 @@ def test_a_failed_fingerprint_is_recorded_and_the_cells_still_run(tmp_path: Path
 
 def test_a_stalled_load_names_the_lost_batch(tmp_path: Path):
     log = tmp_path / "load.log"
-    log.write_text("$ python -m matrix.load_probe\nTraceback (most recent call last):\n"
-                   "  File \"multiprocessing/queues.py\", line 244, in _feed\n"
-                   "RuntimeError: unable to allocate shared memory(shm) for file "
-                   "</torch_5998_2>: No space left on device (28)\n")
+    log.write_text(
+        "$ python -m matrix.load_probe\nTraceback (most recent call last):\n"
+        '  File "multiprocessing/queues.py", line 244, in _feed\n'
+        "RuntimeError: unable to allocate shared memory(shm) for file "
+        "</torch_5998_2>: No space left on device (28)\n"
+    )
     assert (lost_batch_line(log) or "").startswith("RuntimeError: unable to allocate shared")
     log.write_text("UserWarning: This DataLoader will create 4 worker processes\n")
     assert lost_batch_line(log) is None
@@ -134,18 +168,37 @@ def test_real_cells_in_this_environment(tmp_path: Path):
     combination's fingerprints (default scenarios), taken once."""
     results = tmp_path / "results.jsonl"
     runtimes = ["--workers", "0,2", "--shm", "2g,64m" if IS_ROOT else "2g"]
-    command = [sys.executable, "-m", "matrix.run_cell", "--packages", "here",
-               "--results", str(results), "--cache-dir", str(tmp_path / "cache"),
-               "--seconds", "1", "--load-batches", "8", "--no-warm-up",
-               "--doctor-only", "shm", "--doctor-only", "thread-env", *runtimes]
+    command = [
+        sys.executable,
+        "-m",
+        "matrix.run_cell",
+        "--packages",
+        "here",
+        "--results",
+        str(results),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--seconds",
+        "1",
+        "--load-batches",
+        "8",
+        "--no-warm-up",
+        "--doctor-only",
+        "shm",
+        "--doctor-only",
+        "thread-env",
+        *runtimes,
+    ]
     if IS_ROOT:
         command += ["--tag", "shm-2g,workers-2"]  # skips w0 at 64m: time
-    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=240,
-                          check=False)
+    done = subprocess.run(
+        command, cwd=PROJECT, capture_output=True, text=True, timeout=240, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cells = {r.runtime_id: r for r in read_results(results)}
-    assert set(cells) == ({"w0-shm2g", "w2-shm2g", "w2-shm64m"} if IS_ROOT
-                          else {"w0-shm2g", "w2-shm2g"})
+    assert set(cells) == (
+        {"w0-shm2g", "w2-shm2g", "w2-shm64m"} if IS_ROOT else {"w0-shm2g", "w2-shm2g"}
+    )
     for runtime_id in ("w0-shm2g", "w2-shm2g"):
         cell = cells[runtime_id]
         assert cell.outcome is Outcome.OK, (cell.cause, cell.evidence)
@@ -170,6 +223,5 @@ def test_real_cells_in_this_environment(tmp_path: Path):
         assert small.cause and "shared memory exhausted" in small.cause
         assert small.steps["probe"].outcome is Outcome.OK  # 128 px crops fit in 64 MB
         assert small.doctor["status"]["shm"] == "fail"  # the doctor predicted it
-        shm = next(v for v in build_report(cells.values()).verdicts
-                   if v.hypothesis.id == "shm")
+        shm = next(v for v in build_report(cells.values()).verdicts if v.hypothesis.id == "shm")
         assert shm.status is VerdictStatus.CHANGES

@@ -33,12 +33,17 @@ def media_root(tmp_path_factory: pytest.TempPathFactory, template_mp4: Path) -> 
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, shared_cache: Path, media_root: Path
-                  ) -> Callable[..., ServiceSettings]:
+def make_settings(
+    tmp_path: Path, shared_cache: Path, media_root: Path
+) -> Callable[..., ServiceSettings]:
     def make(**overrides: Any) -> ServiceSettings:
         values: dict[str, Any] = {
-            "data_dir": tmp_path / "data", "cache_dir": shared_cache, "media_root": media_root,
-            "workers": 0, "batch_size": 8, "allow_fault_injection": True,
+            "data_dir": tmp_path / "data",
+            "cache_dir": shared_cache,
+            "media_root": media_root,
+            "workers": 0,
+            "batch_size": 8,
+            "allow_fault_injection": True,
             "publish_compat_results": False,
         }
         values.update(overrides)

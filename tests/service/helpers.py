@@ -13,8 +13,7 @@ SPEECH_SECONDS = 2.0  # the media root's speech.wav
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05
-             ) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll until ``condition()`` is truthy; return its value (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):

@@ -18,8 +18,9 @@ def test_refuses_remote_bind_without_api_key(capsys: pytest.CaptureFixture[str])
     assert "without an API key" in capsys.readouterr().err
 
 
-def test_invalid_settings_are_reported(capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalid_settings_are_reported(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert serve(["--port", "70000"]) == 2
     assert "port" in capsys.readouterr().err
     monkeypatch.setenv("HEYGEM_SERVICE_GENERATOR", "wav2lip")  # needs a checkpoint

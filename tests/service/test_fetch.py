@@ -54,30 +54,65 @@ def test_allow_list_matching() -> None:
 
 def test_fetch_limits(server: str, tmp_path: Path) -> None:
     rules = (server + "/",)
-    size = fetch(f"{server}/speech.wav", tmp_path / "a.wav", allowlist=rules,
-                 max_bytes=10**8, timeout=10, what="audio_url")
+    size = fetch(
+        f"{server}/speech.wav",
+        tmp_path / "a.wav",
+        allowlist=rules,
+        max_bytes=10**8,
+        timeout=10,
+        what="audio_url",
+    )
     assert size == (tmp_path / "a.wav").stat().st_size > 0
     with pytest.raises(UploadTooLarge):
-        fetch(f"{server}/speech.wav", tmp_path / "b.wav", allowlist=rules, max_bytes=1000,
-              timeout=10, what="audio_url")
+        fetch(
+            f"{server}/speech.wav",
+            tmp_path / "b.wav",
+            allowlist=rules,
+            max_bytes=1000,
+            timeout=10,
+            what="audio_url",
+        )
     assert not (tmp_path / "b.wav").exists()
     with pytest.raises(UrlNotAllowed, match="redirects"):
-        fetch(f"{server}/redirect", tmp_path / "c.wav", allowlist=rules, max_bytes=10**8,
-              timeout=10, what="audio_url")
+        fetch(
+            f"{server}/redirect",
+            tmp_path / "c.wav",
+            allowlist=rules,
+            max_bytes=10**8,
+            timeout=10,
+            what="audio_url",
+        )
     with pytest.raises(DownloadFailed, match="404"):
-        fetch(f"{server}/missing.wav", tmp_path / "d.wav", allowlist=rules, max_bytes=10**8,
-              timeout=10, what="audio_url")
+        fetch(
+            f"{server}/missing.wav",
+            tmp_path / "d.wav",
+            allowlist=rules,
+            max_bytes=10**8,
+            timeout=10,
+            what="audio_url",
+        )
 
 
 def test_compat_submit_from_allow_listed_url(
-        server: str, make_settings: Callable[..., ServiceSettings]) -> None:
+    server: str, make_settings: Callable[..., ServiceSettings]
+) -> None:
     settings = make_settings(url_allowlist=(server + "/",), url_max_bytes=10**8)
     with TestClient(create_app(settings)) as client:
-        ok = client.post("/easy/submit", json={"audio_url": f"{server}/speech.wav",
-                                               "video_url": f"{server}/template.mp4",
-                                               "code": "from-url"}).json()
+        ok = client.post(
+            "/easy/submit",
+            json={
+                "audio_url": f"{server}/speech.wav",
+                "video_url": f"{server}/template.mp4",
+                "code": "from-url",
+            },
+        ).json()
         assert ok["code"] == 10000, ok
-        refused = client.post("/easy/submit", json={"audio_url": "https://example.com/a.wav",
-                                                    "video_url": "template.mp4",
-                                                    "code": "elsewhere"}).json()
+        refused = client.post(
+            "/easy/submit",
+            json={
+                "audio_url": "https://example.com/a.wav",
+                "video_url": "template.mp4",
+                "code": "elsewhere",
+            },
+        ).json()
         assert refused["code"] == 10002 and "allow-list" in refused["msg"]

@@ -27,19 +27,39 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_uvicorn_submit_poll_download(tmp_path: Path, shared_cache: Path,
-                                      media_root: Path) -> None:
+def test_uvicorn_submit_poll_download(tmp_path: Path, shared_cache: Path, media_root: Path) -> None:
     port = _free_port()
-    env = os.environ | {"HEYGEM_SERVICE_CACHE_DIR": str(shared_cache),
-                        "HEYGEM_SERVICE_BATCH_SIZE": "8", "HEYGEM_SERVICE_LOG_LEVEL": "info"}
+    env = os.environ | {
+        "HEYGEM_SERVICE_CACHE_DIR": str(shared_cache),
+        "HEYGEM_SERVICE_BATCH_SIZE": "8",
+        "HEYGEM_SERVICE_LOG_LEVEL": "info",
+    }
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--data-dir", str(tmp_path / "data"), "--media-root",
-         str(media_root)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--media-root",
+            str(media_root),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
+
             def ready() -> bool:
                 if server.poll() is not None:
                     pytest.fail("server exited:\n" + (tmp_path / "server.log").read_text())
@@ -51,11 +71,14 @@ def test_uvicorn_submit_poll_download(tmp_path: Path, shared_cache: Path,
             wait_for(ready, timeout=90, interval=0.2)
             workers = [c.pid for c in psutil.Process(server.pid).children()]
             assert workers, "no worker process"
-            with (media_root / "speech.wav").open("rb") as audio, (
-                    media_root / "template.mp4").open("rb") as video:
-                response = client.post("/v1/generations",
-                                       files={"audio": ("speech.wav", audio),
-                                              "video": ("template.mp4", video)})
+            with (
+                (media_root / "speech.wav").open("rb") as audio,
+                (media_root / "template.mp4").open("rb") as video,
+            ):
+                response = client.post(
+                    "/v1/generations",
+                    files={"audio": ("speech.wav", audio), "video": ("template.mp4", video)},
+                )
             assert response.status_code == 202, response.text
             job = response.json()["id"]
 
@@ -84,7 +107,8 @@ def test_uvicorn_submit_poll_download(tmp_path: Path, shared_cache: Path,
     text = (tmp_path / "server.log").read_text()
     assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in text, text
     deadline = time.monotonic() + 5
-    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-              for pid in workers):
+    while any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in workers
+    ):
         assert time.monotonic() < deadline, "worker processes outlived the server"
         time.sleep(0.05)

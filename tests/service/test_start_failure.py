@@ -13,11 +13,13 @@ from tests.service.helpers import wait_for
 
 
 def test_unloadable_model_is_reported_by_readyz(
-        make_settings: Callable[..., ServiceSettings], tmp_path: Path) -> None:
+    make_settings: Callable[..., ServiceSettings], tmp_path: Path
+) -> None:
     checkpoint = tmp_path / "wav2lip.pth"
     checkpoint.write_bytes(b"this is not a torch checkpoint")
     settings = make_settings(workers=1, generator="wav2lip", checkpoint=checkpoint)
     with TestClient(create_app(settings)) as client:
+
         def start_error() -> str | None:
             body = client.get("/readyz").json()
             error: str | None = body["workers"][0]["last_start_error"]

@@ -14,8 +14,11 @@ from service.store import JobStore
 
 def _new(store: JobStore, n: int, code: str | None = None, max_queued: int = 10) -> str:
     job_id = f"{n:032x}"
-    store.create(NewJob(job_id, "a.wav", "v.mp4", "out.mp4", {}, code=code),
-                 max_queued=max_queued, retry_after=3)
+    store.create(
+        NewJob(job_id, "a.wav", "v.mp4", "out.mp4", {}, code=code),
+        max_queued=max_queued,
+        retry_after=3,
+    )
     return job_id
 
 

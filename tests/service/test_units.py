@@ -48,9 +48,15 @@ def test_prometheus_text() -> None:
 
 def test_cpu_fallback_and_fps_are_counted() -> None:
     metrics = Metrics()
-    metrics.job_succeeded({"timings": {"total": 2.0, "stage_generate": 1.0}, "frames": 50,
-                           "providers_requested": ["CUDAExecutionProvider"],
-                           "providers_used": ["CPUExecutionProvider"]}, queued_seconds=0.1)
+    metrics.job_succeeded(
+        {
+            "timings": {"total": 2.0, "stage_generate": 1.0},
+            "frames": 50,
+            "providers_requested": ["CUDAExecutionProvider"],
+            "providers_used": ["CPUExecutionProvider"],
+        },
+        queued_seconds=0.1,
+    )
     text = metrics.render()
     assert "heygem_cpu_fallbacks_total 1" in text
     assert 'heygem_generation_fps_bucket{le="25"} 1' in text

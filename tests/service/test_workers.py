@@ -30,14 +30,21 @@ SLOW = "generate:slow:0.4"  # 7 batches of 8 frames at 0.4 s: ~3 s of generating
 
 
 @pytest.fixture(scope="module")
-def previous_life(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path,
-                  media_root: Path) -> dict[str, Any]:
+def previous_life(
+    tmp_path_factory: pytest.TempPathFactory, shared_cache: Path, media_root: Path
+) -> dict[str, Any]:
     """A service process that queued jobs and died while its worker ran the first one."""
-    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("live"), cache_dir=shared_cache,
-                               media_root=media_root, workers=0, batch_size=8)
+    settings = ServiceSettings(
+        data_dir=tmp_path_factory.mktemp("live"),
+        cache_dir=shared_cache,
+        media_root=media_root,
+        workers=0,
+        batch_size=8,
+    )
     with TestClient(create_app(settings)) as first:
-        interrupted, waiting = (first.post("/v1/generations", data=REFS).json()["id"]
-                                for _ in range(2))
+        interrupted, waiting = (
+            first.post("/v1/generations", data=REFS).json()["id"] for _ in range(2)
+        )
         store = first.app.state.services.store  # type: ignore[attr-defined]
         claimed = store.claim_next(worker_pid=4242)  # as the supervisor does for a worker
         assert claimed is not None and claimed.id == interrupted
@@ -46,9 +53,15 @@ def previous_life(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path,
 
 @pytest.fixture(scope="module")
 def live(previous_life: dict[str, Any]) -> Iterator[TestClient]:
-    settings = previous_life["settings"].model_copy(update={
-        "workers": 1, "allow_fault_injection": True, "heartbeat_interval": 0.25,
-        "worker_stall_timeout": 3.0, "cancel_grace": 5.0})
+    settings = previous_life["settings"].model_copy(
+        update={
+            "workers": 1,
+            "allow_fault_injection": True,
+            "heartbeat_interval": 0.25,
+            "worker_stall_timeout": 3.0,
+            "cancel_grace": 5.0,
+        }
+    )
     with TestClient(create_app(settings)) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=120)
         yield client
@@ -86,7 +99,8 @@ def _next_job_succeeds(client: TestClient) -> dict[str, Any]:
 
 
 def test_restart_fails_interrupted_jobs_and_runs_queued_ones(
-        live: TestClient, previous_life: dict[str, Any]) -> None:
+    live: TestClient, previous_life: dict[str, Any]
+) -> None:
     failed = live.get(f"/v1/generations/{previous_life['interrupted']}").json()
     assert failed["state"] == "failed" and failed["error"]["type"] == "ServiceRestarted"
     assert "worker pid 4242" in failed["error"]["message"] and failed["error"]["hint"]
@@ -100,7 +114,8 @@ def test_full_job_status_and_download(live: TestClient) -> None:
     assert status["frames"] == math.ceil(SPEECH_SECONDS * 25) and status["fps"] == 25
     assert status["providers_used"] == ["CPUExecutionProvider"]
     assert {"queued", "audio_features", "face_track", "stage_generate", "total"} <= set(
-        status["timings"])
+        status["timings"]
+    )
     assert status["worker_pid"] and status["result_url"].endswith("/result")
 
     full = live.get(status["result_url"])
@@ -184,9 +199,18 @@ def test_stalled_pipeline_names_the_stage_and_recycles_the_worker(live: TestClie
 
 def test_heygem_compatible_flow(live: TestClient, media_root: Path) -> None:
     code = uuid.uuid4().hex
-    submitted = live.post("/easy/submit", json={
-        "audio_url": "speech.wav", "video_url": "/template.mp4", "code": code,
-        "watermark_switch": 0, "digital_auth": 0, "chaofen": 0, "pn": 1}).json()
+    submitted = live.post(
+        "/easy/submit",
+        json={
+            "audio_url": "speech.wav",
+            "video_url": "/template.mp4",
+            "code": code,
+            "watermark_switch": 0,
+            "digital_auth": 0,
+            "chaofen": 0,
+            "pn": 1,
+        },
+    ).json()
     assert submitted["code"] == 10000 and submitted["success"] is True
 
     def done() -> dict[str, Any] | None:

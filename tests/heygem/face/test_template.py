@@ -22,11 +22,13 @@ def test_plan_finds_the_face_in_every_frame(template_mp4: Path, tmp_path: Path) 
     assert x0 % 2 == y0 % 2 == 0 and 170 < (x0 + x1) / 2 < 250 and 120 < (y0 + y1) / 2 < 180
 
 
-def test_second_plan_is_a_cache_hit_and_concurrent_plans_agree(template_mp4: Path,
-                                                                tmp_path: Path) -> None:
+def test_second_plan_is_a_cache_hit_and_concurrent_plans_agree(
+    template_mp4: Path, tmp_path: Path
+) -> None:
     def plan() -> np.ndarray:
-        return plan_template(template_mp4, 480, 360, SPEC, cache_dir=tmp_path,
-                             max_frames=1000).regions
+        return plan_template(
+            template_mp4, 480, 360, SPEC, cache_dir=tmp_path, max_frames=1000
+        ).regions
 
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: plan(), range(3)))

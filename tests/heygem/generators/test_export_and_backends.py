@@ -40,8 +40,9 @@ def test_mouthwarp_export_matches_torch(tmp_path: Path) -> None:
     assert verify_parity(graph, path, spec.crop.size) < 2e-4
 
 
-def test_wav2lip_checkpoint_exports_and_runs_on_both_backends(wav2lip_checkpoint: Path,
-                                                              tmp_path: Path) -> None:
+def test_wav2lip_checkpoint_exports_and_runs_on_both_backends(
+    wav2lip_checkpoint: Path, tmp_path: Path
+) -> None:
     graph, spec = build_graph("wav2lip", wav2lip_checkpoint)
     assert spec.crop.size == 96 and spec.crop.kind == "face"
     path = export_onnx(graph, 96, tmp_path / "w2l.onnx")
@@ -78,8 +79,11 @@ def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None
     from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs
 
     lib, missing = ort_cuda_provider_missing_libs()  # the reason is named, whichever it is
-    expected = "no CUDA provider (CPU-only wheel)" if lib is None else (
-        missing[0] if missing else "present and its libraries resolve")
+    expected = (
+        "no CUDA provider (CPU-only wheel)"
+        if lib is None
+        else (missing[0] if missing else "present and its libraries resolve")
+    )
     assert expected in runner.info.warnings[0]
     from heygem.errors import ProviderUnavailable
 
@@ -88,11 +92,16 @@ def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_wav2lip_generator_end_to_end(backend: str, wav2lip_checkpoint: Path,
-                                      speech_wav: Path, template_mp4: Path,
-                                      tmp_path: Path) -> None:
-    options = GenerateOptions(generator="wav2lip", checkpoint=wav2lip_checkpoint,
-                              backend=backend, cache_dir=tmp_path / "c", batch_size=16)
+def test_wav2lip_generator_end_to_end(
+    backend: str, wav2lip_checkpoint: Path, speech_wav: Path, template_mp4: Path, tmp_path: Path
+) -> None:
+    options = GenerateOptions(
+        generator="wav2lip",
+        checkpoint=wav2lip_checkpoint,
+        backend=backend,
+        cache_dir=tmp_path / "c",
+        batch_size=16,
+    )
     out = tmp_path / "w2l.mp4"
     result = Pipeline(options).generate(speech_wav, template_mp4, out)
     assert stream_summary(out)["frames"] == result.frames == 125

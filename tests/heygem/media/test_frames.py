@@ -21,8 +21,9 @@ def test_ping_pong_order() -> None:
 def test_frame_source_ping_pongs_from_the_spool(template_mp4: Path, out_fps: float) -> None:
     template = read_gray_frames(template_mp4)
     n = len(template)
-    source = FrameSource(template_mp4, 480, 360, n_template=n, template_fps=25.0,
-                         out_fps=out_fps, n_frames=3 * n)
+    source = FrameSource(
+        template_mp4, 480, 360, n_template=n, template_fps=25.0, out_fps=out_fps, n_frames=3 * n
+    )
     for index, frame in source:
         expected = template[template_index(index, out_fps, 25.0, n)]
         luma = planes(frame)[0]
@@ -30,8 +31,9 @@ def test_frame_source_ping_pongs_from_the_spool(template_mp4: Path, out_fps: flo
 
 
 def test_crops_convert_only_the_region(template_mp4: Path) -> None:
-    source = FrameSource(template_mp4, 480, 360, n_template=50, template_fps=25.0,
-                         out_fps=25.0, n_frames=1)
+    source = FrameSource(
+        template_mp4, 480, 360, n_template=50, template_fps=25.0, out_fps=25.0, n_frames=1
+    )
     _, frame = next(iter(source))
     crop = crop_bgr(frame, (100, 60, 180, 140))
     assert crop.shape == (80, 80, 3)

@@ -85,15 +85,25 @@ def _no_children_left() -> bool:
     ("fault", "error", "stage", "text"),
     [
         (FaultInjection("generate", "hang", 60), PipelineStalled, "generate", "made no progress"),
-        (FaultInjection("generate", "never_start"), PipelineStalled, "generate",
-         "consumer never started or died"),
+        (
+            FaultInjection("generate", "never_start"),
+            PipelineStalled,
+            "generate",
+            "consumer never started or died",
+        ),
         (FaultInjection("load", "crash"), StageCrashed, "load", "injected fault"),
     ],
     ids=["hang", "never-start", "crash"],
 )
 def test_faults_are_named_quickly_and_the_next_job_works(
-    fault: FaultInjection, error: type[Exception], stage: str, text: str,
-    options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path,
+    fault: FaultInjection,
+    error: type[Exception],
+    stage: str,
+    text: str,
+    options: GenerateOptions,
+    speech_wav: Path,
+    template_mp4: Path,
+    tmp_path: Path,
 ) -> None:
     pipeline = Pipeline(replace(options, stall_timeout=1.0))
     pipeline.generate(speech_wav, template_mp4, tmp_path / "warm.mp4")  # warm caches
@@ -113,8 +123,9 @@ def test_faults_are_named_quickly_and_the_next_job_works(
 def test_worker_killed_by_sigbus_is_reported_as_shared_memory(
     options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
 ) -> None:
-    opts = replace(options, num_workers=1, stall_timeout=2.0,
-                   fault=FaultInjection("load", "sigbus"))
+    opts = replace(
+        options, num_workers=1, stall_timeout=2.0, fault=FaultInjection("load", "sigbus")
+    )
     out = tmp_path / "sigbus.mp4"
     with pytest.raises(StageCrashed) as caught:
         Pipeline(opts).generate(speech_wav, template_mp4, out)
@@ -128,8 +139,7 @@ def test_worker_killed_by_sigbus_is_reported_as_shared_memory(
 def test_worker_killed_is_reported_as_likely_oom(
     options: GenerateOptions, speech_wav: Path, template_mp4: Path, tmp_path: Path
 ) -> None:
-    opts = replace(options, num_workers=1, stall_timeout=2.0,
-                   fault=FaultInjection("load", "kill"))
+    opts = replace(options, num_workers=1, stall_timeout=2.0, fault=FaultInjection("load", "kill"))
     with pytest.raises(StageCrashed) as caught:
         Pipeline(opts).generate(speech_wav, template_mp4, tmp_path / "killed.mp4")
     assert caught.value.stage == "load"
