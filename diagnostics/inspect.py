@@ -22,7 +22,7 @@ import psutil
 
 from diagnostics.probes.base import fmt_bytes
 from diagnostics.probes.gpu import GpuProcess, nvml_snapshot
-from diagnostics.probes.system import cgroup_dir
+from heygem.cgroups import cgroup_dir
 from heygem.errors import InputNotFound, InvalidOption
 
 log = logging.getLogger(__name__)

@@ -8,17 +8,37 @@ shared memory but the batches themselves.
 
 from __future__ import annotations
 
+import errno
+import signal
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from heygem.audio.features import MEL_STEPS, mel_window_start
 from heygem.config import FaultInjection
+from heygem.errors import FailureCause, StageCrashed
 from heygem.media.frames import template_index
+from heygem.runner.exits import OomWatch, describe_exit
 from heygem.runner.faults import inject
+
+Sample = tuple[int, torch.Tensor, torch.Tensor]
+# How long to wait for a dead worker's exit code after torch reported the failure: torch
+# may notice the broken queue before the process is reaped (the SIGCHLD race).
+_EXIT_WAIT = 1.0
+
+
+class SharedMemoryFull(RuntimeError):
+    """Raised in a DataLoader worker when a batch does not fit in /dev/shm.
+
+    torch re-raises a worker's exception in the main process as the same class built
+    from one message argument, so this type survives the trip and carries the cause.
+    """
 
 
 @dataclass(frozen=True)
@@ -32,7 +52,7 @@ class FrameTiming:
         return template_index(index, self.out_fps, self.template_fps, self.n_template)
 
 
-class FrameSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
+class FrameSamples(Dataset[Sample]):
     """Item i: (i, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16])."""
 
     def __init__(
@@ -54,7 +74,7 @@ class FrameSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
         # Workers reopen the memory maps; open maps are not pickled.
         return {**self.__dict__, "_crops": None, "_mel": None}
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> Sample:
         if self._crops is None or self._mel is None:
             self._crops = np.load(self.crops_path, mmap_mode="r")
             self._mel = np.load(self.mel_path, mmap_mode="r")
@@ -66,22 +86,83 @@ class FrameSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
         return index, torch.from_numpy(crop), torch.from_numpy(mel)
 
 
+def collate_in_shared_memory(batch: list[Sample]) -> Any:
+    """torch's collate; a full /dev/shm becomes SharedMemoryFull where it happens.
+
+    Recent torch reserves a worker's batch pages up front and fails with ENOSPC; this is
+    the one place that reads torch's error, converting it into a type with a cause.
+    """
+    try:
+        return default_collate(batch)
+    except (RuntimeError, OSError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            raise SharedMemoryFull(f"no space left on /dev/shm for a batch: {exc}") from None
+        raise
+
+
 def make_loader(
-    samples: FrameSamples, batch_size: int, num_workers: int, start_method: str
-) -> DataLoader[tuple[int, torch.Tensor, torch.Tensor]]:
-    extra: dict[str, object] = {}
+    samples: Dataset[Sample], batch_size: int, num_workers: int, start_method: str
+) -> DataLoader[Sample]:
     if num_workers > 0:
-        extra = {
-            "multiprocessing_context": start_method,
-            "prefetch_factor": 2,
-            "persistent_workers": False,
-        }
-    return DataLoader(
-        samples,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=False,
-        drop_last=False,
-        **extra,
-    )  # type: ignore[arg-type]
+        return DataLoader(
+            samples,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_in_shared_memory,
+            pin_memory=False,
+            drop_last=False,
+            multiprocessing_context=start_method,
+            prefetch_factor=2,
+            persistent_workers=False,
+        )
+    return DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False)
+
+
+def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) -> StageCrashed:
+    """The typed error for an exception out of a DataLoader, decided by what is known.
+
+    A worker that died names the cause by its exit (the first to die; the ones torch
+    terminated afterwards are not the cause); a SharedMemoryFull names /dev/shm; with
+    every worker alive the dataset code itself raised inside a worker; without workers
+    it raised in the load stage.
+    """
+    if isinstance(exc, SharedMemoryFull):
+        return _crash(
+            str(exc),
+            FailureCause.SHM_EXHAUSTED,
+            "give the container more shared memory (docker run --shm-size=2g) or use "
+            "--num-workers 0",
+            exc,
+        )
+    died = _dead_workers(workers) if workers else []
+    if died:
+        pid, code = died[0]
+        exit_ = describe_exit(code, oom_killed=oom.killed_since())
+        return _crash(f"DataLoader worker {pid} died: {exit_.what}", exit_.cause, exit_.fix, exc)
+    if workers:
+        return _crash(
+            f"the data loading code raised in a DataLoader worker: {type(exc).__name__}: {exc}",
+            FailureCause.WORKER_RAISED,
+            "the worker's traceback above names the failing code; the worker itself is fine",
+            exc,
+        )
+    return _crash(
+        f"stage 'load' failed: {type(exc).__name__}: {exc}", FailureCause.STAGE_RAISED, None, exc
+    )
+
+
+def _dead_workers(workers: Sequence[Any]) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + _EXIT_WAIT
+    while True:
+        died = [(w.pid, w.exitcode) for w in workers if w.exitcode not in (None, 0)]
+        if died or time.monotonic() >= deadline:
+            # torch terminates the other workers after one died: SIGTERM is never the cause.
+            return sorted(died, key=lambda item: item[1] == -signal.SIGTERM)
+        time.sleep(0.02)
+
+
+def _crash(message: str, cause: FailureCause, hint: str | None, exc: BaseException) -> StageCrashed:
+    error = StageCrashed(message, stage="load", hint=hint, cause=cause)
+    error.__cause__ = exc
+    return error

@@ -7,62 +7,23 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heygem import __version__
-from heygem.config import BACKENDS, DEVICES, GENERATORS, X264_PRESETS, FaultInjection
+from heygem.config import GenerateOptions
 from heygem.errors import HeygemError
 
 if TYPE_CHECKING:
-    from heygem.config import GenerateOptions
     from heygem.pipeline import GenerationResult
 
 log = logging.getLogger("heygem.cli")
 
-
-def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("pipeline")
-    group.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
-    group.add_argument("--checkpoint", type=Path, help="Wav2Lip .pth (for --generator wav2lip)")
-    group.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    group.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="auto picks CUDA only if a live session proves it works",
-    )
-    group.add_argument(
-        "--require-gpu",
-        action="store_true",
-        help="fail instead of warning when the GPU silently falls back to CPU",
-    )
-    group.add_argument("--batch-size", type=int, default=16)
-    group.add_argument(
-        "--num-workers",
-        type=int,
-        default=0,
-        help="DataLoader worker processes (HeyGem's num_threads)",
-    )
-    group.add_argument(
-        "--start-method",
-        choices=("spawn", "forkserver", "fork"),
-        default="spawn",
-        help="how DataLoader workers are started",
-    )
-    group.add_argument("--fps", type=float, help="output frame rate (default: the template's)")
-    group.add_argument("--preset", choices=X264_PRESETS, default="veryfast")
-    group.add_argument("--crf", type=int, default=23)
-    group.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=10.0,
-        help="seconds a stage may stay silent before the job fails",
-    )
-    group.add_argument(
-        "--cache-dir", type=Path, help="template/ONNX cache (default ~/.cache/heygem)"
-    )
-    group.add_argument("--no-cache", action="store_true", help="re-analyse the template")
+# Entry-point group through which other packages add `heygem` subcommands: each entry is
+# ``register(subparsers, add_common_flags)`` and sets ``run`` (and ``configure_logging``
+# False when the command sets up logging itself).
+COMMAND_PLUGINS = "heygem.commands"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -70,19 +31,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress")
     parser.add_argument("--log-json", type=Path, help="also write JSON log lines to this file")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `serve` options; also used by `python -m service.cli` (service -> heygem)."""
-    parser.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
-    parser.add_argument("--port", type=int, help="port (default 8383)")
-    parser.add_argument(
-        "--workers", type=int, help="worker processes, each holding a warm pipeline (default 1)"
-    )
-    parser.add_argument("--data-dir", type=Path, help="job store, uploads and results")
-    parser.add_argument(
-        "--media-root", type=Path, help="directory the HeyGem-compatible API may read paths from"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,50 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="template video (or a still image) showing a face",
     )
     gen.add_argument("-o", "--output", type=Path, required=True, help="output .mp4")
-    _add_pipeline_options(gen)
+    GenerateOptions.add_arguments(gen, base=GenerateOptions.from_env())
     _add_common(gen)
 
     demo = sub.add_parser("demo", help="build demo inputs and generate demo.mp4 (no downloads)")
     demo.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"))
     demo.add_argument("--seconds", type=float, default=8.0, help="length of the demo speech")
     demo.add_argument("--inputs-dir", type=Path, help="where the demo inputs are written")
-    _add_pipeline_options(demo)
+    GenerateOptions.add_arguments(demo, base=GenerateOptions.from_env())
     _add_common(demo)
-
-    serve = sub.add_parser("serve", help="run the REST generation service (uvicorn)")
-    add_serve_arguments(serve)
-    _add_common(serve)
 
     export = sub.add_parser("export-onnx", help="export a generator to ONNX (ORT 1.16+)")
     export.add_argument("-o", "--output", type=Path, required=True)
-    export.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
-    export.add_argument("--checkpoint", type=Path)
+    GenerateOptions.add_arguments(export, only=("generator", "checkpoint"))
     export.add_argument("--opset", type=int, default=17)
     _add_common(export)
+    for name, run in COMMANDS.items():
+        sub.choices[name].set_defaults(run=run)
+    for plugin in entry_points(group=COMMAND_PLUGINS):
+        # e.g. `serve` and `worker` from the service: heygem itself never imports it.
+        plugin.load()(sub, _add_common)
     return parser
-
-
-def _options(args: argparse.Namespace) -> GenerateOptions:
-    from heygem.config import GenerateOptions
-
-    extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-    return GenerateOptions(
-        generator=args.generator,
-        checkpoint=args.checkpoint,
-        backend=args.backend,
-        device=args.device,
-        require_gpu=args.require_gpu,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        start_method=args.start_method,
-        fps=args.fps,
-        preset=args.preset,
-        crf=args.crf,
-        stall_timeout=args.stall_timeout,
-        use_face_cache=not args.no_cache,
-        fault=FaultInjection.from_env(),
-        **extra,
-    ).validated()
 
 
 def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
@@ -151,7 +76,7 @@ def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
 
     from heygem.pipeline import Pipeline
 
-    pipeline = Pipeline(_options(args))
+    pipeline = Pipeline(GenerateOptions.from_arguments(args))
     bar: Any = None  # a tqdm bar, created lazily
 
     def progress(done: int, total: int) -> None:
@@ -210,12 +135,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from heygem.config import GenerateOptions
     from heygem.generators.export import export_onnx, verify_parity
     from heygem.generators.graphs import build_graph
 
-    GenerateOptions(generator=args.generator, checkpoint=args.checkpoint).validated()
-    graph, spec = build_graph(args.generator, args.checkpoint)
+    options = GenerateOptions.from_arguments(args)
+    graph, spec = build_graph(options.generator, options.checkpoint)
     path = export_onnx(graph, spec.crop.size, args.output, opset=args.opset)
     diff = verify_parity(graph, path, spec.crop.size)
     if args.json:
@@ -234,37 +158,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    # The CLI is an edge: the service (FastAPI, uvicorn) is imported only on use, so the
-    # pipeline package itself never depends on it.
-    from service.cli import serve_args
-
-    return serve_args(args)
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "demo": cmd_demo,
     "export-onnx": cmd_export,
-    "serve": cmd_serve,
 }
+
+
+def print_error(exc: HeygemError, prog: str) -> None:
+    """How every CLI of this project shows an error: what happened, then what to do."""
+    log.debug("failure details", exc_info=exc)
+    print(f"{prog}: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  what to do: {exc.hint}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from heygem.logs import configure_logging
 
-    args = build_parser().parse_args(argv)
-    configure_logging(-1 if args.quiet else (1 if args.verbose else 0), args.log_json)
     try:
-        return COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+        if getattr(args, "configure_logging", True):
+            configure_logging(-1 if args.quiet else (1 if args.verbose else 0), args.log_json)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
     except HeygemError as exc:
-        log.debug("failure details", exc_info=True)
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"  what to do: {exc.hint}", file=sys.stderr)
+        print_error(exc, "heygem")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("heygem: interrupted", file=sys.stderr)
         return 130
 
 

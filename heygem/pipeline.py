@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from heygem.audio import features
-from heygem.batches import FrameSamples, FrameTiming, make_loader
+from heygem.batches import FrameSamples, FrameTiming, loader_failure, make_loader
 from heygem.composite import composite
-from heygem.config import FaultInjection, GenerateOptions
+from heygem.config import PIPELINE_STAGES, FaultInjection, GenerateOptions
 from heygem.errors import (
     Cancelled,
+    FailureCause,
     HeygemError,
     InputTooLarge,
     PipelineError,
@@ -49,8 +50,10 @@ from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from heygem.media.writer import Mp4Writer, check_output_writable
+from heygem.providers import is_cpu_fallback
 from heygem.resources import ThreadBudget
 from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
+from heygem.runner.exits import OomWatch
 from heygem.runner.faults import inject
 from heygem.runner.monitor import StageMonitor, StageState
 from heygem.runner.watchdog import ChildProcess, Watchdog
@@ -58,7 +61,7 @@ from heygem.runner.watchdog import ChildProcess, Watchdog
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-STAGES = ("decode", "load", "generate", "compose")
+STAGES = PIPELINE_STAGES
 PROGRESS_EVERY = 25  # frames between stage_progress log events
 
 
@@ -108,9 +111,15 @@ class GenerationResult:
     faceless_frames: int
     silent_frames: int
 
+    @property
+    def cpu_fallback(self) -> bool:
+        """A GPU was requested and the live session ran on CPU."""
+        return is_cpu_fallback(self.providers_requested, self.providers_used)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["output"] = str(self.output)
+        data["cpu_fallback"] = self.cpu_fallback
         return data
 
 
@@ -123,6 +132,8 @@ class _Job:
     job_id: str = "-"
     errors: list[BaseException] = field(default_factory=list)
     loader_workers: list[Any] = field(default_factory=list)
+    # Started with the job: a SIGKILL is blamed on the OOM killer only if this rose.
+    oom: OomWatch = field(default_factory=OomWatch)
     finished: threading.Event = field(default_factory=threading.Event)
     running: int = len(STAGES)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -396,6 +407,7 @@ class Pipeline:
             [frames_ch, batches_ch, generated_ch],
             opts.stall_timeout,
             children=lambda: _children(job),
+            oom=job.oom,
         )
         for thread in threads:
             thread.start()
@@ -449,7 +461,7 @@ class Pipeline:
         job.loader_workers = list(getattr(iterator, "_workers", []))
         monitor = job.monitors["load"]
         try:
-            for batch in iterator:
+            for batch in _loaded(iterator, job):
                 out.put(batch)
                 monitor.beat(len(batch[0]))
             out.put(END)
@@ -597,23 +609,24 @@ def _stop_workers(workers: list[Any]) -> None:
             proc.join(timeout=2.0)
 
 
+def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
+    """The loader's batches; its failures typed by what the workers' exits show."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise loader_failure(exc, job.loader_workers, job.oom) from exc
+        yield batch
+
+
 def _stage_error(stage: str, exc: BaseException) -> PipelineError:
-    text = str(exc) or repr(exc)
-    hint = None
-    in_worker = "DataLoader worker" in text
-    if in_worker and text.lstrip().startswith("Caught"):
-        # The dataset raised inside a live worker: the traceback is the evidence.
-        hint = "the worker's traceback above names the failing code; the worker itself is fine"
-    elif in_worker and ("Bus error" in text or "shared memory" in text):
-        hint = (
-            "DataLoader workers ran out of /dev/shm: docker run --shm-size=2g, or --num-workers 0"
-        )
-    elif in_worker:
-        hint = "a DataLoader worker died; `heygem-diagnose env` checks shm and memory limits"
+    """An unexpected exception out of a thread stage (our errors pass through as they are)."""
     error = StageCrashed(
-        f"stage '{stage}' failed: {type(exc).__name__}: {text}",
-        stage="load" if in_worker else stage,
-        hint=hint,
+        f"stage '{stage}' failed: {type(exc).__name__}: {exc or repr(exc)}",
+        stage=stage,
+        cause=FailureCause.STAGE_RAISED,
     )
     error.__cause__ = exc
     return error

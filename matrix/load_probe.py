@@ -191,7 +191,7 @@ def _worker_exits(batches: object) -> list[tuple[int, int]]:
 def _describe(exitcode: int) -> str:
     from heygem.runner.exits import describe_exit
 
-    return describe_exit(exitcode)[0]
+    return describe_exit(exitcode).what
 
 
 def classify_load_error(

@@ -1,7 +1,9 @@
 """``heygem serve``: run the service under uvicorn.
 
-Settings come from ``HEYGEM_SERVICE_*`` environment variables; the options here override
-them. Without an API key the server only binds to loopback, unless told otherwise.
+Registered as a ``heygem`` subcommand through the ``heygem.commands`` entry point, so the
+pipeline package never imports the service. Settings come from ``HEYGEM_SERVICE_*``
+environment variables; the options here override them. Without an API key the server
+only binds to loopback, unless told otherwise.
 """
 
 from __future__ import annotations
@@ -10,19 +12,45 @@ import argparse
 import ipaddress
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from heygem.cli import add_serve_arguments
+from heygem.cli import print_error
 from heygem.errors import HeygemError
 
 log = logging.getLogger("service.cli")
 
+PROG = "heygem serve"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
+    parser.add_argument("--port", type=int, help="port (default 8383)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes, each holding a warm pipeline (default 1)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="job store, uploads and results")
+    parser.add_argument(
+        "--media-root", type=Path, help="directory the HeyGem-compatible API may read paths from"
+    )
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    add_common: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Add ``serve`` to the ``heygem`` command line (the ``heygem.commands`` entry point)."""
+    serve = sub.add_parser("serve", help="run the REST generation service (uvicorn)")
+    add_serve_arguments(serve)
+    add_common(serve)
+    serve.set_defaults(run=serve_args, configure_logging=False)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heygem serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     add_serve_arguments(parser)
     return parser
 
@@ -34,6 +62,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def configure_service_logging(level: str, verbose: bool = False) -> None:
+    """The service's own logging: HEYGEM_SERVICE_LOG_LEVEL decides, -v forces debug."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else level.upper())
 
 
 def serve_args(args: argparse.Namespace) -> int:
@@ -57,15 +95,16 @@ def serve_args(args: argparse.Namespace) -> int:
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as exc:
-        print(f"error: invalid service settings: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: invalid service settings: {exc}", file=sys.stderr)
         return 2
+    configure_service_logging(settings.log_level, getattr(args, "verbose", False))
     if (
         settings.api_key is None
         and not is_loopback(settings.host)
         and (not settings.allow_remote_without_key)
     ):
         print(
-            f"error: refusing to serve on {settings.host} without an API key\n"
+            f"{PROG}: error: refusing to serve on {settings.host} without an API key\n"
             "  what to do: set HEYGEM_SERVICE_API_KEY, bind to 127.0.0.1, or set "
             "HEYGEM_SERVICE_ALLOW_REMOTE_WITHOUT_KEY=1",
             file=sys.stderr,
@@ -74,13 +113,8 @@ def serve_args(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
     except HeygemError as exc:  # e.g. the wav2lip generator without a checkpoint
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"  what to do: {exc.hint}", file=sys.stderr)
+        print_error(exc, PROG)
         return exc.exit_code
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
     log.info(
         "serving on http://%s:%d with %d workers, data in %s",
         settings.host,

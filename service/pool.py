@@ -21,10 +21,10 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from heygem.cgroups import usable_cpus
 from heygem.config import GenerateOptions
 from heygem.errors import Cancelled, HeygemError
-from heygem.resources import usable_cpus
-from heygem.runner.exits import describe_exit
+from heygem.runner.exits import OomWatch, describe_exit
 from service.errors import JobNotFound, JobTimedOut, WorkerCrashed, WorkerStalled
 from service.jobs import Job, JobError
 from service.metrics import Metrics
@@ -111,6 +111,7 @@ class WorkerPool:
         os.set_blocking(self._wake_w, False)
         self.last_tick = time.monotonic()
         self._cpus = max(1, usable_cpus() // max(1, config.workers))
+        self._oom = OomWatch()
 
     # -- API for the request side --------------------------------------------------------
     def start(self) -> None:
@@ -377,7 +378,8 @@ class WorkerPool:
         )
 
     def _died(self, slot: _Slot, exitcode: int, now: float, *, cancelled: bool = False) -> None:
-        what, fix = describe_exit(exitcode)
+        exit_ = describe_exit(exitcode, oom_killed=self._oom.killed_since())
+        what, fix = exit_.what, exit_.fix
         reason: str
         if slot.kill_error is not None:
             error, reason = slot.kill_error, slot.kill_reason
@@ -390,6 +392,7 @@ class WorkerPool:
                 f"worker process {slot.pid} died while running this job: {what}",
                 stage=slot.job.stage if slot.job else None,
                 hint=fix,
+                cause=exit_.cause,
             )
         if slot.job is not None:
             self._fail(slot.job, _job_error(error), cancelled=cancelled)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 from diagnostics.probes.base import ProbeResult, Status, fmt_bytes, never_raises
+from heygem.cgroups import affinity_cpus, read_cgroup_limits, read_text, usable_cpus
 from heygem.errors import InvalidOption
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,6 @@ THREAD_ENV_VARS = (
     "NUMEXPR_NUM_THREADS",
     "NUMEXPR_MAX_THREADS",
 )
-
-# cgroup v1 reports "no limit" as a page-rounded LONG_MAX.
-_UNLIMITED = 1 << 60
 
 
 # --- /dev/shm ------------------------------------------------------------------------
@@ -108,150 +105,14 @@ def _mount_type(path: str) -> str:
     return "no separate mount"
 
 
-# --- cgroups -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CgroupLimits:
-    """Effective limits of this process's cgroup (the tightest along its ancestry)."""
-
-    version: str  # "v1", "v2", "hybrid" or "none"
-    cpu_quota: float | None = None  # CPUs (quota / period); None = unlimited
-    memory_limit: int | None = None  # bytes; None = unlimited
-    sources: list[str] = field(default_factory=list)
-
-
-def _cgroup_paths(proc: Path) -> dict[str, str]:
-    """controller -> cgroup path from /proc/<pid>/cgroup; v2 is under key ''."""
-    paths: dict[str, str] = {}
-    for line in (proc / "cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for name in controllers.split(",") if controllers else [""]:
-            paths[name] = path
-    return paths
-
-
-def _cgroup_mounts(proc: Path) -> list[tuple[str, str, str, set[str]]]:
-    """(root, mountpoint, fstype, options) of cgroup mounts in /proc/<pid>/mountinfo."""
-    mounts = []
-    for line in (proc / "mountinfo").read_text().splitlines():
-        pre, _, post = line.partition(" - ")
-        fields, post_fields = pre.split(), post.split()
-        if post_fields and post_fields[0] in ("cgroup", "cgroup2"):
-            options = set(post_fields[2].split(",")) if len(post_fields) > 2 else set()
-            mounts.append((fields[3], fields[4], post_fields[0], options))
-    return mounts
-
-
-def cgroup_dir(proc: Path, controller: str) -> Path | None:
-    """Directory of this process's cgroup for a v1 controller, or v2 when controller ''."""
-    paths = _cgroup_paths(proc)
-    if controller not in paths:
-        return None
-    for root, mountpoint, fstype, options in _cgroup_mounts(proc):
-        if (controller == "" and fstype == "cgroup2") or (
-            controller and fstype == "cgroup" and controller in options
-        ):
-            rel = paths[controller]
-            # Without a cgroup namespace the mount root is our own path prefix.
-            if root != "/" and rel.startswith(root):
-                rel = rel[len(root) :]
-            candidate = Path(mountpoint) / rel.lstrip("/")
-            return candidate if candidate.is_dir() else Path(mountpoint)
-    return None
-
-
-def _ancestry(leaf: Path, top: Path) -> list[Path]:
-    dirs = [leaf]
-    while dirs[-1] != top and dirs[-1] != dirs[-1].parent and top in dirs[-1].parents:
-        dirs.append(dirs[-1].parent)
-    return dirs
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _v1_cpu(cg: Path, top: Path) -> tuple[float | None, str | None]:
-    best: tuple[float | None, str | None] = (None, None)
-    for d in _ancestry(cg, top):
-        quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
-        if quota and period and int(quota) > 0:
-            cpus = int(quota) / int(period)
-            if best[0] is None or cpus < best[0]:
-                best = (cpus, f"cgroup v1 {d}/cpu.cfs_quota_us={quota} period={period}")
-    return best
-
-
-def _v2_cpu(cg: Path, top: Path) -> tuple[float | None, str | None]:
-    best: tuple[float | None, str | None] = (None, None)
-    for d in _ancestry(cg, top):
-        text = _read(d / "cpu.max")
-        if text and not text.startswith("max"):
-            quota, period = text.split()
-            cpus = int(quota) / int(period)
-            if best[0] is None or cpus < best[0]:
-                best = (cpus, f"cgroup v2 {d}/cpu.max={text}")
-    return best
-
-
-def _memory(cg: Path, top: Path, filename: str, label: str) -> tuple[int | None, str | None]:
-    best: tuple[int | None, str | None] = (None, None)
-    for d in _ancestry(cg, top):
-        text = _read(d / filename)
-        if not text or text == "max" or int(text) >= _UNLIMITED:
-            continue
-        if best[0] is None or int(text) < best[0]:
-            best = (int(text), f"{label} {d}/{filename}={text}")
-    return best
-
-
-def read_cgroup_limits(proc: Path = Path("/proc/self")) -> CgroupLimits:
-    """CPU quota and memory limit of a process's cgroups, v1 or v2, walking up ancestors."""
-    try:
-        paths = _cgroup_paths(proc)
-        mounts = _cgroup_mounts(proc)
-    except OSError:
-        return CgroupLimits("none")
-    has_v1 = any(m[2] == "cgroup" for m in mounts) and len(paths) > 1
-    has_v2 = any(m[2] == "cgroup2" for m in mounts) and "" in paths
-    version = "hybrid" if has_v1 and has_v2 else "v1" if has_v1 else "v2" if has_v2 else "none"
-    cpu: tuple[float | None, str | None] = (None, None)
-    mem: tuple[int | None, str | None] = (None, None)
-    # In hybrid mode the controllers live in v1; v2 is only used where mounted with them.
-    if (cg := cgroup_dir(proc, "cpu")) is not None:
-        cpu = _v1_cpu(cg, _mount_of(cg, mounts))
-    elif (cg := cgroup_dir(proc, "")) is not None:
-        cpu = _v2_cpu(cg, _mount_of(cg, mounts))
-    if (cg := cgroup_dir(proc, "memory")) is not None:
-        mem = _memory(cg, _mount_of(cg, mounts), "memory.limit_in_bytes", "cgroup v1")
-    elif (cg := cgroup_dir(proc, "")) is not None:
-        mem = _memory(cg, _mount_of(cg, mounts), "memory.max", "cgroup v2")
-    sources = [s for s in (cpu[1], mem[1]) if s]
-    return CgroupLimits(version, cpu[0], mem[0], sources)
-
-
-def _mount_of(cg: Path, mounts: Sequence[tuple[str, str, str, set[str]]]) -> Path:
-    points = [Path(m[1]) for m in mounts if cg == Path(m[1]) or Path(m[1]) in cg.parents]
-    return max(points, key=lambda p: len(p.parts)) if points else cg
-
-
-def usable_cpus(affinity: int, cpu_quota: float | None) -> int:
-    """CPUs this process can actually keep busy: affinity, capped by the CFS quota."""
-    if cpu_quota is None:
-        return affinity
-    return max(1, min(affinity, math.floor(cpu_quota)))
-
-
 @never_raises("cpus", "CPUs usable vs. CPUs libraries will assume")
 def probe_cpus(environ: Mapping[str, str] | None = None) -> ProbeResult:
     title = "CPUs usable vs. CPUs libraries will assume"
     env = os.environ if environ is None else environ
     limits = read_cgroup_limits()
     total = os.cpu_count() or 1
-    affinity = len(os.sched_getaffinity(0))
-    usable = usable_cpus(affinity, limits.cpu_quota)
+    affinity = affinity_cpus()
+    usable = usable_cpus(affinity, limits.cpu_quota, read_quota=False)
     quota = "none" if limits.cpu_quota is None else f"{limits.cpu_quota:g} CPUs"
     evidence = [
         f"os.cpu_count()={total}, sched_getaffinity={affinity}, cgroup quota={quota} "
@@ -339,7 +200,7 @@ def container_markers(
     found = [
         f"{root / m} exists" for m in (".dockerenv", "run/.containerenv") if (root / m).exists()
     ]
-    cgroup = _read(root / "proc/1/cgroup") or ""
+    cgroup = read_text(root / "proc/1/cgroup") or ""
     words = sorted({w for w in _CONTAINER_WORDS if w in cgroup})
     if words:
         found.append(f"/proc/1/cgroup mentions {', '.join(words)}")

@@ -18,6 +18,7 @@ from torch import nn
 
 from heygem.errors import ProviderUnavailable
 from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs
+from heygem.providers import is_cpu_fallback
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,8 @@ class BackendInfo:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def fell_back_to_cpu(self) -> bool:
-        wants_gpu = any(p in (CUDA_EP, "cuda") for p in self.requested)
-        return wants_gpu and not any(p in (CUDA_EP, "cuda") for p in self.used)
+    def cpu_fallback(self) -> bool:
+        return is_cpu_fallback(self.requested, self.used)
 
 
 class GraphRunner(Protocol):

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from heygem.errors import PipelineError, PipelineStalled, StageCrashed
+from heygem.errors import FailureCause, PipelineError, PipelineStalled, StageCrashed
 from heygem.runner.channels import Channel
-from heygem.runner.exits import describe_exit
+from heygem.runner.exits import OomWatch, describe_exit
 from heygem.runner.monitor import StageMonitor, StageState
 
 
@@ -36,11 +36,13 @@ class Watchdog:
         channels: Sequence[Channel[Any]],
         stall_timeout: float,
         children: Callable[[], list[ChildProcess]] = list,
+        oom: OomWatch | None = None,
     ) -> None:
         self._monitors = {m.name: m for m in monitors}
         self._channels: dict[str, Channel[Any]] = {c.name: c for c in channels}
         self._timeout = stall_timeout
         self._children = children
+        self._oom = oom or OomWatch()
 
     def check(self) -> PipelineError | None:
         return self._dead_child() or self._stall()
@@ -53,11 +55,12 @@ class Watchdog:
     def _dead_child(self) -> PipelineError | None:
         for child in self._children():
             if child.exitcode is not None and child.exitcode != 0:
-                what, fix = describe_exit(child.exitcode)
+                exit_ = describe_exit(child.exitcode, oom_killed=self._oom.killed_since())
                 return StageCrashed(
-                    f"stage '{child.stage}': worker process {child.pid} died: {what}",
+                    f"stage '{child.stage}': worker process {child.pid} died: {exit_.what}",
                     stage=child.stage,
-                    hint=fix,
+                    hint=exit_.fix,
+                    cause=exit_.cause,
                 )
         return None
 
@@ -93,6 +96,7 @@ class Watchdog:
             f"{culprit.items} items done)"
         ]
         summary = ""
+        cause = FailureCause.NO_PROGRESS
         feeding = [c for c in self._channels.values() if c.consumer is culprit]
         for channel in feeding:
             if (
@@ -100,6 +104,7 @@ class Watchdog:
                 and channel.get_count == 0
                 and channel.depth() >= (channel.maxsize)
             ):
+                cause = FailureCause.CONSUMER_NEVER_STARTED
                 summary = (
                     f"consumer never started or died: '{channel.producer.name}' filled "
                     f"'{channel.name}' to its maxsize {channel.maxsize} and "
@@ -109,7 +114,7 @@ class Watchdog:
             lines.append(f"noticed at stage '{noticed.name}' ({noticed.state.value})")
         lines.append("queues: " + "; ".join(c.describe() for c in self._channels.values()))
         for child in self._children():
-            lines.append(f"child {child.pid} ({child.stage}): {describe_exit(child.exitcode)[0]}")
+            lines.append(f"child {child.pid} ({child.stage}): {describe_exit(child.exitcode).what}")
         stack = _thread_stack(culprit.thread_id)
         if stack:
             lines.append("stack of the stuck stage:\n" + stack)
@@ -117,6 +122,7 @@ class Watchdog:
         return PipelineStalled(
             message,
             stage=culprit.name,
+            cause=cause,
             hint=(
                 "run `heygem-diagnose env` (shared memory, CUDA libraries) and try "
                 "--num-workers 0 to take DataLoader workers out of the picture"

@@ -75,7 +75,7 @@ def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None
     graph, spec = build_graph("mouthwarp", None)
     path = export_onnx(graph, spec.crop.size, tmp_path / "mw.onnx")
     runner = OrtRunner(path, "cuda", 1, require_gpu=False)
-    assert runner.info.fell_back_to_cpu and "CPU fallback" in runner.info.warnings[0]
+    assert runner.info.cpu_fallback and "CPU fallback" in runner.info.warnings[0]
     from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs
 
     lib, missing = ort_cuda_provider_missing_libs()  # the reason is named, whichever it is
