@@ -339,7 +339,7 @@ class Models:
                 self.checkpoint(generator),
                 backend=backend,
                 device="cpu",
-                threads=self.budget.ort_threads,
+                threads=self.budget.model_threads,
                 require_gpu=False,
                 cache_dir=self.onnx_dir.parent,
             )

@@ -155,7 +155,7 @@ def test_ort_session_options(
     created = time.perf_counter() - start
     session.run(None, feeds)  # first run allocates
     default = baselines.get(
-        f"ort-session:{model}", lambda: _session(path, budget.ort_threads, "all")
+        f"ort-session:{model}", lambda: _session(path, budget.model_threads, "all")
     )
     default.run(None, feeds)
     n_rounds = 10 if model == "mouthwarp" else 3
@@ -176,6 +176,6 @@ def test_ort_session_options(
         seconds=round(best, 5),
         per_frame_ms=round(best / batch * 1000, 3),
         session_create_s=round(created, 3),
-        default_threads=budget.ort_threads,
+        default_threads=budget.model_threads,
         ratio_to_default=round(paired.ratio, 3),
     )

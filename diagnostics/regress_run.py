@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # One thread everywhere: reduction order (ORT, torch) and x264 slicing then do not depend
 # on the machine's core count.
-BUDGET = ThreadBudget(cpus=1, torch_threads=1, ort_threads=1, x264_threads=1, decode_threads=1)
+BUDGET = ThreadBudget(cpus=1, generator="mouthwarp", model_threads=1, x264_threads=1)
 SEEDED_BATCH_SIZE, SEEDED_BATCH_SEED = 2, 0
 MEL_HASH_QUANTUM = 0.05
 OUT_HASH_QUANTUM = 1e-3

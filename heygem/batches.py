@@ -1,9 +1,15 @@
-"""The DataLoader side: one sample per output frame, batched by torch's DataLoader.
+"""The load side: one sample per output frame, batched in the load thread or by torch's
+DataLoader worker processes.
 
 Samples are cheap slices of two memory-mapped files (the template's model-sized crops
 and the job's mel spectrogram), so DataLoader workers started with ``spawn`` receive only
 paths and open the maps themselves: nothing large is pickled, nothing is copied into
 shared memory but the batches themselves.
+
+With ``num_workers`` 0 there is no process to manage and a DataLoader would only loop
+over samples in the calling thread: batches are then sliced from the maps whole, in
+numpy, and torch is not imported at all (its import is ~1 s of a job's start-up). With
+workers (HeyGem's ``num_threads`` knob) torch's DataLoader runs them.
 """
 
 from __future__ import annotations
@@ -11,14 +17,12 @@ from __future__ import annotations
 import errno
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
 
 from heygem.audio.features import MEL_STEPS, mel_window_start
 from heygem.config import FaultInjection
@@ -27,7 +31,9 @@ from heygem.media.frames import template_index
 from heygem.runner.exits import OomWatch, describe_exit
 from heygem.runner.faults import inject
 
-Sample = tuple[int, torch.Tensor, torch.Tensor]
+# (index, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16]); a batch stacks them:
+# (indices [B], crops [B,S,S,3], mels [B,1,80,16]) as numpy arrays or torch tensors.
+Sample = tuple[int, np.ndarray, np.ndarray]
 # How long to wait for a dead worker's exit code after torch reported the failure: torch
 # may notice the broken queue before the process is reaped (the SIGCHLD race).
 _EXIT_WAIT = 1.0
@@ -52,8 +58,9 @@ class FrameTiming:
         return template_index(index, self.out_fps, self.template_fps, self.n_template)
 
 
-class FrameSamples(Dataset[Sample]):
-    """Item i: (i, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16])."""
+class FrameSamples:
+    """Item i: (i, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16]); a map-style
+    dataset for torch's DataLoader, and whole batches for the in-thread path."""
 
     def __init__(
         self,
@@ -74,16 +81,41 @@ class FrameSamples(Dataset[Sample]):
         # Workers reopen the memory maps; open maps are not pickled.
         return {**self.__dict__, "_crops": None, "_mel": None}
 
-    def __getitem__(self, index: int) -> Sample:
+    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
         if self._crops is None or self._mel is None:
             self._crops = np.load(self.crops_path, mmap_mode="r")
             self._mel = np.load(self.mel_path, mmap_mode="r")
-        in_worker = torch.utils.data.get_worker_info() is not None
-        inject(self.fault, "load", index, in_worker=in_worker)
-        crop = np.array(self._crops[self.timing.template_frame(index)])
+        return self._crops, self._mel
+
+    def __getitem__(self, index: int) -> Sample:
+        """One sample, in a DataLoader worker process."""
+        crops, mels = self._maps()
+        inject(self.fault, "load", index, in_worker=True)
+        crop = np.array(crops[self.timing.template_frame(index)])
         start = mel_window_start(index, self.timing.out_fps)
-        mel = np.array(self._mel[:, start : start + MEL_STEPS], dtype=np.float32)[None]
-        return index, torch.from_numpy(crop), torch.from_numpy(mel)
+        mel = np.array(mels[:, start : start + MEL_STEPS], dtype=np.float32)[None]
+        return index, crop, mel
+
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Samples ``start..stop-1`` stacked, sliced from the maps in one go."""
+        crops, mels = self._maps()
+        for index in range(start, stop):
+            inject(self.fault, "load", index)
+        indices = np.arange(start, stop, dtype=np.int64)
+        frames = [self.timing.template_frame(int(i)) for i in indices]
+        windows = np.empty((len(indices), 1, mels.shape[0], MEL_STEPS), dtype=np.float32)
+        for row in range(len(indices)):
+            begin = mel_window_start(start + row, self.timing.out_fps)
+            windows[row, 0] = mels[:, begin : begin + MEL_STEPS]
+        return indices, np.asarray(crops[frames]), windows
+
+
+def in_thread_batches(
+    samples: FrameSamples, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Batches in the calling thread (no worker processes), the last one partial."""
+    for start in range(0, len(samples), batch_size):
+        yield samples.batch(start, min(start + batch_size, len(samples)))
 
 
 def collate_in_shared_memory(batch: list[Sample]) -> Any:
@@ -92,6 +124,8 @@ def collate_in_shared_memory(batch: list[Sample]) -> Any:
     Recent torch reserves a worker's batch pages up front and fails with ENOSPC; this is
     the one place that reads torch's error, converting it into a type with a cause.
     """
+    from torch.utils.data import default_collate
+
     try:
         return default_collate(batch)
     except (RuntimeError, OSError) as exc:
@@ -101,11 +135,16 @@ def collate_in_shared_memory(batch: list[Sample]) -> Any:
 
 
 def make_loader(
-    samples: Dataset[Sample], batch_size: int, num_workers: int, start_method: str
-) -> DataLoader[Sample]:
+    samples: FrameSamples, batch_size: int, num_workers: int, start_method: str
+) -> Iterable[Any]:
+    """torch's DataLoader with ``num_workers`` spawned workers; without workers, batches
+    sliced in the calling thread (what a worker-less DataLoader would do, sample by
+    sample, plus torch's import)."""
     if num_workers > 0:
-        return DataLoader(
-            samples,
+        from torch.utils.data import DataLoader, Dataset
+
+        loader: DataLoader[Sample] = DataLoader(
+            cast("Dataset[Sample]", samples),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
@@ -116,7 +155,8 @@ def make_loader(
             prefetch_factor=2,
             persistent_workers=False,
         )
-    return DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False)
+        return loader
+    return in_thread_batches(samples, batch_size)
 
 
 def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) -> StageCrashed:

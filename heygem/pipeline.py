@@ -2,7 +2,9 @@
 
 ``Pipeline.generate`` is one call split into named steps (``check_inputs``,
 ``audio_features``, ``plan_template``, ``stream``) in the manner of diffusers' pipelines.
-The streaming part runs four stages in threads, connected by bounded channels:
+Model loading, audio features and the template analysis are independent, so they run
+at the same time (``prepare``). The streaming part runs four stages in threads,
+connected by bounded channels:
 
     decode ──frames──────────────────────────────┐
     load (DataLoader) ──batches──> generate ──generated──> compose (paste + encode + mux)
@@ -23,9 +25,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,13 +46,14 @@ from heygem.errors import (
     StageCrashed,
 )
 from heygem.face.template import TemplatePlan, plan_template
-from heygem.generators.graphs import GeneratorSpec
-from heygem.generators.loader import load_generator
+from heygem.generators.loader import PreparedGenerator, prepare_generator, start_runner
 from heygem.generators.runtime import GraphRunner
+from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from heygem.media.writer import Mp4Writer, check_output_writable
+from heygem.progress import StepCallback, StepProgress
 from heygem.providers import is_cpu_fallback
 from heygem.resources import ThreadBudget
 from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
@@ -61,6 +65,7 @@ from heygem.runner.watchdog import ChildProcess, Watchdog
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+T = TypeVar("T")
 STAGES = PIPELINE_STAGES
 PROGRESS_EVERY = 25  # frames between stage_progress log events
 
@@ -156,7 +161,10 @@ class Pipeline:
         self, options: GenerateOptions | None = None, budget: ThreadBudget | None = None
     ) -> None:
         self.options = (options or GenerateOptions()).validated()
-        self.budget = budget or ThreadBudget.for_machine()
+        # Where the cores go depends on the generator (heygem.resources): a budget made
+        # for another generator is re-split on the same CPUs.
+        budget = budget or ThreadBudget.for_machine(generator=self.options.generator)
+        self.budget = budget.for_generator(self.options.generator)
         self._runner: GraphRunner | None = None
         self._spec: GeneratorSpec | None = None
         self._lock = threading.Lock()  # one job at a time per warm pipeline
@@ -164,23 +172,41 @@ class Pipeline:
     # -- steps ---------------------------------------------------------------------------
     def load(self) -> tuple[GraphRunner, GeneratorSpec]:
         if self._runner is None or self._spec is None:
-            opts = self.options
-            self._runner, self._spec = load_generator(
-                opts.generator,
-                opts.checkpoint,
-                backend=opts.backend,
-                device=opts.device,
-                threads=self.budget.ort_threads,
-                require_gpu=opts.require_gpu,
-                cache_dir=opts.cache_dir,
-            )
-            log.info(
-                "generator %s on %s, providers %s",
-                self._spec.name,
-                self._runner.info.backend,
-                ",".join(self._runner.info.used),
-            )
+            self._start(self._prepare_model(None), None)
+        assert self._runner is not None and self._spec is not None
         return self._runner, self._spec
+
+    def _prepare_model(self, on_step: StepCallback | None) -> PreparedGenerator:
+        """The generator's spec and graph (exported to ONNX on first use of a model)."""
+        opts = self.options
+        _report(on_step, "load_model", 0, None)
+        return prepare_generator(
+            opts.generator,
+            opts.checkpoint,
+            backend=opts.backend,
+            cache_dir=opts.cache_dir,
+            on_step=on_step,
+        )
+
+    def _start(self, prepared: PreparedGenerator, on_step: StepCallback | None) -> GraphRunner:
+        opts = self.options
+        runner = start_runner(
+            prepared,
+            device=opts.device,
+            threads=self.budget.model_threads,
+            require_gpu=opts.require_gpu,
+            precision=opts.precision,
+        )
+        self._runner, self._spec = runner, prepared.spec
+        log.info(
+            "generator %s on %s, providers %s; threads: %s",
+            prepared.spec.name,
+            runner.info.backend,
+            ",".join(runner.info.used),
+            self.budget.describe(),
+        )
+        _report(on_step, "load_model", 1, None, finished=True)
+        return runner
 
     def check_inputs(self, audio: Path, video: Path, output: Path) -> Inputs:
         opts = self.options
@@ -229,7 +255,10 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         job_id: str | None = None,
+        on_step: StepCallback | None = None,
     ) -> GenerationResult:
+        """``progress(done, total)`` counts frames written; ``on_step`` reports every step
+        that can take more than a second (heygem.progress), frames included."""
         job_id = job_id or uuid.uuid4().hex[:12]
         with self._lock:
             event(
@@ -249,6 +278,7 @@ class Pipeline:
                     progress,
                     cancel or threading.Event(),
                     job_id,
+                    on_step,
                 )
             except HeygemError as exc:
                 event(
@@ -278,28 +308,29 @@ class Pipeline:
         progress: ProgressCallback | None,
         cancel: threading.Event,
         job_id: str,
+        on_step: StepCallback | None = None,
     ) -> GenerationResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         with _timed(timings, "check_inputs"):
             inputs = self.check_inputs(audio, video, output)
-        with _timed(timings, "load_model"):
-            runner, spec = self.load()
-        with _timed(timings, "audio_features"):
-            feats = self.audio_features(inputs)
-        _raise_if_cancelled(cancel)
-        with _timed(timings, "face_track"):
-            plan = self.plan_template(inputs, spec)
-        _raise_if_cancelled(cancel)
+        with _timed(timings, "prepare"):
+            runner, spec, feats, plan = self.prepare(inputs, cancel, timings, on_step)
         warnings = list(runner.info.warnings)
         if plan.faceless_frames:
             warnings.append(
                 f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
                 "detectable face and pass through unchanged"
             )
+
+        def frames_written(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            _report(on_step, "generate", done, total, finished=done == total)
+
         with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(workdir), progress, cancel, job_id
+                inputs, feats, plan, runner, spec, Path(workdir), frames_written, cancel, job_id
             )
         timings.update(stage_seconds)
         timings["total"] = time.perf_counter() - started
@@ -319,6 +350,64 @@ class Pipeline:
             faceless_frames=plan.faceless_frames,
             silent_frames=int((~feats.active).sum()),
         )
+
+    def prepare(
+        self,
+        inputs: Inputs,
+        cancel: threading.Event,
+        timings: dict[str, float],
+        on_step: StepCallback | None = None,
+    ) -> tuple[GraphRunner, GeneratorSpec, AudioFeatures, TemplatePlan]:
+        """Model, audio features and template plan, the independent steps overlapped.
+
+        The template analysis needs the generator's crop (the spec, read from the export
+        cache in milliseconds), so it starts as soon as that is known, while the session
+        is created and the audio features are computed in a helper thread. The analysis
+        stops early when the job is cancelled or another step failed.
+        """
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="heygem-prepare") as pool:
+            audio = pool.submit(
+                _timed_call, timings, "audio_features", self._audio_step, inputs, on_step
+            )
+            model_started = time.perf_counter()
+            runner_future: Future[GraphRunner] | None = None
+            if self._runner is not None and self._spec is not None:
+                spec = self._spec
+                timings["load_model"] = 0.0
+            else:
+                prepared = self._prepare_model(on_step)
+                spec = prepared.spec
+                runner_future = pool.submit(self._start, prepared, on_step)
+
+            def analysed(frames: int) -> None:
+                if cancel.is_set():
+                    raise Cancelled("the job was cancelled during the template analysis")
+                for other in (audio, runner_future):
+                    error = other.exception() if other is not None and other.done() else None
+                    if error is not None:
+                        raise error
+                _report(on_step, "template", frames, inputs.video.estimated_frames or None)
+
+            try:
+                with _timed(timings, "face_track"):
+                    plan = self.plan_template(inputs, spec, analysed)
+                _report(on_step, "template", plan.n_frames, plan.n_frames, finished=True)
+                if runner_future is not None:
+                    runner_future.result()
+                    timings["load_model"] = round(time.perf_counter() - model_started, 3)
+                runner = self.load()[0]  # what a subclass's load() makes of it
+                feats = audio.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        _raise_if_cancelled(cancel)
+        return runner, spec, feats, plan
+
+    def _audio_step(self, inputs: Inputs, on_step: StepCallback | None) -> AudioFeatures:
+        _report(on_step, "audio_features", 0, None)
+        feats = self.audio_features(inputs)
+        _report(on_step, "audio_features", 1, None, finished=True)
+        return feats
 
     def stream(
         self,
@@ -531,11 +620,11 @@ def _generate_stage(
     while not isinstance(item := inp.get(), EndOfStream):
         inject(fault, "generate", batch_number)
         batch_number += 1
-        indices, crops, mels = item
-        face = crops.numpy().transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
-        result = runner.run(np.ascontiguousarray(face), mels.numpy())
+        indices, crops, mels = (np.asarray(part) for part in item)  # numpy or torch batches
+        face = crops.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+        result = runner.run(np.ascontiguousarray(face), np.ascontiguousarray(mels))
         pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        out.put((indices.numpy(), pixels))
+        out.put((indices, pixels))
         monitor.beat(len(pixels))
     out.put(END)
 
@@ -635,6 +724,23 @@ def _stage_error(stage: str, exc: BaseException) -> PipelineError:
 def _raise_if_cancelled(cancel: threading.Event) -> None:
     if cancel.is_set():
         raise Cancelled("the job was cancelled before streaming started")
+
+
+def _report(
+    on_step: StepCallback | None,
+    step: Any,
+    done: int,
+    total: int | None,
+    *,
+    finished: bool = False,
+) -> None:
+    if on_step is not None:
+        on_step(StepProgress(step, done, total, finished))
+
+
+def _timed_call(timings: dict[str, float], name: str, fn: Callable[..., T], *args: Any) -> T:
+    with _timed(timings, name):
+        return fn(*args)
 
 
 @contextlib.contextmanager

@@ -1,37 +1,79 @@
-"""One place that decides how many threads each consumer gets.
+"""One place that decides where the CPUs go: the thread budget, per generator and stage.
 
-torch intra-op threads, ORT intra-op threads, x264 threads and DataLoader workers
-together must not oversubscribe the CPUs this process may actually use: the affinity
-mask and the cgroup CPU quota (``heygem.cgroups.usable_cpus``, which the doctor reports
-too), not ``os.cpu_count()`` (HeyGem's NumExpr saw 72 cores in a
-container limited to a few).
+The model's intra-op threads (ONNX Runtime or torch) and x264's threads together must
+not oversubscribe the CPUs this process may actually use: the affinity mask and the
+cgroup CPU quota (``heygem.cgroups.usable_cpus``, which the doctor reports too), not
+``os.cpu_count()`` (HeyGem's NumExpr saw 72 cores in a container limited to a few).
+
+Which stage gets the cores follows where a generator's work is, as measured on the
+project machine (2 cores; ``benchmarks/test_threads.py`` re-measures every split):
+
+- codec-heavy (the embedded default): the model sees only small mouth crops (~5 ms a
+  frame on one thread) while decoding and x264 encoding 720p dominate, so x264 gets
+  every core and the model one or two threads. Giving the model both cores only makes
+  it contend with x264.
+- model-heavy (Wav2Lip, ~8 GFLOP a frame): the network is ~90 % of the job's CPU time,
+  so it gets every core; x264 gets one thread, which idles most of the time, and a
+  second x264 thread would only take turns with the network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from heygem.cgroups import usable_cpus
+
+Workload = Literal["codec-heavy", "model-heavy"]
+
+# Generators whose network dominates a job (all others are treated as codec-heavy).
+MODEL_HEAVY_GENERATORS: frozenset[str] = frozenset({"wav2lip"})
+
+
+def workload_of(generator: str) -> Workload:
+    return "model-heavy" if generator in MODEL_HEAVY_GENERATORS else "codec-heavy"
 
 
 @dataclass(frozen=True)
 class ThreadBudget:
+    """How many threads each consumer of one job gets on ``cpus`` usable CPUs."""
+
     cpus: int
-    torch_threads: int
-    ort_threads: int
+    generator: str  # the generator the split was made for
+    model_threads: int  # ONNX Runtime intra-op threads, or torch's
     x264_threads: int
-    decode_threads: int
+
+    @property
+    def workload(self) -> Workload:
+        return workload_of(self.generator)
 
     @classmethod
-    def for_machine(cls, cpus: int | None = None) -> ThreadBudget:
-        cpus = usable_cpus() if cpus is None else cpus
-        # Decode and encode dominate a talking-head job; the model only sees mouth crops,
-        # so one or two compute threads are plenty and leave the codecs their cores.
-        compute = max(1, min(2, cpus // 2))
-        return cls(
-            cpus=cpus,
-            torch_threads=compute,
-            ort_threads=compute,
-            x264_threads=cpus,
-            decode_threads=max(1, min(4, cpus)),
+    def for_machine(cls, cpus: int | None = None, *, generator: str = "mouthwarp") -> ThreadBudget:
+        """The split for ``generator`` on this machine (``cpus`` overrides the count)."""
+        cpus = max(1, usable_cpus() if cpus is None else cpus)
+        if workload_of(generator) == "model-heavy":
+            return cls(cpus, generator, model_threads=cpus, x264_threads=1)
+        # Codec-heavy: x264 takes all cores; the small model one thread (two from 4 CPUs).
+        return cls(cpus, generator, model_threads=max(1, min(2, cpus // 2)), x264_threads=cpus)
+
+    def for_generator(self, generator: str) -> ThreadBudget:
+        """The same CPUs split for another generator (this budget if it was made for it)."""
+        if generator == self.generator:
+            return self
+        return ThreadBudget.for_machine(self.cpus, generator=generator)
+
+    def with_threads(
+        self, *, model_threads: int | None = None, x264_threads: int | None = None
+    ) -> ThreadBudget:
+        """An explicit split (benchmarks compare splits; the regression check pins one)."""
+        return replace(
+            self,
+            model_threads=self.model_threads if model_threads is None else model_threads,
+            x264_threads=self.x264_threads if x264_threads is None else x264_threads,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.generator} ({self.workload}): model {self.model_threads} thread(s), "
+            f"x264 {self.x264_threads} of {self.cpus} usable CPU(s)"
         )

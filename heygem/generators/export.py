@@ -12,13 +12,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from heygem.errors import OutputNotWritable, PipelineError
+
+if TYPE_CHECKING:  # torch is imported where an export happens, not with this module
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ PARITY_TOLERANCE = 2e-4
 
 
 def example_inputs(size: int, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     face = torch.rand(batch, 3, size, size, generator=gen)
     mel = torch.rand(batch, 1, 80, 16, generator=gen) * 8.0 - 4.0
@@ -36,6 +40,8 @@ def example_inputs(size: int, batch: int = 2, seed: int = 0) -> tuple[torch.Tens
 
 def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET) -> Path:
     """Write ``target`` atomically; raise PipelineError if the export does not match torch."""
+    import torch
+
     if opset > OPSET:
         raise PipelineError(
             f"opset {opset} requested; onnxruntime 1.16 needs <= {OPSET}", stage="export"
@@ -90,6 +96,7 @@ def _check_and_pin(path: Path) -> None:
 def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
     """Max abs difference between torch and ONNX Runtime (CPU) on a seeded batch."""
     import onnxruntime as ort
+    import torch
 
     face, mel = example_inputs(size, batch=3, seed=1)
     with torch.inference_mode():

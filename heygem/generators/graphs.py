@@ -6,7 +6,6 @@ Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop), ``mel`` [B,1,80,16] float
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 
 from heygem.face.geometry import CropSpec
 from heygem.generators import mouthwarp
+from heygem.generators.spec import GeneratorSpec
 from heygem.generators.wav2lip import FACE_SIZE, Wav2Lip, load_wav2lip_checkpoint
 from heygem.hashing import content_hash
 
@@ -33,18 +33,6 @@ class Wav2LipGraph(nn.Module):
     def forward(self, face: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         masked = face * self.upper_half
         return self.model(mel, torch.cat([masked, face], dim=1))
-
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    """What the pipeline needs to know about a generator besides its graph."""
-
-    name: str
-    crop: CropSpec
-    # Whether silent frames may skip the model: true when silence means "no change".
-    identity_when_silent: bool
-    # Identifies the weights, for the ONNX export cache.
-    fingerprint: str
 
 
 def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:

@@ -1,17 +1,101 @@
-"""Build the configured generator on the configured back-end (export to ONNX if needed)."""
+"""Build the configured generator on the configured back-end (export to ONNX if needed).
+
+The ONNX export is cached per generator, weights, generator code, torch version and
+opset, with the generator's spec beside it: a job on ONNX Runtime whose model is in the
+cache loads neither torch nor the checkpoint (torch's import alone is ~1 s of a job's
+start-up on the project machine).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from heygem.generators.export import OPSET, export_onnx
-from heygem.generators.graphs import GeneratorSpec, build_graph
+from heygem.errors import OutputNotWritable
+from heygem.generators.export import OPSET
 from heygem.generators.runtime import GraphRunner, OrtRunner, TorchRunner
+from heygem.generators.spec import GeneratorSpec
+from heygem.hashing import content_hash
+from heygem.progress import StepCallback, StepProgress
 
 log = logging.getLogger(__name__)
+
+_GENERATORS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    onnx: Path
+    spec: Path
+
+
+def export_paths(name: str, checkpoint: Path | None, cache_dir: Path) -> ExportPaths:
+    """Where the export of ``name`` with ``checkpoint`` lives in ``cache_dir``.
+
+    The key covers everything the exported graph depends on: the generator, the weights'
+    content, the code of the generators package (a change there re-exports rather than
+    serve a stale graph), the torch version that traced it and the opset.
+    """
+    digest = hashlib.blake2b(digest_size=10)
+    for part in (
+        name,
+        content_hash(checkpoint) if checkpoint is not None else "-",
+        _generators_code_digest(),
+        _torch_version(),
+        str(OPSET),
+    ):
+        digest.update(part.encode() + b"\0")
+    stem = cache_dir / "onnx" / f"{name}-{digest.hexdigest()}"
+    return ExportPaths(stem.with_suffix(".onnx"), stem.with_suffix(".spec.json"))
+
+
+@dataclass(frozen=True)
+class PreparedGenerator:
+    """A generator ready to start on its back-end: an ONNX file, or a torch module."""
+
+    spec: GeneratorSpec
+    onnx: Path | None
+    graph: Any = None  # torch.nn.Module for the torch back-end
+
+
+def prepare_generator(
+    name: str,
+    checkpoint: Path | None,
+    *,
+    backend: str,
+    cache_dir: Path,
+    on_step: StepCallback | None = None,
+) -> PreparedGenerator:
+    """The spec and the graph to run (exported once per model for ONNX Runtime)."""
+    if backend == "torch":
+        from heygem.generators.graphs import build_graph
+
+        graph, spec = build_graph(name, checkpoint)
+        return PreparedGenerator(spec, None, graph)
+    paths = export_paths(name, checkpoint, cache_dir)
+    cached = _cached_spec(paths)
+    spec = cached if cached is not None else _export(name, checkpoint, paths, on_step)
+    return PreparedGenerator(spec, paths.onnx)
+
+
+def start_runner(
+    prepared: PreparedGenerator,
+    *,
+    device: str,
+    threads: int,
+    require_gpu: bool,
+    precision: str = "fp32",
+) -> GraphRunner:
+    """The session (ONNX Runtime) or module (torch) that runs batches."""
+    if prepared.onnx is not None:
+        return OrtRunner(prepared.onnx, device, threads, require_gpu)
+    return TorchRunner(prepared.graph, device, threads, require_gpu, precision=precision)
 
 
 def load_generator(
@@ -23,13 +107,68 @@ def load_generator(
     threads: int,
     require_gpu: bool,
     cache_dir: Path,
+    precision: str = "fp32",
+    on_step: StepCallback | None = None,
 ) -> tuple[GraphRunner, GeneratorSpec]:
+    prepared = prepare_generator(
+        name, checkpoint, backend=backend, cache_dir=cache_dir, on_step=on_step
+    )
+    runner = start_runner(
+        prepared, device=device, threads=threads, require_gpu=require_gpu, precision=precision
+    )
+    return runner, prepared.spec
+
+
+def _cached_spec(paths: ExportPaths) -> GeneratorSpec | None:
+    if not (paths.onnx.is_file() and paths.spec.is_file()):
+        return None
+    try:
+        return GeneratorSpec.from_json(paths.spec.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: export again
+        log.warning("ONNX cache entry %s unreadable (%s); exporting again", paths.spec, exc)
+        return None
+
+
+def _export(
+    name: str, checkpoint: Path | None, paths: ExportPaths, on_step: StepCallback | None
+) -> GeneratorSpec:
+    from heygem.generators.export import export_onnx
+    from heygem.generators.graphs import build_graph
+
+    if on_step is not None:
+        on_step(StepProgress("export_onnx", 0, None))
+    log.info("exporting %s to ONNX (once per model)", name)
     graph, spec = build_graph(name, checkpoint)
-    if backend == "torch":
-        return TorchRunner(graph, device, threads, require_gpu), spec
-    version = torch.__version__.split("+")[0]
-    onnx_path = cache_dir / "onnx" / f"{spec.fingerprint}-torch{version}-op{OPSET}.onnx"
-    if not onnx_path.exists():
-        log.info("exporting %s to ONNX (once per model)", spec.name)
-        export_onnx(graph, spec.crop.size, onnx_path)
-    return OrtRunner(onnx_path, device, threads, require_gpu), spec
+    export_onnx(graph, spec.crop.size, paths.onnx, opset=OPSET)
+    _write_atomically(paths.spec, spec.to_json())
+    if on_step is not None:
+        on_step(StepProgress("export_onnx", 1, None, finished=True))
+    return spec
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"cannot write {target}: {exc}", hint="choose a writable --cache-dir"
+        ) from exc
+
+
+def _torch_version() -> str:
+    try:
+        return metadata.version("torch").split("+")[0]
+    except metadata.PackageNotFoundError:  # e.g. a source build registered differently
+        import torch
+
+        return str(torch.__version__).split("+")[0]
+
+
+def _generators_code_digest() -> str:
+    digest = hashlib.blake2b(digest_size=10)
+    for source in sorted(_GENERATORS_DIR.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
