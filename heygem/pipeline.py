@@ -102,7 +102,8 @@ class GenerationResult:
     duration: float  # seconds of audio = seconds of output
     width: int
     height: int
-    timings: dict[str, float]
+    timings: dict[str, float]  # seconds per job step (check_inputs ... stream, total)
+    stage_seconds: dict[str, float]  # busy seconds per pipeline stage (decode ... compose)
     backend: str
     providers_requested: tuple[str, ...]
     providers_used: tuple[str, ...]
@@ -297,12 +298,11 @@ class Pipeline:
                 f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
                 "detectable face and pass through unchanged"
             )
-        with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
+        with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(workdir), progress, cancel, job_id
+                inputs, feats, plan, runner, spec, Path(tmp), progress, cancel, job_id
             )
-        timings.update(stage_seconds)
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = round(time.perf_counter() - started, 3)
         return GenerationResult(
             output=inputs.output,
             frames=feats.n_frames,
@@ -311,6 +311,7 @@ class Pipeline:
             width=plan.width,
             height=plan.height,
             timings=timings,
+            stage_seconds=stage_seconds,
             backend=runner.info.backend,
             providers_requested=runner.info.requested,
             providers_used=runner.info.used,
@@ -419,7 +420,7 @@ class Pipeline:
             self._teardown(threads, job, writer)
         if job.errors:
             raise job.errors[0]
-        return {f"stage_{name}": round(m.busy_seconds_total, 3) for name, m in monitors.items()}
+        return {name: round(m.busy_seconds_total, 3) for name, m in monitors.items()}
 
     # -- stage plumbing ------------------------------------------------------------------
     def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
