@@ -203,7 +203,7 @@ change) and mux (frame count, durations, A/V offset, lip lag).
 
   record  write the fingerprints as a golden directory (regress.json + PNGs)
   check   rerun with the golden's settings and compare by per-metric tolerances;
-          names the first stage that drifted and by how much
+          names the first step that drifted and by how much
 
 Typical use: `regress record --out DIR` before upgrading onnxruntime, torch,
 librosa, opencv or PyAV, `regress check --golden DIR` after. Performance is
@@ -218,7 +218,7 @@ Run the scenarios and write their fingerprints as a golden directory
 
 CHECK_HELP = """\
 Run the golden's scenarios with its settings and compare by per-metric tolerance.
---perturb STAGE:AMOUNT rehearses a drift (audio_features: mel offset, face_track:
+--perturb STEP:AMOUNT rehearses a drift (audio_features: mel offset, face_track:
 pixels, generate: output offset) to see the checker fail."""
 
 
@@ -289,7 +289,7 @@ def _add_regress(p: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--perturb",
         type=_perturbation,
-        metavar="STAGE:AMOUNT",
+        metavar="STEP:AMOUNT",
         help="rehearse a drift, e.g. generate:0.01",
     )
 
