@@ -32,10 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from diagnostics.findings import Finding, Report, Severity
 from diagnostics.probes.versions import installed_versions
 from diagnostics.regress_metrics import Comparison, compare_step, decode_png
 from diagnostics.regress_scenarios import (
     DEFAULT_GOLDEN,
+    GOLDEN_OPTIONS,
     STEPS,
     Perturbation,
     select_scenarios,
@@ -47,14 +49,14 @@ __all__ = [
     "DEFAULT_GOLDEN",
     "CheckReport",
     "check",
+    "check_report",
     "compare_records",
     "drift_table",
     "fingerprint_environment_run",
-    "format_check_report",
     "format_drift_table",
-    "format_record_summary",
     "golden_size",
     "load_golden",
+    "record_report",
     "record_run",
     "write_golden",
 ]
@@ -95,7 +97,7 @@ def record_run(
     on_scenario: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the scenarios and return the record (JSON-ready, sampled frames inline)."""
-    from diagnostics.regress_run import GOLDEN_OPTIONS, RunSettings, run_fingerprints
+    from diagnostics.regress_run import RunSettings, run_fingerprints
 
     names = select_scenarios(list(scenarios) if scenarios else None)
     settings = RunSettings(backend=backend, device=device)
@@ -460,60 +462,76 @@ def _versions_line(header: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {versions.get(k)}" for k in keys if k in versions)
 
 
-def format_check_report(report: CheckReport) -> str:
+def check_report(report: CheckReport) -> Report:
+    """The check as findings: one per step that ran (ok, or the drift with its metrics)."""
     first = report.first_drift
     if report.ok:
         verdict = "PASS - every step within tolerance"
     else:
         verdict = f"REGRESSION - first drift in step '{first.step}'" if first else "REGRESSION"
-    lines = [
-        f"heygem regress: {verdict}",
+    body = [
+        f"  {verdict}",
         f"  golden: {report.golden_path} (recorded {report.golden.get('created')}; "
         f"{_versions_line(report.golden)})",
         f"  now:    {_versions_line(report.current)}",
     ]
     changes = report.version_changes()
     if changes:
-        lines.append(
+        body.append(
             "  changed: "
             + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items() if k != "python")
         )
     perturb = report.current.get("perturbation")
     if perturb:
-        lines.append(f"  rehearsal: {perturb['step']} perturbed by {perturb['amount']:g}")
+        body.append(f"  rehearsal: {perturb['step']} perturbed by {perturb['amount']:g}")
+    if report.updated:
+        body.append(f"  golden updated: {report.golden_path}")
+    findings = []
     for summary in report.steps:
         if summary.worst is None:
             continue
-        status = "ok   " if not summary.regressions else "DRIFT"
-        detail = (
-            f"identical ({summary.metrics} metrics)"
-            if summary.identical
-            else f"worst: {_describe(summary.worst)}"
+        if not summary.regressions:
+            title = (
+                f"identical ({summary.metrics} metrics)"
+                if summary.identical
+                else f"within tolerance; worst: {_describe(summary.worst)}"
+            )
+            findings.append(Finding("step", Severity.OK, title, subject=summary.step))
+            continue
+        drifted = [f for f in report.regressions if f.step == summary.step]
+        findings.append(
+            Finding(
+                "drift",
+                Severity.FAIL,
+                f"{summary.regressions} of {summary.metrics} metrics out of tolerance",
+                [_describe(f) for f in drifted],
+                None
+                if report.updated
+                else "intended? re-record with: heygem-diagnose regress check --update",
+                subject=summary.step,
+            )
         )
-        lines.append(f"  {summary.step:<15} {status} {detail}")
-    if report.regressions:
-        lines.append(f"  {len(report.regressions)} metric(s) out of tolerance:")
-        lines += [f"    {f.step}: {_describe(f)}" for f in report.regressions]
-    if report.updated:
-        lines.append(f"  golden updated: {report.golden_path}")
-    elif not report.ok:
-        lines.append("  intended? re-record with: heygem-diagnose regress check --update")
-    return "\n".join(lines)
+    return Report("regress", "heygem regress check", tuple(findings), report.to_dict(), tuple(body))
 
 
-def format_record_summary(directory: Path, record: Mapping[str, Any]) -> str:
+def record_report(directory: Path, record: Mapping[str, Any]) -> Report:
     files, size = golden_size(directory)
-    names = ", ".join(record["scenarios"])
-    return "\n".join(
-        [
-            f"heygem regress: recorded {len(record['scenarios'])} scenario(s) to {directory}",
-            f"  scenarios: {names}",
-            f"  stored: {files} files, {size / 1024:.0f} KiB",
-            f"  environment: {_versions_line(record)}; providers "
-            f"{', '.join(record['environment']['providers'])}",
-            f"  check later with: heygem-diagnose regress check --golden {directory}",
-        ]
-    )
+    body = [
+        f"  scenarios: {', '.join(record['scenarios'])}",
+        f"  stored: {files} files, {size / 1024:.0f} KiB in {directory}",
+        f"  environment: {_versions_line(record)}; providers "
+        f"{', '.join(record['environment']['providers'])}",
+        f"  check later with: heygem-diagnose regress check --golden {directory}",
+    ]
+    recorded = Finding("recorded", Severity.OK, f"recorded {len(record['scenarios'])} scenario(s)")
+    details = {
+        "golden": str(directory),
+        "scenarios": list(record["scenarios"]),
+        "files": files,
+        "bytes": size,
+        "environment": record["environment"],
+    }
+    return Report("regress", "heygem regress record", (recorded,), details, tuple(body))
 
 
 def format_drift_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -23,7 +23,13 @@ import cv2
 import numpy as np
 
 from diagnostics.regress_metrics import encode_png
-from diagnostics.regress_scenarios import SCENARIOS, SEEDED_BATCH, Perturbation, Scenario
+from diagnostics.regress_scenarios import (
+    GOLDEN_OPTIONS,
+    SCENARIOS,
+    SEEDED_BATCH,
+    Perturbation,
+    Scenario,
+)
 from heygem.audio import features
 from heygem.batches import FrameTiming
 from heygem.config import BackendName, DeviceName, GenerateOptions
@@ -48,11 +54,6 @@ OUT_HASH_QUANTUM = 1e-3
 ENVELOPE_HOP = 16  # samples at 16 kHz: 1 ms resolution for the A/V offset
 MAX_AV_LAG_MS = 250
 MAX_LIP_LAG = 4  # frames
-
-
-# The default generator, losslessly encoded (crf 0: H.264 High 4:4:4 Predictive), so
-# composites are compared exactly; loading in-process keeps the run deterministic.
-GOLDEN_OPTIONS = GenerateOptions(crf=0, preset="veryfast", num_workers=0)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from heygem.config import GenerateOptions
 from heygem.errors import InvalidOption
+
+# The default generator on CPU, losslessly encoded (crf 0: H.264 High 4:4:4 Predictive), so
+# composites are compared exactly; loading in-process keeps the run deterministic.
+GOLDEN_OPTIONS = GenerateOptions(device="cpu", crf=0, preset="veryfast", num_workers=0)
 
 __all__ = [
     "DEFAULT_GOLDEN",

@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from heygem.providers import uses_gpu
 from matrix.cells import (
     Cell,
     Packages,
@@ -309,9 +310,6 @@ def env_verdict(results: Sequence[CellResult], hypothesis: Hypothesis) -> Verdic
     )
 
 
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "cuda")
-
-
 def gpu_verdict(results: Sequence[CellResult], hypothesis: Hypothesis) -> Verdict:
     gpu = [
         r
@@ -329,7 +327,7 @@ def gpu_verdict(results: Sequence[CellResult], hypothesis: Hypothesis) -> Verdic
             "(no -gpu wheel cell ran)",
             (),
         )
-    unused = [r for r in gpu if not any(p in _GPU_PROVIDERS for p in r.providers_used)]
+    unused = [r for r in gpu if not uses_gpu(r.providers_used)]
     fallback = [r for r in unused if r.cpu_fallback]
     wheel = axis_verdict(results, hypothesis)
     wheel_text = (

@@ -18,10 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from diagnostics.findings import render_text
 from diagnostics.inspect import (
     find_heygem_processes,
-    format_process_report,
     inspect_process_tree,
+    process_report,
     reap_zombie_children,
 )
 from heygem.errors import InputNotFound, InvalidOption
@@ -62,11 +63,11 @@ def test_real_zombie_is_reported_with_its_parent_then_reaped() -> None:
         report = inspect_process_tree(os.getpid(), cpu_interval=0.05, look_for_orphans=False)
         child = report.get(pid)
         assert child is not None and child.is_zombie and child.display_status == "<defunct>"
-        finding = next(f for f in report.findings if f.pid == pid)
-        assert finding.kind == "zombie"
-        assert f"parent {os.getpid()}" in finding.message
-        assert "Only the parent" in finding.fix
-        assert "<defunct>" in format_process_report(report)
+        finding = next(f for f in report.findings if f.subject == f"pid {pid}")
+        assert finding.id == "zombie"
+        assert f"parent {os.getpid()}" in finding.title
+        assert "Only the parent" in (finding.fix or "")
+        assert "<defunct>" in render_text(process_report([report]))
         json.dumps(report.to_dict())
     finally:
         reaped = reap_zombie_children(only=[pid])
@@ -121,7 +122,7 @@ def test_spawned_child_tree_with_shared_memory(
     mapped = next(s for s in parent.shm if s.via == "mmap")
     assert mapped.mapped_bytes == 1 << 20 and not mapped.deleted
     assert report.healthy
-    text = format_process_report(report)
+    text = render_text(process_report([report]))
     assert "shm 1 (1 MiB mapped)" in text
     assert "note: " in text  # GPU use: not shown without NVML, or the PID caveat with it
     assert find_heygem_processes("heygem-test-tree") == [proc.pid]
@@ -180,12 +181,12 @@ def test_orphaned_spawn_worker_and_a_pid1_that_does_not_reap() -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pid"] == 1
     worker = out["worker"]
-    orphan = [f for f in out["orphan_report"]["findings"] if f["pid"] == worker]
-    assert [f["kind"] for f in orphan] == ["orphan"]
-    assert "re-parented to 1" in orphan[0]["message"]
+    orphan = [f for f in out["orphan_report"]["findings"] if f["subject"] == f"pid {worker}"]
+    assert [f["id"] for f in orphan] == ["orphan"]
+    assert "re-parented to 1" in orphan[0]["title"]
     assert "terminate()+join()" in orphan[0]["fix"]
-    zombie = [f for f in out["zombie_report"]["findings"] if f["pid"] == worker]
-    assert [f["kind"] for f in zombie] == ["zombie"]
+    zombie = [f for f in out["zombie_report"]["findings"] if f["subject"] == f"pid {worker}"]
+    assert [f["id"] for f in zombie] == ["zombie"]
     assert "--init" in zombie[0]["fix"]
 
 
@@ -204,11 +205,11 @@ def test_real_d_state_process_in_a_frozen_cgroup() -> None:
         (group / "freezer.state").write_text("FROZEN")
         poll(lambda: status_of(sleeper.pid) == psutil.STATUS_DISK_SLEEP, what="D state")
         report = inspect_process_tree(os.getpid(), cpu_interval=0, look_for_orphans=False)
-        finding = next(f for f in report.findings if f.pid == sleeper.pid)
-        assert finding.kind == "d-state"
-        assert "uninterruptible sleep (D)" in finding.message
-        assert "freezer.state=FROZEN" in finding.message
-        assert "THAWED" in finding.fix
+        finding = next(f for f in report.findings if f.subject == f"pid {sleeper.pid}")
+        assert finding.id == "d-state"
+        assert "uninterruptible sleep (D)" in finding.title
+        assert "freezer.state=FROZEN" in finding.title
+        assert "THAWED" in (finding.fix or "")
     finally:
         (group / "freezer.state").write_text("THAWED")
         sleeper.send_signal(signal.SIGKILL)

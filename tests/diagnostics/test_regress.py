@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from diagnostics.cli import main
+from diagnostics.findings import render_text
 from diagnostics.regress import (
     RECORD_FILE,
     check,
+    check_report,
     compare_records,
     drift_table,
     fingerprint_environment_run,
-    format_check_report,
     format_drift_table,
     golden_size,
     load_golden,
@@ -125,7 +126,7 @@ def test_a_perturbed_mel_fails_naming_audio_features(recorded: Path) -> None:
     assert not report.ok
     first = report.first_drift
     assert first is not None and first.step == "audio_features" and first.scenario == "still"
-    text = format_check_report(report)
+    text = render_text(check_report(report))
     assert "first drift in step 'audio_features'" in text
     assert "rehearsal: audio_features perturbed by 0.01" in text
 
