@@ -10,9 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,17 +25,10 @@ from diagnostics.inspect import (
     reap_zombie_children,
 )
 from heygem.errors import InputNotFound, InvalidOption
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def status_of(pid: int) -> str:
@@ -59,7 +51,7 @@ def test_real_zombie_is_reported_with_its_parent_then_reaped() -> None:
     # posix_spawn: nobody but this process can reap it, and nothing does it implicitly.
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], dict(os.environ))
     try:
-        poll(lambda: status_of(pid) == psutil.STATUS_ZOMBIE, what="the child to exit")
+        wait_for(lambda: status_of(pid) == psutil.STATUS_ZOMBIE, 10.0, what="the child to exit")
         report = inspect_process_tree(os.getpid(), cpu_interval=0.05, look_for_orphans=False)
         child = report.get(pid)
         assert child is not None and child.is_zombie and child.display_status == "<defunct>"
@@ -203,7 +195,7 @@ def test_real_d_state_process_in_a_frozen_cgroup() -> None:
     try:
         (group / "cgroup.procs").write_text(str(sleeper.pid))
         (group / "freezer.state").write_text("FROZEN")
-        poll(lambda: status_of(sleeper.pid) == psutil.STATUS_DISK_SLEEP, what="D state")
+        wait_for(lambda: status_of(sleeper.pid) == psutil.STATUS_DISK_SLEEP, 10.0, what="D state")
         report = inspect_process_tree(os.getpid(), cpu_interval=0, look_for_orphans=False)
         finding = next(f for f in report.findings if f.subject == f"pid {sleeper.pid}")
         assert finding.id == "d-state"
@@ -214,7 +206,9 @@ def test_real_d_state_process_in_a_frozen_cgroup() -> None:
         (group / "freezer.state").write_text("THAWED")
         sleeper.send_signal(signal.SIGKILL)
         sleeper.wait()
-        poll(lambda: not (group / "cgroup.procs").read_text().strip(), what="empty cgroup")
+        wait_for(
+            lambda: not (group / "cgroup.procs").read_text().strip(), 10.0, what="empty cgroup"
+        )
         group.rmdir()
 
 
