@@ -107,7 +107,10 @@ class GenerationResult:
     duration: float  # seconds of audio = seconds of output
     width: int
     height: int
+    # Seconds per job step (check_inputs, prepare, stream, total); load_model,
+    # audio_features and face_track run concurrently inside prepare.
     timings: dict[str, float]
+    stage_seconds: dict[str, float]  # busy seconds per pipeline stage (decode ... compose)
     backend: str
     providers_requested: tuple[str, ...]
     providers_used: tuple[str, ...]
@@ -328,12 +331,11 @@ class Pipeline:
                 progress(done, total)
             _report(on_step, "generate", done, total, finished=done == total)
 
-        with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
+        with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(workdir), frames_written, cancel, job_id
+                inputs, feats, plan, runner, spec, Path(tmp), frames_written, cancel, job_id
             )
-        timings.update(stage_seconds)
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = round(time.perf_counter() - started, 3)
         return GenerationResult(
             output=inputs.output,
             frames=feats.n_frames,
@@ -342,6 +344,7 @@ class Pipeline:
             width=plan.width,
             height=plan.height,
             timings=timings,
+            stage_seconds=stage_seconds,
             backend=runner.info.backend,
             providers_requested=runner.info.requested,
             providers_used=runner.info.used,
@@ -508,7 +511,7 @@ class Pipeline:
             self._teardown(threads, job, writer)
         if job.errors:
             raise job.errors[0]
-        return {f"stage_{name}": round(m.busy_seconds_total, 3) for name, m in monitors.items()}
+        return {name: round(m.busy_seconds_total, 3) for name, m in monitors.items()}
 
     # -- stage plumbing ------------------------------------------------------------------
     def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
