@@ -57,22 +57,25 @@ def export_paths(name: str, checkpoint: Path | None, cache_dir: Path) -> ExportP
 
 @dataclass(frozen=True)
 class PreparedGenerator:
-    """A generator ready to start on its back-end: an ONNX file, or a torch module."""
+    """A generator whose spec is known, ready to start on its back-end.
+
+    ``graph`` is the torch module (torch back-end, or an ONNX export still to be made);
+    ``onnx`` the exported file (to be written by ``start_runner`` when ``needs_export``).
+    The spec comes first so that the template analysis can start while a first-time
+    export runs.
+    """
 
     spec: GeneratorSpec
-    onnx: Path | None
-    graph: Any = None  # torch.nn.Module for the torch back-end
+    onnx: ExportPaths | None
+    graph: Any = None
+    needs_export: bool = False
 
 
 def prepare_generator(
-    name: str,
-    checkpoint: Path | None,
-    *,
-    backend: str,
-    cache_dir: Path,
-    on_step: StepCallback | None = None,
+    name: str, checkpoint: Path | None, *, backend: str, cache_dir: Path
 ) -> PreparedGenerator:
-    """The spec and the graph to run (exported once per model for ONNX Runtime)."""
+    """The spec and what to run: the cached ONNX export (read without torch), else the
+    torch graph (and, for ONNX Runtime, the export still to be made)."""
     if backend == "torch":
         from heygem.generators.graphs import build_graph
 
@@ -80,8 +83,12 @@ def prepare_generator(
         return PreparedGenerator(spec, None, graph)
     paths = export_paths(name, checkpoint, cache_dir)
     cached = _cached_spec(paths)
-    spec = cached if cached is not None else _export(name, checkpoint, paths, on_step)
-    return PreparedGenerator(spec, paths.onnx)
+    if cached is not None:
+        return PreparedGenerator(cached, paths)
+    from heygem.generators.graphs import build_graph
+
+    graph, spec = build_graph(name, checkpoint)
+    return PreparedGenerator(spec, paths, graph, needs_export=True)
 
 
 def start_runner(
@@ -91,11 +98,14 @@ def start_runner(
     threads: int,
     require_gpu: bool,
     precision: str = "fp32",
+    on_step: StepCallback | None = None,
 ) -> GraphRunner:
-    """The session (ONNX Runtime) or module (torch) that runs batches."""
-    if prepared.onnx is not None:
-        return OrtRunner(prepared.onnx, device, threads, require_gpu)
-    return TorchRunner(prepared.graph, device, threads, require_gpu, precision=precision)
+    """The session (ONNX Runtime, exporting first if needed) or module (torch)."""
+    if prepared.onnx is None:
+        return TorchRunner(prepared.graph, device, threads, require_gpu, precision=precision)
+    if prepared.needs_export:
+        _export(prepared, on_step)
+    return OrtRunner(prepared.onnx.onnx, device, threads, require_gpu)
 
 
 def load_generator(
@@ -110,11 +120,14 @@ def load_generator(
     precision: str = "fp32",
     on_step: StepCallback | None = None,
 ) -> tuple[GraphRunner, GeneratorSpec]:
-    prepared = prepare_generator(
-        name, checkpoint, backend=backend, cache_dir=cache_dir, on_step=on_step
-    )
+    prepared = prepare_generator(name, checkpoint, backend=backend, cache_dir=cache_dir)
     runner = start_runner(
-        prepared, device=device, threads=threads, require_gpu=require_gpu, precision=precision
+        prepared,
+        device=device,
+        threads=threads,
+        require_gpu=require_gpu,
+        precision=precision,
+        on_step=on_step,
     )
     return runner, prepared.spec
 
@@ -129,21 +142,18 @@ def _cached_spec(paths: ExportPaths) -> GeneratorSpec | None:
         return None
 
 
-def _export(
-    name: str, checkpoint: Path | None, paths: ExportPaths, on_step: StepCallback | None
-) -> GeneratorSpec:
+def _export(prepared: PreparedGenerator, on_step: StepCallback | None) -> None:
     from heygem.generators.export import export_onnx
-    from heygem.generators.graphs import build_graph
 
+    assert prepared.onnx is not None
     if on_step is not None:
         on_step(StepProgress("export_onnx", 0, None))
-    log.info("exporting %s to ONNX (once per model)", name)
-    graph, spec = build_graph(name, checkpoint)
-    export_onnx(graph, spec.crop.size, paths.onnx, opset=OPSET)
-    _write_atomically(paths.spec, spec.to_json())
+    log.info("exporting %s to ONNX (once per model)", prepared.spec.name)
+    export_onnx(prepared.graph, prepared.spec.crop.size, prepared.onnx.onnx, opset=OPSET)
+    # The spec last: its presence marks a complete entry.
+    _write_atomically(prepared.onnx.spec, prepared.spec.to_json())
     if on_step is not None:
         on_step(StepProgress("export_onnx", 1, None, finished=True))
-    return spec
 
 
 def _write_atomically(target: Path, text: str) -> None:
