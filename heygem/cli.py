@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from heygem import __version__
 from heygem.config import GenerateOptions
@@ -72,30 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
-    from tqdm import tqdm
-
     from heygem.pipeline import Pipeline
+    from heygem.progress_bars import StepBars
 
     pipeline = Pipeline(GenerateOptions.from_arguments(args))
-    bar: Any = None  # a tqdm bar, created lazily
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # created on the first frame, so errors before it print cleanly
-            bar = tqdm(
-                total=total,
-                unit="frame",
-                desc="generating",
-                leave=False,
-                disable=args.quiet or args.json,
-            )
-        bar.update(done - bar.n)
-
-    try:
-        result = pipeline.generate(audio, video, args.output, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+    with StepBars(disabled=args.quiet or args.json) as bars:
+        result = pipeline.generate(audio, video, args.output, on_step=bars)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
