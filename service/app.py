@@ -161,13 +161,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = start_services(settings, metrics, redactor)
         retention = retention_for(services)
-        metrics.add_collector(StateCollector(state_gauges(services, retention)))
+        collector = StateCollector(state_gauges(services, retention))
+        metrics.add_collector(collector)
         retention.start()
         app.state.services = services
         app.state.retention = retention
         try:
             yield
         finally:
+            metrics.registry.unregister(collector)  # the app may be started again
             retention.stop()
             # Normally drained already (SIGTERM); whatever still runs is cancelled with
             # that reason rather than left 'running' in the store.

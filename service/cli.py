@@ -136,6 +136,9 @@ def check_settings(settings: ServiceSettings) -> str | None:
 
     if settings.media_root is not None and not settings.media_root.is_dir():
         return f"{ENV_PREFIX}MEDIA_ROOT: {settings.media_root} is not a directory"
+    checkpoint = settings.options.checkpoint
+    if checkpoint is not None and not checkpoint.is_file():
+        return f"{ENV_PREFIX}PIPELINE__CHECKPOINT: {checkpoint} is not a file"
     for name, path in (
         ("DATA_DIR", settings.data_dir),
         ("PIPELINE__CACHE_DIR", settings.cache_dir),

@@ -222,7 +222,7 @@ class JobLifecycle:
         if ended is None:
             return None
         state = "cancelled" if cancelled else "failed"
-        self.metrics.job_ended(state, raw.cause)
+        self.metrics.job_ended(state, raw.cause, raw.type)
         assert ended.error is not None
         self._log_end(ended, state, f"{raw.type} in phase {ended.error.phase}: {raw.message}")
         return ended

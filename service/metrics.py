@@ -153,10 +153,10 @@ class Metrics:
         if result.get("cpu_fallback"):
             self.cpu_fallbacks.inc()
 
-    def job_ended(self, state: str, cause: str) -> None:
+    def job_ended(self, state: str, cause: str, error_type: str = "") -> None:
         self.jobs_finished.labels(state=state).inc()
         self.job_failures.labels(cause=cause).inc()
-        if cause in STALL_CAUSES:
+        if cause in STALL_CAUSES and error_type != "WorkerStalled":  # that one: worker_stalled
             self.stalls.labels(kind="pipeline").inc()
 
     def worker_stalled(self) -> None:

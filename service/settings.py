@@ -230,17 +230,19 @@ class ServiceSettings(BaseSettings):
         clients = self.clients
         names = [c.name for c in clients]
         if len(set(names)) != len(names):
-            raise ValueError("api_keys: client names must be unique")
+            raise ValueError(f"{ENV_PREFIX}API_KEYS: client names must be unique")
         keys = [c.key.get_secret_value() for c in clients]
         if len(set(keys)) != len(keys):
-            raise ValueError("api_keys: two clients share a key; give each its own")
+            raise ValueError(f"{ENV_PREFIX}API_KEYS: two clients share a key; give each its own")
         unknown = sorted(set(self.admin_clients) - set(names))
         if unknown:
-            raise ValueError(f"admin_clients names unknown clients: {', '.join(unknown)}")
+            raise ValueError(
+                f"{ENV_PREFIX}ADMIN_CLIENTS names clients that have no key: {', '.join(unknown)}"
+            )
         if self.max_queued_per_client is not None and self.max_queued_per_client > self.max_queue:
             raise ValueError(
-                f"max_queued_per_client ({self.max_queued_per_client}) is above max_queue "
-                f"({self.max_queue})"
+                f"{ENV_PREFIX}MAX_QUEUED_PER_CLIENT ({self.max_queued_per_client}) is above "
+                f"{ENV_PREFIX}MAX_QUEUE ({self.max_queue})"
             )
         return self
 
@@ -311,8 +313,9 @@ def env_name(loc: tuple[int | str, ...]) -> str:
     """The environment variable a validation error location refers to."""
     names = [str(part) for part in loc if isinstance(part, str)]
     if not names:
-        return ENV_PREFIX.rstrip("_")
-    return ENV_PREFIX + NESTED.join(n.upper() for n in names[:2])
+        return ENV_PREFIX + "*"
+    nested = names[:2] if names[0] == "pipeline" else names[:1]
+    return ENV_PREFIX + NESTED.join(n.upper() for n in nested)
 
 
 def settings_error_line(exc: ValidationError) -> str:
@@ -321,7 +324,7 @@ def settings_error_line(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False, include_input=False):
         loc = tuple(error.get("loc", ()))
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{env_name(loc)}: {message}")
+        parts.append(f"{env_name(loc)}: {message}" if loc else message)
     return "invalid service settings: " + "; ".join(dict.fromkeys(parts))
 
 

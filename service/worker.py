@@ -172,11 +172,13 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     ).start()
     while (task := jobs.get()) is not None and not stop.is_set():
         cancel = control.begin(task.job_id)
-        retire = _run(task, pipelines, config.options, sender, cancel)
+        outcome, retire = _run(task, pipelines, config.options, sender, cancel)
         control.end()
+        if retire:  # said first, so the supervisor sends no new job to a leaving worker
+            sender.send(Retiring(retire))
+        sender.send(outcome)
         release_memory()
         if retire:
-            sender.send(Retiring(retire))
             log.warning("leaving after job %s: %s", task.job_id, retire)
             conn.close()
             logging.shutdown()
@@ -193,8 +195,8 @@ def _run(
     base: GenerateOptions,
     sender: _Sender,
     cancel: threading.Event,
-) -> str | None:
-    """Run one job; report how it ended; return why this worker must leave, if it must."""
+) -> tuple[JobDone | JobFailed, str | None]:
+    """Run one job: how it ended, and why this worker must leave (if it must)."""
     jlog = logging.LoggerAdapter(log, {"job_id": task.job_id})
     sender.send(Progress(task.job_id, Phase.PREPARING.value, PREPARING_PERCENT))
     last = [-1]
@@ -206,6 +208,7 @@ def _run(
             sender.send(Progress(task.job_id, Phase.GENERATING.value, percent, done, total))
 
     stalled = False
+    outcome: JobDone | JobFailed
     try:
         pipeline = pipelines.get(job_options(base, task.options))
         result = pipeline.generate(
@@ -216,7 +219,7 @@ def _run(
             cancel=cancel,
             job_id=task.job_id,
         )
-        sender.send(JobDone(task.job_id, result.to_dict() | {"output": task.output}))
+        outcome = JobDone(task.job_id, result.to_dict() | {"output": task.output})
         jlog.info(
             "job %s done: %d frames in %.2f s",
             task.job_id,
@@ -224,32 +227,30 @@ def _run(
             result.timings.get("total", 0.0),
         )
     except Cancelled as exc:
-        sender.send(JobFailed(task.job_id, exc.to_dict(), cancelled=True))
+        outcome = JobFailed(task.job_id, exc.to_dict(), cancelled=True)
         jlog.info("job %s cancelled", task.job_id)
     except HeygemError as exc:
         stalled = isinstance(exc, PipelineStalled)
-        sender.send(JobFailed(task.job_id, exc.to_dict(), cancelled=cancel.is_set()))
+        outcome = JobFailed(task.job_id, exc.to_dict(), cancelled=cancel.is_set())
         jlog.warning("job %s failed: %s", task.job_id, exc)
     except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
         jlog.exception("job %s raised", task.job_id)
-        sender.send(
-            JobFailed(
-                task.job_id,
-                {
-                    "type": "InternalError",
-                    "message": f"{type(exc).__name__}: {exc}",
-                    "hint": "this is a bug; the worker log has the traceback",
-                    "cause": FailureCause.INTERNAL.value,
-                    "stage": None,
-                },
-            )
+        outcome = JobFailed(
+            task.job_id,
+            {
+                "type": "InternalError",
+                "message": f"{type(exc).__name__}: {exc}",
+                "hint": "this is a bug; the worker log has the traceback",
+                "cause": FailureCause.INTERNAL.value,
+                "stage": None,
+            },
         )
     stray = [t.name for t in threading.enumerate() if t.name.startswith("heygem-") and t.is_alive()]
     if stray:
-        return f"stage threads still running after the job: {', '.join(stray)}"
+        return outcome, f"stage threads still running after the job: {', '.join(stray)}"
     if stalled:
-        return "the pipeline stalled; a fresh process is the only sure reset"
-    return None
+        return outcome, "the pipeline stalled; a fresh process is the only sure reset"
+    return outcome, None
 
 
 class _WarmPipelines:
