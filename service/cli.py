@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -105,7 +106,12 @@ def fail(message: str, hint: str | None = None) -> int:
 
 def load_settings(args: argparse.Namespace) -> ServiceSettings | str:
     """The settings, or the one line that says what is wrong with them."""
-    from service.settings import ServiceSettings, settings_error_line, unknown_env_vars
+    from service.settings import (
+        ENV_PREFIX,
+        ServiceSettings,
+        settings_error_line,
+        unknown_env_vars,
+    )
 
     unknown = unknown_env_vars(os.environ)
     if unknown:
@@ -126,8 +132,10 @@ def load_settings(args: argparse.Namespace) -> ServiceSettings | str:
     except ValidationError as exc:
         return settings_error_line(exc)
     except SettingsError as exc:  # a nested value that is not JSON
-        cause = exc.__cause__ or exc
-        return f"invalid service settings: {str(cause).splitlines()[0]}"
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a setting"
+        cause = str(exc.__cause__ or exc).splitlines()[0]
+        return f"invalid service settings: {name} is not valid JSON ({cause})"
 
 
 def check_settings(settings: ServiceSettings) -> str | None:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 from heygem.config import GenerateOptions
 from heygem.errors import Cancelled, FailureCause, HeygemError, PipelineStalled
 from service.jobs import Phase
+from service.observe import ContextFilter
+from service.observe import job_id as current_job
 from service.options import job_options
 from service.protocol import (
     CancelJob,
@@ -127,10 +129,15 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(config.cpus)
     _limit_arenas()
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(levelname)s worker-{config.index}[%(process)d] %(name)s: %(message)s",
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(levelname)s worker-{config.index}[%(process)d] %(name)s [job=%(job_id)s]: "
+            "%(message)s"
+        )
     )
+    handler.addFilter(ContextFilter())
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     sender = _Sender(conn)
     stop = threading.Event()
     threading.Thread(
@@ -172,7 +179,9 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     ).start()
     while (task := jobs.get()) is not None and not stop.is_set():
         cancel = control.begin(task.job_id)
+        token = current_job.set(task.job_id)  # every log line of this job names it
         outcome, retire = _run(task, pipelines, config.options, sender, cancel)
+        current_job.reset(token)
         control.end()
         if retire:  # said first, so the supervisor sends no new job to a leaving worker
             sender.send(Retiring(retire))

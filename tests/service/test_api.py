@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -605,3 +607,54 @@ def test_chunked_body_over_the_limit_is_cut_off(
         )
         assert response.request.headers["transfer-encoding"] == "chunked"
         _error(response, 413, "UploadTooLarge")
+
+
+def test_retention_expires_finished_jobs_unused_uploads_and_old_cache_entries(
+    make_settings: Callable[..., ServiceSettings],
+    speech_wav: Path,
+    template_mp4: Path,
+    tmp_path: Path,
+) -> None:
+    """Item 8: storage used to grow forever (uploads, results, rows, template cache)."""
+    cache = tmp_path / "cache"
+    old = time.time() - 7200
+    for n in range(3):  # three template cache entries of 10 kB, last used two hours ago
+        entry = cache / "templates" / f"entry-{n}"
+        entry.mkdir(parents=True)
+        (entry / "crops.npy").write_bytes(b"\0" * 10_000)
+        os.utime(entry, (old + n, old + n))
+    settings = make_settings(
+        job_ttl=3600.0,
+        upload_ttl=3600.0,
+        cache_max_bytes=15_000,
+        cache_keep_recent=600.0,
+        pipeline={"cache_dir": cache},
+    )
+    with TestClient(create_app(settings)) as client:
+        unused = client.post("/v1/uploads", files={"file": ("a.wav", speech_wav.read_bytes())})
+        used = client.post("/v1/uploads", files={"file": ("t.mp4", template_mp4.read_bytes())})
+        done = client.post("/v1/generations", data=REFS).json()
+        finished = _succeed(client, done["id"], template_mp4)
+        waiting = client.post(
+            "/v1/generations",
+            data={"audio_path": "speech.wav", "video_upload_id": used.json()["id"]},
+        ).json()
+        retention = client.app.state.retention  # type: ignore[attr-defined]
+        report = retention.sweep(
+            now=time.time() + 2 * 3600
+        )  # (the start-up sweep trimmed the cache)
+        assert (report.jobs, report.uploads) == (1, 1)
+        _error(client.get(f"/v1/generations/{done['id']}"), 404, "JobNotFound")
+        assert not Path(finished.output_path).parent.exists()
+        assert client.get(f"/v1/generations/{waiting['id']}").json()["state"] == "queued"
+        _error(client.get(f"/v1/uploads/{unused.json()['id']}"), 404, "UploadNotFound")
+        assert client.get(f"/v1/uploads/{used.json()['id']}").status_code == 200
+        assert sorted(p.name for p in (cache / "templates").iterdir()) == ["entry-2"]
+        text = client.get("/metrics").text
+        assert metric(text, "heygem_retention_removed_total", kind="job") == 1
+        assert metric(text, "heygem_retention_removed_total", kind="upload") == 1
+        assert metric(text, "heygem_retention_removed_total", kind="cache_entry") == 2
+        assert metric(text, "heygem_storage_bytes", area="cache") == 10_000
+        uploads = metric(text, "heygem_storage_bytes", area="uploads")
+        assert uploads == template_mp4.stat().st_size
+        assert (metric(text, "heygem_storage_bytes", area="database") or 0) > 0

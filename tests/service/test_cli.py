@@ -259,3 +259,20 @@ def test_log_level_takes_effect_under_heygem_serve(
         assert present in text and "req=" in text, text
     if absent != "-":
         assert absent not in text, text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PIPELINE", "{not json"), ("API_KEYS", '{"alice": '), ("URL_ALLOWLIST", "[oops")],
+)
+def test_broken_json_is_one_line_too(
+    variable: str,
+    value: str,
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    busy_port: int,
+) -> None:
+    clean_env.setenv(PREFIX + variable, value)
+    assert serve(["--port", str(busy_port)]) == 2
+    line = _one_error_line(capsys)
+    assert PREFIX + variable in line or "JSON" in line, line

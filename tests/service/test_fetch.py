@@ -172,15 +172,14 @@ def test_what_is_allowed_is_what_a_static_server_serves_inside_the_prefix(
     parts: list[str],
 ) -> None:
     """Judged by the resolution a file server applies (posixpath.normpath after one
-    percent-decoding), not by the code under test: an allowed URL never lands outside."""
+    percent-decoding), not by the code under test: what is fetched (the normal form that
+    was checked) never lands outside the allowed directory."""
     url = "http://127.0.0.1:8000/" + "/".join(parts)
     checked = allowed(url, ("http://127.0.0.1:8000/ok/",))
     if checked is None:
         return
     served = posixpath.normpath(urllib.parse.unquote(urllib.parse.urlsplit(checked).path))
     assert served.startswith("/ok/"), (url, checked, served)
-    raw = posixpath.normpath(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-    assert raw == served, (url, checked)  # the server reads what was checked
 
 
 def test_allow_list_matching() -> None:

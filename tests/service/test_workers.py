@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,3 +266,36 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_job_errors_name_the_clients_file_not_the_server_path(
+    live: TestClient, faceless_mp4: Path, media_root: Path
+) -> None:
+    """Item 3: a worker's error used to carry '/…/jobs/<id>/video.mp4'."""
+    with (media_root / "speech.wav").open("rb") as audio, faceless_mp4.open("rb") as video:
+        response = live.post(
+            "/v1/generations",
+            files={"audio": ("speech.wav", audio), "video": ("empty room.mp4", video)},
+        )
+    assert response.status_code == 202, response.text
+    status = wait_final(live, response.json()["id"])
+    error = status["error"]
+    assert status["state"] == "failed" and error["type"] == "NoFaceFound", status
+    assert error["cause"] == "no-face" and "'empty room.mp4'" in error["message"], error
+    settings = live.app.state.services.settings  # type: ignore[attr-defined]
+    text = f"{error['message']} {error['hint']}"
+    assert str(settings.data_dir) not in text and "/jobs/" not in text
+
+
+def test_a_template_cache_hit_marks_its_entry_as_recently_used(
+    live: TestClient, shared_cache: Path
+) -> None:
+    """The cache is trimmed least recently used first: a hit must count as a use."""
+    _next_job_succeeds(live)  # the template is analysed and cached (or already was)
+    entries = list((shared_cache / "templates").iterdir())
+    past = time.time() - 3600
+    for entry in entries:
+        os.utime(entry, (past, past))
+    _next_job_succeeds(live)
+    used = [e for e in entries if e.stat().st_mtime > past + 1800]
+    assert len(used) == 1, [(e.name, e.stat().st_mtime) for e in entries]
