@@ -19,7 +19,8 @@ from heygem.config import option_specs
 from service.cli import is_loopback, serve
 from service.options import PipelineSettings
 from service.settings import ServiceSettings
-from tests.service.helpers import KEYS, free_port, wait_for
+from tests.helpers import wait_for
+from tests.service.helpers import KEYS, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "HEYGEM_SERVICE_"

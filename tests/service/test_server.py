@@ -22,8 +22,8 @@ import pytest
 
 from service.jobs import JobState
 from service.store import JobStore
-from tests.helpers import stream_summary
-from tests.service.helpers import free_port, wait_for
+from tests.helpers import stream_summary, wait_for
+from tests.service.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.service.helpers import KEYS, wait_for
+from tests.helpers import wait_for
+from tests.service.helpers import KEYS
 
 
 def test_unloadable_model_is_reported_by_readyz(

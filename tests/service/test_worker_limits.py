@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.service.helpers import KEYS, SPEECH_SECONDS, metric, wait_final, wait_for
+from tests.helpers import wait_for
+from tests.service.helpers import KEYS, SPEECH_SECONDS, metric, wait_final
 
 REFS = {"audio_path": "speech.wav", "video_path": "template.mp4"}
 ADMIN = {"X-API-Key": KEYS["ops"]}

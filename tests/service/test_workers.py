@@ -26,7 +26,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import ServiceSettings
 from service.store import JobStore
-from tests.service.helpers import KEYS, SPEECH_SECONDS, metric, wait_final, wait_for
+from tests.helpers import wait_for
+from tests.service.helpers import KEYS, SPEECH_SECONDS, metric, wait_final
 
 REFS = {"audio_path": "speech.wav", "video_path": "template.mp4"}
 SLOW = "generate:slow:0.4"  # 7 batches of 8 frames at 0.4 s: ~3 s of generating
