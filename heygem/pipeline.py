@@ -471,7 +471,7 @@ class Pipeline:
         job.loader_workers = list(getattr(iterator, "_workers", []))
         monitor = job.monitors["load"]
         try:
-            for batch in _loaded(iterator, job):
+            for batch in _loaded(iterator, job, len(loader)):
                 out.put(batch)
                 monitor.beat(len(batch[0]))
             out.put(END)
@@ -631,10 +631,15 @@ def _stop_workers(workers: list[Any]) -> None:
             proc.join(timeout=2.0)
 
 
-def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
+def _loaded(batches: Iterator[Any], job: _Job, total: int) -> Iterator[Any]:
     """The loader's batches; its failures typed by what the workers' exits show. Waits in
     short polls, so a job torn down meanwhile ends this stage at once."""
+    done = 0
     while True:
+        if done == total:
+            # The next call joins the workers (torch shuts them down when exhausted), which
+            # takes as long as it takes: not a pace to judge.
+            job.monitors["load"].expect_long("shutting down the DataLoader workers")
         try:
             batch = next(batches)
         except StopIteration:
@@ -645,6 +650,7 @@ def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
             if job.cancel.is_set():
                 raise JobCancelled from exc
             raise loader_failure(exc, job.loader_workers, job.oom) from exc
+        done += 1
         yield batch
 
 
