@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--generator", default="mouthwarp")
+    parser.add_argument("--generator", default="rewrite")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--workers", type=int, default=0)

@@ -18,8 +18,11 @@ import cv2
 import numpy as np
 
 SEARCH_WIDTH = 640  # a full search runs at most this wide (faces >= ~80 px at that scale)
-# Upsampled passes stop before the image grows past this many pixels (time and memory).
-MAX_UPSAMPLED_PIXELS = 4_500_000
+# Upsampled passes stop before the image grows past this many pixels (~1.5 s for a 720p
+# frame searched at 4x), and a video gets at most a few of them: after that many frames
+# without any face, the video's faces are not tiny, there are none.
+MAX_UPSAMPLED_PIXELS = 15_000_000
+MAX_UPSAMPLED_SEARCHES = 3
 TRACK_FACE_WIDTH = 100.0  # px: the face's width in the tracking window
 DETECTOR_VERSION = f"dlib-hog-w{SEARCH_WIDTH}-up-v1"
 
@@ -56,17 +59,19 @@ class FaceDetector:
     def __init__(self, search_width: int = SEARCH_WIDTH) -> None:
         self._detector, self._lock = _hog_detector()
         self._search_width = search_width
+        self._upsampled_searches = 0
 
     def detect(self, gray: np.ndarray, previous: Box | None = None) -> Box | None:
         """``gray``: a uint8 luma plane. Tracks near ``previous`` first, then searches the
         whole frame; upsampled passes only while no face was ever seen (``previous`` is
-        None), so a video whose face leaves for a while is not searched at 4x per frame."""
+        None) and only on the first frames, so a video whose face leaves for a while, or
+        that has none, is not searched at 4x per frame. One detector per video."""
         if previous is not None:
             tracked = self._detect_near(gray, previous)
             if tracked is not None:
                 return tracked
-        found = self._search(gray, previous, upsample=previous is None)
-        return found
+        upsample = previous is None and self._upsampled_searches < MAX_UPSAMPLED_SEARCHES
+        return self._search(gray, previous, upsample=upsample)
 
     def _run(self, image: np.ndarray, upsample: int) -> list[tuple[Box, float]]:
         with self._lock:
@@ -87,6 +92,7 @@ class FaceDetector:
             while (4 ** (levels + 1)) * width * height <= MAX_UPSAMPLED_PIXELS and levels < 2:
                 levels += 1
             if levels:
+                self._upsampled_searches += 1
                 found = self._run(np.ascontiguousarray(gray), levels)
         if not found:
             return None
