@@ -106,7 +106,7 @@ def record_run(
         "kind": KIND,
         "label": label,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {"generator": "mouthwarp", "backend": backend, "device": device},
+        "settings": {"generator": "rewrite", "backend": backend, "device": device},
         "environment": {
             "versions": library_versions(),
             "platform": platform.platform(),

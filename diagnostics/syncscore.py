@@ -87,7 +87,9 @@ def mouth_openings(video: Path) -> tuple[np.ndarray, float]:
 
 def loudness_envelope(wav: np.ndarray, frames: int, fps: float) -> np.ndarray:
     """RMS per video frame in dB, floored ``FLOOR_DB`` under the loudest frame."""
-    edges = np.clip(np.round(np.arange(frames + 1) * SAMPLE_RATE / fps).astype(np.int64), 0, wav.size)
+    edges = np.clip(
+        np.round(np.arange(frames + 1) * SAMPLE_RATE / fps).astype(np.int64), 0, wav.size
+    )
     squared = np.concatenate([[0.0], np.cumsum(wav.astype(np.float64) ** 2)])
     counts = np.maximum(edges[1:] - edges[:-1], 1)
     rms = np.sqrt(np.maximum(squared[edges[1:]] - squared[edges[:-1]], 0.0) / counts)

@@ -375,7 +375,9 @@ class Pipeline:
         except BaseException:
             writer.abort()
             raise
-        samples = generator_samples(spec, plan, feats.mel, feats.active, timing, workdir, opts.fault)
+        samples = generator_samples(
+            spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
+        )
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),

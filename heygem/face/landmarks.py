@@ -69,7 +69,9 @@ def landmarks(gray: np.ndarray, box: Box) -> np.ndarray:
     scale = max(1.0, MIN_FACE_WIDTH / max(box.w, 1.0))
     if scale == 1.0:
         image, origin = np.ascontiguousarray(gray), (0.0, 0.0)
-        rect = dlib.rectangle(round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h))
+        rect = dlib.rectangle(
+            round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h)
+        )
     else:
         # Resample a generous window around the face, not the whole frame.
         height, width = gray.shape[:2]

@@ -67,9 +67,13 @@ def plan_template(
     max_frames: int,
     on_progress: Progress | None = None,
 ) -> TemplatePlan:
-    entry = cache_dir / "templates" / (
-        f"{content_hash(path)}-{width}x{height}-{DETECTOR_VERSION}-{LANDMARKS_VERSION}"
-        f"-c{CACHE_VERSION}"
+    entry = (
+        cache_dir
+        / "templates"
+        / (
+            f"{content_hash(path)}-{width}x{height}-{DETECTOR_VERSION}-{LANDMARKS_VERSION}"
+            f"-c{CACHE_VERSION}"
+        )
     )
     track_file, crops_file = entry / "track.npz", entry / f"crops-{spec.key}.npz"
     crops_array = entry / f"crops-{spec.key}.npy"

@@ -22,6 +22,7 @@ renderer's control vector per output frame.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,7 @@ def speech_openness(mel: np.ndarray, n_frames: int, fps: float, active: np.ndarr
     edges = (np.arange(n_frames + 1) * MEL_FPS / fps).astype(np.int64)
     edges = np.clip(edges, 0, mel.shape[1] - 1)
     band = mel[SPEECH_BANDS].mean(axis=0)
-    loud = np.array(
-        [band[a : max(a + 1, b)].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    )
+    loud = np.array([band[a : max(a + 1, b)].mean() for a, b in itertools.pairwise(edges)])
     voiced = np.asarray(active[:n_frames], dtype=bool)
     if not voiced.any():
         return np.zeros(n_frames, dtype=np.float32)
@@ -154,7 +153,9 @@ def _choose(
             jump = total[best_any] + JUMP_COST
             options = np.stack([hold, advance, np.full(k, jump)])
             pick = np.argmin(options, axis=0)
-            back[row] = np.where(pick == 0, np.arange(k), np.where(pick == 1, np.arange(k) - 1, best_any))
+            back[row] = np.where(
+                pick == 0, np.arange(k), np.where(pick == 1, np.arange(k) - 1, best_any)
+            )
             total = options[pick, np.arange(k)] + cost
         state = int(np.argmin(total))
         for row in range(stop - start - 1, -1, -1):
@@ -220,7 +221,9 @@ def _align(
         head = np.eye(3)
     else:
         stable = list(STABLE)
-        head = similarity(points[k, stable].astype(np.float64), points[t, stable].astype(np.float64))
+        head = similarity(
+            points[k, stable].astype(np.float64), points[t, stable].astype(np.float64)
+        )
     matrix = to_crop_t @ head @ np.linalg.inv(to_crop_k)
     mouth = points[k].astype(np.float64)
     in_t = (to_crop_t @ head @ np.c_[mouth, np.ones(len(mouth))].T).T[:, :2]
@@ -280,8 +283,9 @@ def aligned_mouth(source: np.ndarray, target: np.ndarray, warp: np.ndarray) -> n
         source, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     ring = _ring(size)
-    offset = np.subtract(cv2.mean(target, ring), cv2.mean(moved, ring))
-    return np.asarray(cv2.add(moved, tuple(float(v) for v in offset)))
+    offset = np.subtract(cv2.mean(target, ring), cv2.mean(moved, ring))[:3]
+    shifted = moved.astype(np.int16) + np.round(offset).astype(np.int16)
+    return np.clip(shifted, 0, 255).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=8)

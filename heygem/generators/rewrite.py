@@ -113,9 +113,7 @@ class MouthRenderer(nn.Module):
         # The band that opened: from the seam down to the moved lower lip.
         opening = amount * torch.sqrt(across)
         edge = 0.8 * self.pixel
-        inside = torch.sigmoid((v - middle) / edge) * torch.sigmoid(
-            (middle + opening - v) / edge
-        )
+        inside = torch.sigmoid((v - middle) / edge) * torch.sigmoid((middle + opening - v) / edge)
         inside = inside * (opening / (2.0 * self.pixel)).clamp(0.0, 1.0)
         depth = ((v - middle) / (opening + 1e-4)).clamp(0.0, 1.0)  # 0 at the seam, 1 at the lip
         skin = F.avg_pool2d(face, 8).mean(dim=(2, 3), keepdim=True)
@@ -144,7 +142,9 @@ class MouthRenderer(nn.Module):
         frac = (rows - top_row)[:, None]
         index = top_row.long()[:, None].expand(-1, face.shape[1], -1, -1)
         # Weighted this way, frac 0 and 1 give the gathered rows exactly (identity stays exact).
-        moved = torch.gather(face, 2, index) * (1.0 - frac) + torch.gather(face, 2, index + 1) * frac
+        moved = (
+            torch.gather(face, 2, index) * (1.0 - frac) + torch.gather(face, 2, index + 1) * frac
+        )
         blend = fields[:, 1:2]
         return moved * (1.0 - blend) + fields[:, 2:5] * blend
 

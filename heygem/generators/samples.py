@@ -34,8 +34,6 @@ def generator_samples(
 
     shown = np.array([timing.template_frame(i) for i in range(timing.n_frames)], dtype=np.int64)
     openness = speech_openness(mel, timing.n_frames, timing.out_fps, active)
-    mouths = plan_mouths(
-        plan.landmarks, plan.valid, plan.regions, spec.crop.size, openness, shown
-    )
+    mouths = plan_mouths(plan.landmarks, plan.valid, plan.regions, spec.crop.size, openness, shown)
     plan_path = mouths.save(workdir / "mouths.npz")
     return MouthSamples(plan.crops_path, plan_path, shown, fault)

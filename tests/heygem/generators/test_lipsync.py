@@ -154,7 +154,7 @@ def test_still_lip_syncs_on_the_mouth(
     change = frames.std(axis=0)
 
     def energy(box: tuple[float, float, float, float]) -> float:
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = (round(v) for v in box)
         return float(change[y0:y1, x0:x1].sum())
 
     mouth_height = still.mouth[3] - still.mouth[1]
@@ -164,7 +164,9 @@ def test_still_lip_syncs_on_the_mouth(
 
 
 @pytest.fixture(scope="module")
-def talking(speech: tuple[Path, Path], pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def talking(
+    speech: tuple[Path, Path], pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A talking template: the portrait speaking sentence A (generated, then re-encoded as
     a plain video, as a recording would be)."""
     folder = tmp_path_factory.mktemp("talking")
