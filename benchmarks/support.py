@@ -25,7 +25,7 @@ import av
 import numpy as np
 
 from heygem.audio.features import SAMPLE_RATE, frame_count
-from heygem.config import GenerateOptions
+from heygem.config import BackendName, GenerateOptions, GeneratorName
 from heygem.demo import iter_template_frames, write_video, write_wav
 from heygem.face.template import TemplatePlan
 from heygem.generators.graphs import GeneratorSpec
@@ -33,6 +33,8 @@ from heygem.generators.runtime import GraphRunner
 from heygem.media.writer import video_rate
 from heygem.pipeline import GenerationResult, Pipeline
 from heygem.resources import ThreadBudget
+
+DEFAULTS = GenerateOptions()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE = os.environ.get("HEYGEM_BENCH_SMOKE", "") not in ("", "0")
@@ -375,16 +377,16 @@ class Pipelines:
     def options(
         self,
         *,
-        generator: str = "rewrite",
-        backend: str = "onnxruntime",
+        generator: GeneratorName = DEFAULTS.generator,
+        backend: BackendName = DEFAULTS.backend,
         workers: int = 0,
-        batch_size: int = 16,
+        batch_size: int = DEFAULTS.batch_size,
         cache_dir: Path | None = None,
     ) -> GenerateOptions:
         return GenerateOptions(
-            generator=generator,  # type: ignore[arg-type]
+            generator=generator,
             checkpoint=self.models.checkpoint(generator),
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
             device="cpu",
             batch_size=batch_size,
             num_workers=workers,
@@ -483,7 +485,7 @@ class FreshJobs:
             opts.generator,
             "--backend",
             opts.backend,
-            "--workers",
+            "--num-workers",
             str(opts.num_workers),
             "--batch-size",
             str(opts.batch_size),
@@ -534,7 +536,6 @@ def random_batch(
 
 
 # -- the floor as a baseline ----------------------------------------------------------------
-DEFAULTS = GenerateOptions()
 
 
 def run_floor(media: Media, budget: ThreadBudget, res: str, n_frames: int) -> int:

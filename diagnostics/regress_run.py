@@ -1,4 +1,4 @@
-"""Run the golden scenarios through the real pipeline and fingerprint every stage.
+"""Run the golden scenarios through the real pipeline and fingerprint every step.
 
 The pipeline runs unmodified; a subclass only keeps what its named steps returned (the
 mel and activity of ``audio_features``, the face plan of ``plan_template``, the runner of
@@ -23,10 +23,16 @@ import cv2
 import numpy as np
 
 from diagnostics.regress_metrics import encode_png
-from diagnostics.regress_scenarios import SCENARIOS, SEEDED_BATCH, Perturbation, Scenario
+from diagnostics.regress_scenarios import (
+    GOLDEN_OPTIONS,
+    SCENARIOS,
+    SEEDED_BATCH,
+    Perturbation,
+    Scenario,
+)
 from heygem.audio import features
 from heygem.batches import FrameTiming
-from heygem.config import GenerateOptions
+from heygem.config import BackendName, DeviceName, GenerateOptions
 from heygem.face.template import TemplatePlan
 from heygem.generators.graphs import GeneratorSpec
 from heygem.generators.runtime import BackendInfo, GraphRunner
@@ -52,20 +58,13 @@ MAX_LIP_LAG = 4  # frames
 
 @dataclass(frozen=True)
 class RunSettings:
-    backend: str = "onnxruntime"
-    device: str = "cpu"
+    backend: BackendName = "onnxruntime"
+    device: DeviceName = "cpu"
 
     def options(self, cache_dir: Path) -> GenerateOptions:
-        # crf 0: lossless H.264 (High 4:4:4 Predictive), so composites are compared exactly.
-        return GenerateOptions(
-            generator="rewrite",
-            backend=self.backend,  # type: ignore[arg-type]
-            device=self.device,  # type: ignore[arg-type]
-            crf=0,
-            preset="veryfast",
-            num_workers=0,
-            cache_dir=cache_dir,
-        ).validated()
+        return GOLDEN_OPTIONS.with_changes(
+            backend=self.backend, device=self.device, cache_dir=cache_dir
+        )
 
 
 def _r(value: float) -> float:
@@ -106,8 +105,8 @@ class CapturingPipeline(Pipeline):
         self.features: AudioFeatures | None = None
         self.plan: TemplatePlan | None = None
 
-    def _amount(self, stage: str) -> float | None:
-        return self.perturb.amount if self.perturb and self.perturb.stage == stage else None
+    def _amount(self, step: str) -> float | None:
+        return self.perturb.amount if self.perturb and self.perturb.step == step else None
 
     def load(self) -> tuple[GraphRunner, GeneratorSpec]:
         runner, spec = super().load()
@@ -211,7 +210,7 @@ def _decode_lumas(path: Path) -> list[np.ndarray]:
         ]
 
 
-# --- fingerprints per stage -----------------------------------------------------------
+# --- fingerprints per step -----------------------------------------------------------
 def inputs_fingerprint(wav: np.ndarray, template: list[np.ndarray]) -> dict[str, Any]:
     h, w = template[0].shape
     return {
@@ -246,7 +245,7 @@ def audio_fingerprint(feats: AudioFeatures) -> dict[str, Any]:
 
 def face_fingerprint(plan: TemplatePlan, crops: np.ndarray) -> dict[str, Any]:
     """Regions per template frame, and the model-sized crops at the sampled frames (the
-    generator's input: their changes belong to this stage, not to the generator)."""
+    generator's input: their changes belong to this step, not to the generator)."""
     regions = np.where(plan.valid[:, None], plan.regions, 0)
     fingerprint: dict[str, Any] = {
         "template_frames": plan.n_frames,
@@ -488,7 +487,7 @@ def run_fingerprints(
     workdir: Path | None = None,
     on_scenario: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], BackendInfo]:
-    """Fingerprints of the named scenarios: {scenario: {stage: {metric: value}}}."""
+    """Fingerprints of the named scenarios: {scenario: {step: {metric: value}}}."""
     with tempfile.TemporaryDirectory(prefix="heygem-regress-", dir=workdir) as tmp:
         pipeline = CapturingPipeline(settings.options(Path(tmp) / "cache"), perturb)
         runner, spec = pipeline.load()

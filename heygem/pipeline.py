@@ -31,7 +31,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from heygem.audio import features
-from heygem.batches import FrameTiming, loader_failure, make_loader
+from heygem.batches import (
+    FrameTiming,
+    is_poll_timeout,
+    loader_failure,
+    make_loader,
+)
 from heygem.composite import composite
 from heygem.config import PIPELINE_STAGES, FaultInjection, GenerateOptions
 from heygem.errors import (
@@ -58,6 +63,7 @@ from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
 from heygem.runner.exits import OomWatch
 from heygem.runner.faults import inject
 from heygem.runner.monitor import StageMonitor, StageState
+from heygem.runner.processes import StoppedClock, is_stopped
 from heygem.runner.watchdog import ChildProcess, Watchdog
 
 log = logging.getLogger(__name__)
@@ -104,7 +110,8 @@ class GenerationResult:
     duration: float  # seconds of audio = seconds of output
     width: int
     height: int
-    timings: dict[str, float]
+    timings: dict[str, float]  # seconds per job step (check_inputs ... stream, total)
+    stage_seconds: dict[str, float]  # busy seconds per pipeline stage (decode ... compose)
     backend: str
     providers_requested: tuple[str, ...]
     providers_used: tuple[str, ...]
@@ -136,6 +143,7 @@ class _Job:
     loader_workers: list[Any] = field(default_factory=list)
     # Started with the job: a SIGKILL is blamed on the OOM killer only if this rose.
     oom: OomWatch = field(default_factory=OomWatch)
+    stopped: StoppedClock = field(default_factory=StoppedClock)
     finished: threading.Event = field(default_factory=threading.Event)
     running: int = len(STAGES)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -260,6 +268,7 @@ class Pipeline:
                     job_id,
                     stage=getattr(exc, "stage", None),
                     error_type=type(exc).__name__,
+                    cause=exc.cause.value,
                 )
                 raise
             event(
@@ -299,12 +308,11 @@ class Pipeline:
                 f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
                 "detectable face and pass through unchanged"
             )
-        with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
+        with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(workdir), progress, cancel, job_id
+                inputs, feats, plan, runner, spec, Path(tmp), progress, cancel, job_id
             )
-        timings.update(stage_seconds)
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = round(time.perf_counter() - started, 3)
         return GenerationResult(
             output=inputs.output,
             frames=feats.n_frames,
@@ -313,6 +321,7 @@ class Pipeline:
             width=plan.width,
             height=plan.height,
             timings=timings,
+            stage_seconds=stage_seconds,
             backend=runner.info.backend,
             providers_requested=runner.info.requested,
             providers_used=runner.info.used,
@@ -421,7 +430,7 @@ class Pipeline:
             self._teardown(threads, job, writer)
         if job.errors:
             raise job.errors[0]
-        return {f"stage_{name}": round(m.busy_seconds_total, 3) for name, m in monitors.items()}
+        return {name: round(m.busy_seconds_total, 3) for name, m in monitors.items()}
 
     # -- stage plumbing ------------------------------------------------------------------
     def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
@@ -489,6 +498,7 @@ class Pipeline:
                     kind,
                     job.job_id,
                     stage=problem.stage,
+                    cause=problem.cause.value,
                     frames=stuck.items if stuck else None,
                     queue_depth=watchdog.input_depth(problem.stage),
                 )
@@ -585,6 +595,7 @@ def _compose_stage(
             )
         if progress is not None:
             progress(index + 1, timing.n_frames)
+    monitor.expect_long("flushing the encoder and closing the MP4")
     writer.finish()
 
 
@@ -596,14 +607,24 @@ def _until_end(channel: Channel[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
 def _children(job: _Job) -> list[ChildProcess]:
     if job.monitors["load"].state.value in ("done", "failed"):
         return []  # workers were shut down on purpose
-    return [ChildProcess("load", p.pid, p.exitcode) for p in job.loader_workers]
+    return [
+        ChildProcess("load", p.pid, p.exitcode, job.stopped.stopped_for(p.pid))
+        for p in job.loader_workers
+    ]
 
 
 def _stop_workers(workers: list[Any]) -> None:
-    """Terminate DataLoader workers the loading thread could not shut down itself."""
+    """Terminate DataLoader workers the loading thread could not shut down itself.
+
+    SIGTERM waits for a stopped (state T) process to be continued; SIGKILL does not, so a
+    stopped worker is killed at once.
+    """
     for proc in workers:
         if proc.is_alive():
-            proc.terminate()
+            if is_stopped(proc.pid):
+                proc.kill()
+            else:
+                proc.terminate()
     for proc in workers:
         proc.join(timeout=2.0)
         if proc.is_alive():
@@ -612,13 +633,18 @@ def _stop_workers(workers: list[Any]) -> None:
 
 
 def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
-    """The loader's batches; its failures typed by what the workers' exits show."""
+    """The loader's batches; its failures typed by what the workers' exits show. Waits in
+    short polls, so a job torn down meanwhile ends this stage at once."""
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             return
         except Exception as exc:
+            if is_poll_timeout(exc) and not job.cancel.is_set():
+                continue
+            if job.cancel.is_set():
+                raise JobCancelled from exc
             raise loader_failure(exc, job.loader_workers, job.oom) from exc
         yield batch
 

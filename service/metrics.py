@@ -112,7 +112,11 @@ class Metrics:
             "heygem_cpu_fallbacks_total", "Jobs that asked for a GPU provider but ran on CPU."
         )
         self.stage_seconds = Histogram(
-            "heygem_stage_seconds", "Seconds spent per pipeline stage, per job."
+            "heygem_stage_seconds",
+            "Busy seconds per pipeline stage (decode/load/generate/compose), per job.",
+        )
+        self.step_seconds = Histogram(
+            "heygem_step_seconds", "Seconds per job step (check_inputs ... stream), per job."
         )
         self.job_seconds = Histogram(
             "heygem_job_seconds", "Seconds from start to finish of succeeded jobs."
@@ -129,12 +133,17 @@ class Metrics:
 
     def job_succeeded(self, result: dict[str, object], queued_seconds: float | None) -> None:
         timings = result.get("timings")
+        stages = result.get("stage_seconds")
         with self._lock:
             self.jobs_finished.inc(state="succeeded")
-            if isinstance(timings, dict):
-                for stage, seconds in timings.items():
-                    if stage != "total" and isinstance(seconds, int | float):
+            if isinstance(stages, dict):
+                for stage, seconds in stages.items():
+                    if isinstance(seconds, int | float):
                         self.stage_seconds.observe(float(seconds), stage=str(stage))
+            if isinstance(timings, dict):
+                for step, seconds in timings.items():
+                    if step != "total" and isinstance(seconds, int | float):
+                        self.step_seconds.observe(float(seconds), step=str(step))
                 total = timings.get("total")
                 frames = result.get("frames")
                 if isinstance(total, int | float) and total > 0:
@@ -144,11 +153,7 @@ class Metrics:
                         self.fps.observe(frames / float(total))
             if queued_seconds is not None:
                 self.queue_seconds.observe(queued_seconds)
-            requested = [str(p) for p in _seq(result.get("providers_requested"))]
-            used = [str(p) for p in _seq(result.get("providers_used"))]
-            if any("CUDA" in p or p == "cuda" for p in requested) and not any(
-                "CUDA" in p or p == "cuda" for p in used
-            ):
+            if result.get("cpu_fallback"):
                 self.cpu_fallbacks.inc()
 
     def job_ended(self, state: str, error_type: str | None = None) -> None:
@@ -189,10 +194,12 @@ class Metrics:
                 self.cpu_fallbacks,
             ):
                 lines += metric.render()
-            for hist in (self.stage_seconds, self.job_seconds, self.queue_seconds, self.fps):
+            for hist in (
+                self.stage_seconds,
+                self.step_seconds,
+                self.job_seconds,
+                self.queue_seconds,
+                self.fps,
+            ):
                 lines += hist.render()
         return "\n".join(lines) + "\n"
-
-
-def _seq(value: object) -> Sequence[object]:
-    return value if isinstance(value, list | tuple) else ()

@@ -43,7 +43,10 @@ class GenerationStatus(BaseModel):
     attempts: int
     cancel_requested: bool
     options: dict[str, Any]
-    timings: dict[str, float] = Field(description="Seconds per stage (queued wait included)")
+    timings: dict[str, float] = Field(description="Seconds per job step (queued wait included)")
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Busy seconds per pipeline stage"
+    )
     providers_requested: list[str]
     providers_used: list[str]
     warnings: list[str]
@@ -78,6 +81,11 @@ class GenerationStatus(BaseModel):
             cancel_requested=job.cancel_requested,
             options=job.options,
             timings=timings,
+            stage_seconds={
+                k: float(v)
+                for k, v in dict(result.get("stage_seconds") or {}).items()
+                if isinstance(v, int | float)
+            },
             providers_requested=[str(p) for p in result.get("providers_requested") or ()],
             providers_used=[str(p) for p in result.get("providers_used") or ()],
             warnings=list(job.warnings),

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from heygem.config import FaultInjection, GenerateOptions, default_cache_dir
+from heygem.config import FaultInjection, GenerateOptions, X264Preset, default_cache_dir
 
 MiB = 1024 * 1024
 
@@ -73,7 +73,7 @@ class ServiceSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=16, ge=1, le=512)
     num_workers: int = Field(default=0, ge=0, le=64)  # DataLoader workers inside each worker
-    preset: str = "veryfast"
+    preset: X264Preset = "veryfast"
     crf: int = Field(default=23, ge=0, le=51)
     stall_timeout: float = Field(default=10.0, ge=0.5)
     max_width: int = Field(default=3840, ge=64)

@@ -1,11 +1,30 @@
-"""Small readers used by several test modules."""
+"""Small helpers used by several test modules: polling, media readers."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.02,
+    what: str = "the condition",
+) -> Any:
+    """Poll until ``condition()`` is truthy and return its value: the one way tests wait
+    (never a fixed sleep); fails with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
 
 
 def read_gray_frames(path: Path) -> np.ndarray:

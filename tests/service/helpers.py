@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from tests.helpers import wait_for
+
 SPEECH_SECONDS = 2.0  # the media root's speech.wav
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll until ``condition()`` is truthy; return its value (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"condition not reached in {timeout} s"
-        time.sleep(interval)
-    return value
 
 
 def wait_final(client: TestClient, job_id: str, timeout: float = 60.0) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def test_cpu_fallback_and_fps_are_counted() -> None:
     metrics = Metrics()
     metrics.job_succeeded(
         {
-            "timings": {"total": 2.0, "stage_generate": 1.0},
+            "timings": {"total": 2.0, "stream": 1.5},
+            "stage_seconds": {"generate": 1.0},
+            "cpu_fallback": True,
             "frames": 50,
             "providers_requested": ["CUDAExecutionProvider"],
             "providers_used": ["CPUExecutionProvider"],

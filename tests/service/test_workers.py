@@ -113,9 +113,8 @@ def test_full_job_status_and_download(live: TestClient) -> None:
     assert status["progress"] == 100 and status["stage"] == "done" and status["error"] is None
     assert status["frames"] == math.ceil(SPEECH_SECONDS * 25) and status["fps"] == 25
     assert status["providers_used"] == ["CPUExecutionProvider"]
-    assert {"queued", "audio_features", "face_track", "stage_generate", "total"} <= set(
-        status["timings"]
-    )
+    assert {"queued", "audio_features", "face_track", "stream", "total"} <= set(status["timings"])
+    assert set(status["stage_seconds"]) == {"decode", "load", "generate", "compose"}
     assert status["worker_pid"] and status["result_url"].endswith("/result")
 
     full = live.get(status["result_url"])
@@ -134,7 +133,8 @@ def test_full_job_status_and_download(live: TestClient) -> None:
     assert beyond.headers["content-range"] == f"bytes */{size}"
 
     metrics = live.get("/metrics").text
-    assert 'heygem_stage_seconds_count{stage="stage_generate"}' in metrics
+    assert 'heygem_stage_seconds_count{stage="generate"}' in metrics
+    assert 'heygem_step_seconds_count{step="face_track"}' in metrics
     assert "heygem_generation_fps_count" in metrics
     assert 'heygem_jobs_finished_total{state="succeeded"}' in metrics
 
