@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from heygem.audio import features
 from heygem.batches import (
-    FrameSamples,
     FrameTiming,
     is_poll_timeout,
     loader_failure,
@@ -52,6 +52,7 @@ from heygem.face.template import TemplatePlan, plan_template
 from heygem.generators.graphs import GeneratorSpec
 from heygem.generators.loader import load_generator
 from heygem.generators.runtime import GraphRunner
+from heygem.generators.samples import generator_samples
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
@@ -344,8 +345,6 @@ class Pipeline:
     ) -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
-        mel_path = workdir / "mel.npy"
-        np.save(mel_path, feats.mel)
         timing = FrameTiming(feats.n_frames, feats.fps, inputs.video.fps, plan.n_frames)
         monitors = {name: StageMonitor(name) for name in STAGES}
         if opts.num_workers and opts.start_method != "fork":
@@ -385,7 +384,9 @@ class Pipeline:
         except BaseException:
             writer.abort()
             raise
-        samples = FrameSamples(plan.crops_path, mel_path, timing, opts.fault)
+        samples = generator_samples(
+            spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
+        )
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
@@ -464,7 +465,7 @@ class Pipeline:
         finally:
             job.stage_ended()
 
-    def _load_stage(self, samples: FrameSamples, out: Channel[Any], job: _Job) -> None:
+    def _load_stage(self, samples: Dataset[Any], out: Channel[Any], job: _Job) -> None:
         opts = self.options
         loader = make_loader(samples, opts.batch_size, opts.num_workers, opts.start_method)
         iterator = iter(loader)

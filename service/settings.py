@@ -67,7 +67,7 @@ class ServiceSettings(BaseSettings):
     allow_remote_without_key: bool = False
 
     # The warm pipeline every worker holds (jobs may override the cheap options).
-    generator: Literal["mouthwarp", "wav2lip"] = "mouthwarp"
+    generator: Literal["rewrite", "wav2lip"] = "rewrite"
     checkpoint: Path | None = None
     backend: Literal["onnxruntime", "torch"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = "auto"
