@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from heygem.audio import features
 from heygem.batches import (
-    FrameSamples,
     FrameTiming,
     is_poll_timeout,
     loader_failure,
@@ -52,6 +52,7 @@ from heygem.face.template import TemplatePlan, plan_template
 from heygem.generators.graphs import GeneratorSpec
 from heygem.generators.loader import load_generator
 from heygem.generators.runtime import GraphRunner
+from heygem.generators.samples import generator_samples
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
@@ -344,8 +345,6 @@ class Pipeline:
     ) -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
-        mel_path = workdir / "mel.npy"
-        np.save(mel_path, feats.mel)
         timing = FrameTiming(feats.n_frames, feats.fps, inputs.video.fps, plan.n_frames)
         monitors = {name: StageMonitor(name) for name in STAGES}
         if opts.num_workers and opts.start_method != "fork":
@@ -385,7 +384,9 @@ class Pipeline:
         except BaseException:
             writer.abort()
             raise
-        samples = FrameSamples(plan.crops_path, mel_path, timing, opts.fault)
+        samples = generator_samples(
+            spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
+        )
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
@@ -464,14 +465,14 @@ class Pipeline:
         finally:
             job.stage_ended()
 
-    def _load_stage(self, samples: FrameSamples, out: Channel[Any], job: _Job) -> None:
+    def _load_stage(self, samples: Dataset[Any], out: Channel[Any], job: _Job) -> None:
         opts = self.options
         loader = make_loader(samples, opts.batch_size, opts.num_workers, opts.start_method)
         iterator = iter(loader)
         job.loader_workers = list(getattr(iterator, "_workers", []))
         monitor = job.monitors["load"]
         try:
-            for batch in _loaded(iterator, job):
+            for batch in _loaded(iterator, job, len(loader)):
                 out.put(batch)
                 monitor.beat(len(batch[0]))
             out.put(END)
@@ -631,10 +632,15 @@ def _stop_workers(workers: list[Any]) -> None:
             proc.join(timeout=2.0)
 
 
-def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
+def _loaded(batches: Iterator[Any], job: _Job, total: int) -> Iterator[Any]:
     """The loader's batches; its failures typed by what the workers' exits show. Waits in
     short polls, so a job torn down meanwhile ends this stage at once."""
+    done = 0
     while True:
+        if done == total:
+            # The next call joins the workers (torch shuts them down when exhausted), which
+            # takes as long as it takes: not a pace to judge.
+            job.monitors["load"].expect_long("shutting down the DataLoader workers")
         try:
             batch = next(batches)
         except StopIteration:
@@ -645,6 +651,7 @@ def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
             if job.cancel.is_set():
                 raise JobCancelled from exc
             raise loader_failure(exc, job.loader_workers, job.oom) from exc
+        done += 1
         yield batch
 
 

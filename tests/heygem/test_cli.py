@@ -227,7 +227,7 @@ def test_oversized_template_is_refused(
 
 
 def test_export_onnx_command(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "mouthwarp.onnx"
+    out = tmp_path / "rewrite.onnx"
     code, stdout, _ = run(capsys, "export-onnx", "-o", str(out), "--json")
     assert code == 0
     info = json.loads(stdout)
