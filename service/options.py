@@ -123,7 +123,7 @@ class JobOptionsModel(BaseModel):
         if changes.get("generator") == "wav2lip" and base.checkpoint is None:
             raise InvalidOption(
                 "this server has no Wav2Lip checkpoint, so it cannot run the wav2lip generator",
-                hint="use generator=mouthwarp, or ask the operator to set "
+                hint="use generator=rewrite, or ask the operator to set "
                 "HEYGEM_SERVICE_PIPELINE__CHECKPOINT",
             )
         return base.with_changes(**changes) if changes else base

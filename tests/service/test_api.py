@@ -109,14 +109,14 @@ def test_per_job_options_are_the_per_job_fields_of_generate_options(
     ok = client.post(
         "/v1/generations",
         files=files(speech_wav, template_mp4),
-        data={"backend": "torch", "batch_size": "4", "crf": "30", "generator": "mouthwarp"},
+        data={"backend": "torch", "batch_size": "4", "crf": "30", "generator": "rewrite"},
     )
     assert ok.status_code == 202, ok.text
     assert ok.json()["options"] == {
         "backend": "torch",
         "batch_size": 4,
         "crf": 30,
-        "generator": "mouthwarp",
+        "generator": "rewrite",
     }
     # The server has no Wav2Lip checkpoint, and no client can name one.
     wav2lip = _error(
