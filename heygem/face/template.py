@@ -79,7 +79,9 @@ def plan_template(
     crops_array = entry / f"crops-{spec.key}.npy"
     if use_cache and track_file.exists() and crops_file.exists() and crops_array.exists():
         try:
-            return _load(track_file, crops_file, crops_array, width, height)
+            plan = _load(track_file, crops_file, crops_array, width, height)
+            os.utime(entry)  # the entry's mtime is its last use (LRU trimming reads it)
+            return plan
         except (OSError, ValueError, KeyError) as exc:  # a damaged entry is rebuilt, not fatal
             log.warning("template cache entry %s unreadable (%s); rebuilding", entry, exc)
     entry.mkdir(parents=True, exist_ok=True)
