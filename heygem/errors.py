@@ -57,6 +57,7 @@ class FailureCause(StrEnum):
     STAGE_RAISED = "stage-raised"
     # Devices.
     CPU_FALLBACK = "cpu-fallback"
+    DISK_FULL = "disk-full"  # ENOSPC writing the output or a spool file
     # The job as a whole.
     CANCELLED = "cancelled"
     TIMED_OUT = "timed-out"
@@ -106,6 +107,7 @@ CAUSES: dict[FailureCause, CauseInfo] = {
     FailureCause.WORKER_RAISED: CauseInfo("the data loading code raised in a worker", _C),
     FailureCause.STAGE_RAISED: CauseInfo("a stage raised an error", _C),
     FailureCause.CPU_FALLBACK: CauseInfo("CPU fallback (a GPU was requested)", _E),
+    FailureCause.DISK_FULL: CauseInfo("no space left on the disk being written", _E),
     FailureCause.CANCELLED: CauseInfo("cancelled", _E),
     FailureCause.TIMED_OUT: CauseInfo("the job timed out", _S),
     FailureCause.SERVICE_RESTARTED: CauseInfo("the service restarted while the job ran", _E),
