@@ -36,14 +36,10 @@ def analyze_log(path: Path, config: AnalyzerConfig | None = None) -> Report:
     events = [event for record in log.records for event in classify(record)]
     timeline = build_timeline(log.records, events)
     ctx = Context(config, log, timeline, {id(r): i for i, r in enumerate(log.records)})
-    results = [
-        TaskResult(
-            task,
-            pace(task, ctx) if task.events[0].record.data is None else None,
-            tuple(task_findings(task, ctx)),
-        )
-        for task in timeline.tasks
-    ]
+    results = []
+    for task in timeline.tasks:
+        facts = pace(task, ctx) if task.events[0].record.data is None else None
+        results.append(TaskResult(task, facts, tuple(task_findings(task, facts, ctx))))
     log_wide = log_findings(ctx, [r.findings for r in results])
     _LOG.debug(
         "%s: %s, %d records, %d tasks", path, log.format, len(log.records), len(timeline.tasks)

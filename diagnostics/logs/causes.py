@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from diagnostics.findings import Finding, Severity
-from diagnostics.logs.context import Context, evidence, hms, short
+from diagnostics.logs.context import Context, evidence, short
 from diagnostics.logs.events import Event, EventKind, Traceback, tracebacks
 from diagnostics.logs.pace import Pace
 from diagnostics.logs.reading import Line, Record
@@ -88,7 +88,9 @@ def _init_wh_timeout(
     if not empty_wait:
         return None
     waited_from = next((e for e in reversed(before) if e.kind is EventKind.AUDIO_FEATURES), None)
-    waited = (failure.time - waited_from.time).total_seconds() if waited_from else None
+    waited = (
+        (failure.time - waited_from.time).total_seconds() if waited_from and ctx.timed else None
+    )
     if waited is not None and not cfg.init_wh_wait_s * 0.8 <= waited <= cfg.init_wh_wait_s + 5:
         return None
     if waited is None and not any(tb.is_queue_empty for tb in found):
@@ -101,7 +103,11 @@ def _init_wh_timeout(
     if answers:
         answer = answers[0]
         lines.append(answer.record)
-        took = (answer.time - waited_from.time).total_seconds() if waited_from else answer.seconds
+        took = (
+            (answer.time - waited_from.time).total_seconds()
+            if waited_from and ctx.timed
+            else answer.seconds
+        )
         own = (
             f"; init_wh's own cost {answer.seconds:.1f} s"
             if answer.seconds is not None and took is not None and abs(answer.seconds - took) > 1
@@ -122,7 +128,7 @@ def _init_wh_timeout(
     if late_start:
         lines.append(late_start[0])
         extra = (
-            f"; the init_wh process itself only started at {hms(late_start[0].time)}, after "
+            f"; the init_wh process itself only started {ctx.at(late_start[0])}, after "
             "the task was submitted"
         )
     return title, extra, lines, _fix_init_wh(ctx, bool(late_start))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from diagnostics.logs.config import AnalyzerConfig
 from diagnostics.logs.events import Event, EventKind
@@ -34,10 +35,19 @@ class Context:
                     break
         return found
 
-    @property
+    @cached_property
     def provider_events(self) -> list[Event]:
         every = [*self.timeline.service, *(e for t in self.timeline.tasks for e in t.events)]
         return [e for e in every if e.kind is EventKind.PROVIDER_FAILURE]
+
+    @property
+    def timed(self) -> bool:
+        """False for a log without timestamps: its order holds, its durations do not."""
+        return self.log.timed
+
+    def at(self, record: Record) -> str:
+        """Where a line is, for a title: its time, or its line for an untimed log."""
+        return f"at {hms(record.time)}" if self.timed else f"at line {record.line}"
 
     @property
     def provider_texts(self) -> list[str]:

@@ -9,7 +9,6 @@ put waits only while the queue holds its 10 items.
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -74,6 +73,8 @@ def pace(task: Task, ctx: Context) -> Pace:
     costs = _batch_costs(dones, takes)
     video = next((e for e in events if e.kind is EventKind.VIDEO_INFO and e.seconds), None)
     wait, ended_by, still_open, full_now = _longest_wait(task, events, batch, ctx)
+    if not ctx.timed:  # an untimed log orders its lines; it times nothing
+        wait, ended_by, still_open = None, None, False
     indexes = [e.index for e in sends if e.index is not None]
     return Pace(
         batch_size=batch,
@@ -84,7 +85,7 @@ def pace(task: Task, ctx: Context) -> Pace:
         total_frames=next((e.total for e in events if e.total), None),
         warmup_cost_s=costs[0] if costs else None,
         steady_cost_s=statistics.median(costs[1:]) if len(costs) >= 2 else None,
-        fps=_fps(dones, batch) or _fps(takes, batch),
+        fps=(_fps(dones, batch) or _fps(takes, batch)) if ctx.timed else None,
         video_fps=video.seconds if video and video.seconds else cfg.video_fps,
         video_fps_stated=video is not None,
         longest_wait_s=wait,
@@ -135,74 +136,57 @@ def _longest_wait(
 
     HeyGem logs a send after its put returned. When the queue holds ``queue_size`` items
     after a send, the next put waits until the consumer takes one: the wait ends at the
-    first take after that send or at the next send line, whichever comes first (both are
-    bounds, so lost lines do not lengthen it). The queue's content is counted from frame
-    ids (sent current_idx minus the highest frame taken). A put still waiting when the task
-    or the log ends is an open wait; the queue-full error ends one after 60 s.
+    first take after that send or at the next send line, whichever comes first, and only
+    when that line is the very next item (frame ids show no line was lost in between, so
+    lost lines never lengthen a wait). The queue's content is counted from frame ids (sent
+    current_idx minus the highest frame taken). A put still waiting when the task or the
+    log ends is an open wait; HeyGem's queue-full error ends one after 60 s.
     Returns (longest wait, the line that ended it, still open, blocked at the end).
+    One pass over the lines, in time order.
     """
-    capacity = ctx.config.queue_size
     sends = [e for e in events if e.kind is EventKind.SEND]
     if not sends:
         return None, None, False, False
-    takes = [e for e in events if e.kind is EventKind.TAKE]
-    taken = [e for e in events if e.kind in (EventKind.TAKE, EventKind.BATCH_DONE)]
-    use_frames = bool(batch) and all(e.index is not None for e in (*sends, *takes))
-
-    def highest_taken(send: Event) -> int:
-        key = (send.time, send.line)
-        return max((e.index or 0 for e in taken if (e.time, e.line) <= key), default=0)
-
-    def queued_after(send: Event, number: int) -> int:
-        """Items in the queue right after ``send`` (the ``number``-th send)."""
-        if use_frames and batch:
-            return math.ceil(max(0, (send.index or 0) - highest_taken(send)) / batch)
-        key = (send.time, send.line)
-        return number - sum(1 for e in takes if (e.time, e.line) <= key)
-
-    def first_take_after(send: Event) -> Event | None:
-        key = (send.time, send.line)
-        return next((e for e in takes if (e.time, e.line) > key), None)
-
-    def next_in_line(previous: int, event: Event | None) -> bool:
-        """Whether ``event`` is the very next item after frame ``previous``: lines in
-        between were not lost (a wait measured across lost lines would be too long)."""
-        if event is None:
-            return False
-        if not use_frames or not batch or event.index is None:
-            return True
-        return previous < event.index <= previous + batch
-
+    capacity = ctx.config.queue_size
+    use_frames = bool(batch) and all(
+        e.index is not None for e in events if e.kind in (EventKind.SEND, EventKind.TAKE)
+    )
+    tracker = _Queue(capacity, batch if use_frames else None)
     longest, ended_by = 0.0, None
-    for number, (send, following) in enumerate(itertools.pairwise(sends), start=1):
-        if queued_after(send, number) < capacity:
-            continue
-        take = first_take_after(send)
-        bounds = []
-        if next_in_line(send.index or 0, following):
-            bounds.append(following)
-        if next_in_line(highest_taken(send), take):
-            bounds.append(take)  # type: ignore[arg-type]
-        if not bounds:
-            continue
-        end = min(bounds, key=lambda e: (e.time, e.line))
-        wait = (end.time - send.time).total_seconds()
-        if wait > longest:
-            longest, ended_by = wait, end.record
-    last = sends[-1]
+    waiting: _Wait | None = None  # a put that found the queue full after this send
+    last_wait: _Wait | None = None
+    for event in events:  # already in time order
+        if event.kind is EventKind.TAKE:
+            for pending in (waiting, last_wait):
+                if pending is not None and pending.take is None:
+                    pending.take = event
+            if waiting is not None and tracker.next_taken(waiting.highest, event):
+                longest, ended_by = _longer(longest, ended_by, waiting.send, event)
+                waiting = None
+            tracker.took(event)
+        elif event.kind is EventKind.BATCH_DONE:
+            tracker.done(event)
+        elif event.kind is EventKind.SEND:
+            if waiting is not None and tracker.next_sent(waiting.send, event):
+                longest, ended_by = _longer(longest, ended_by, waiting.send, event)
+            waiting = None
+            tracker.sent(event)
+            last_wait = _Wait(event, tracker.highest, tracker.full())
+            # After the last send, the producer may be done: the end of the log decides.
+            waiting = last_wait if last_wait.full and event is not sends[-1] else None
+    assert last_wait is not None
+    last = last_wait.send
     full = next((e for e in events if e.kind is EventKind.QUEUE_FULL), None)
     producer_done = any(e.kind is EventKind.PRODUCER_DONE for e in events)
-    take = first_take_after(last)
-    blocked = queued_after(last, len(sends)) >= capacity and not producer_done and take is None
+    take = last_wait.take
+    blocked = last_wait.full and not producer_done and take is None
     still_open = False
     if full is not None:
         wait = (full.time - last.time).total_seconds()
         if wait >= longest:
             longest, ended_by = wait, full.record
-    elif take is not None and queued_after(last, len(sends)) >= capacity and not producer_done:
-        wait = (take.time - last.time).total_seconds()
-        if wait > longest:
-            longest, ended_by = wait, take.record
+    elif take is not None and last_wait.full and not producer_done:
+        longest, ended_by = _longer(longest, ended_by, last, take)
     elif blocked:
         if task.ending is Ending.INTERRUPTED and task.restart is not None:
             until = task.restart.time
@@ -214,3 +198,55 @@ def _longest_wait(
         if wait >= longest:
             longest, ended_by, still_open = wait, None, True
     return longest, ended_by, still_open, blocked
+
+
+@dataclass
+class _Wait:
+    send: Event
+    highest: int  # the highest frame taken when the send was logged
+    full: bool  # the queue held queue_size items after it
+    take: Event | None = None  # the first take after it
+
+
+class _Queue:
+    """What HeyGem's queue holds, counted from frame ids (or lines, without them)."""
+
+    def __init__(self, capacity: int, batch: int | None) -> None:
+        self.capacity, self.batch = capacity, batch
+        self.highest = self.last_sent = 0
+        self.sends = self.takes = 0
+
+    def sent(self, event: Event) -> None:
+        self.sends += 1
+        self.last_sent = max(self.last_sent, event.index or 0)
+
+    def took(self, event: Event) -> None:
+        self.takes += 1
+        self.highest = max(self.highest, event.index or 0)
+
+    def done(self, event: Event) -> None:
+        self.highest = max(self.highest, event.index or 0)
+
+    def full(self) -> bool:
+        if self.batch:
+            return math.ceil(max(0, self.last_sent - self.highest) / self.batch) >= self.capacity
+        return self.sends - self.takes >= self.capacity
+
+    def next_taken(self, highest: int, event: Event) -> bool:
+        """Whether a take is of the very next item (no take line was lost before it)."""
+        return self._follows(highest, event)
+
+    def next_sent(self, previous: Event, event: Event) -> bool:
+        return self._follows(previous.index or 0, event)
+
+    def _follows(self, previous: int, event: Event) -> bool:
+        if not self.batch or event.index is None:
+            return True
+        return previous < event.index <= previous + self.batch
+
+
+def _longer(
+    longest: float, ended_by: Record | None, start: Event, end: Event
+) -> tuple[float, Record | None]:
+    wait = (end.time - start.time).total_seconds()
+    return (wait, end.record) if wait > longest else (longest, ended_by)

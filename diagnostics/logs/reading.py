@@ -65,7 +65,8 @@ _PREFIX_NAME = re.compile(r"(?:^|\s)([A-Za-z_][\w.\-]*)\s*\|")
 _PREFIX_BRACKET_NAME = re.compile(r"^\[([A-Za-z_][\w./\-]*)\]\s")
 # What stands before continuation lines in a prefixed log: docker -t, compose, a viewer.
 _CONTINUATION_PREFIX = re.compile(
-    rf"^(?:{TS}\s+)?(?:(?P<name>[A-Za-z_][\w.\-]*)\s+\|\s?)?(?:{TS}(?:\s*\|\s?|\s+))?"
+    rf"^(?:\[(?P<pod>[A-Za-z_][\w./\-]*/[\w./\-]*)\]\s)?(?:{TS}\s+)?"
+    rf"(?:(?P<name>[A-Za-z_][\w.\-]*)\s+\|\s?)?(?:{TS}(?:\s*\|\s?|\s+))?"
 )
 # A prefix at the end of a glued record's text: it belongs to the next record.
 _TRAILING_PREFIX = re.compile(
@@ -77,9 +78,18 @@ _BARE_TIME = re.compile(rf"^\[?{TS}\]?$")  # a timestamp and nothing else: the r
 _HEADER_ONLY = re.compile(rf"^\[{TS}\](?:\s*\[[^\[\]]*(?:\[[^\[\]]*\])?\])*\s*$")
 _TIME_FRAGMENT = re.compile(r"^\d{4}-\d{1,2}(?:-\d{0,2}(?:[ T][\d:.,]*)?)?Z?$")  # a cut prefix
 _ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not TAB, LF, CR
 _FRACTION = re.compile(r"([.,])(\d{1,9})")
 
+# HeyGem's own words, for a log without timestamps (a console copy of messages only).
+_HEYGEM_MESSAGE = re.compile(
+    r"^\s*(?:>>>\s*)?\[[\w.\-]{1,80}\]\s*(?:->|任务|init_wh|视频|数字人)|发送数据大小|发送完成数据大小"
+    r"|audio_transfer get|drivered_video\s*(?:\(Ping-Pong\)\s*)?>|任务\s*[:：]|耗时|init_wh result"
+    r"|队列满|get_aud_feat|TransDhTask init|进程启动"
+)
+_FAILURE_WORDS = re.compile(r"失败|异常|队列满|Error\b|error:")
+_UNTIMED_CLOCK = datetime(2000, 1, 1)
+_MAX_UNTIMED = 200_000
 _MAX_LINE = 20_000  # characters looked at per line: a megabyte of junk is still one line
 _MAX_CONTINUATION = 60  # lines kept after a record: a traceback's tail names the error
 _MAX_EXAMPLES = 5
@@ -149,11 +159,13 @@ class LogText:
     other_lines: int  # lines that are neither records nor damage (tracebacks, prints)
     damage: Damage
     prefixes: tuple[str, ...]  # what stood before the records: "docker-timestamp", "stream"
+    timed: bool = True  # False: no line had a timestamp; record times only order them
 
 
 def parse_time(text: str) -> datetime | None:
     """A timestamp in any of the layouts' forms, as wall-clock time (zone dropped)."""
-    text = _FRACTION.sub(lambda m: "." + m[2][:6], text, count=1)
+    if "," in text or len(text) > 26:  # fromisoformat wants "." and at most 6 digits
+        text = _FRACTION.sub(lambda m: "." + m[2][:6], text, count=1)
     try:
         time = datetime.fromisoformat(text)
     except ValueError:
@@ -318,6 +330,7 @@ class _Reader:
         self.damaged: dict[str, set[int]] = {}
         self.examples: list[Line] = []
         self.prefix_kinds: set[str] = set()
+        self.untimed: list[Line] = []  # lines before any record: a log may have no timestamps
 
     # -- damage ---------------------------------------------------------------------------
     def damage(self, kind: str, number: int, text: str) -> None:
@@ -335,9 +348,12 @@ class _Reader:
             self.damage(kind, number, original)
         if "\x1b" in text:
             text = _ANSI.sub("", text)
-        if _CONTROL.search(text.replace("\r", "")):
+        if _CONTROL.search(text):
             self.damage("control", number, original)
-            text = _CONTROL.sub(lambda m: "\r" if m[0] == "\r" else "", text)
+            text = _CONTROL.sub("", text)
+        if "\r" not in text:
+            self.feed_part(number, text)
+            return
         # A bare CR is a terminal rewrite (progress bars): each part is its own line.
         for part in text.split("\r"):
             if part.strip():
@@ -443,7 +459,7 @@ class _Reader:
         stream = ""
         prefix = _CONTINUATION_PREFIX.match(text)
         if prefix is not None and prefix.end():
-            stream = prefix["name"] or ""
+            stream = prefix["name"] or prefix["pod"] or ""
             text = text[prefix.end() :]
         body = text.strip()
         if not body:
@@ -459,6 +475,8 @@ class _Reader:
         owner = self.last_in_stream.get(stream) or self.last
         if owner is None:
             self.other_lines += 1
+            if len(self.untimed) < _MAX_UNTIMED:
+                self.untimed.append(Line(number, _clip(body, _MAX_LINE)))
             return
         if owner.unclosed and body.endswith("]"):
             owner.unclosed = False
@@ -498,6 +516,9 @@ class _Reader:
     def finish(self, path: Path, encoding: str) -> LogText:
         for stream in list(self.last_in_stream):
             self.close_last(stream)
+        timed = bool(self.builders)
+        if not timed:
+            self.read_untimed()
         damaged_lines = set().union(*self.damaged.values()) if self.damaged else set()
         counts = {kind: len(lines) for kind, lines in self.damaged.items()}
         damage = Damage(
@@ -520,7 +541,35 @@ class _Reader:
             other_lines=self.other_lines,
             damage=damage,
             prefixes=tuple(sorted(self.prefix_kinds)),
+            timed=timed,
         )
+
+    def read_untimed(self) -> None:
+        """A console copy without timestamps (HeyGem's messages only): its HeyGem lines become
+        records in file order, on a clock that only orders them; nothing is timed from it."""
+        known = [line for line in self.untimed if _HEYGEM_MESSAGE.search(line.text)]
+        if len(known) < 2:
+            return
+        known_numbers = {line.number for line in known}
+        self.other_lines = 0
+        for line in self.untimed:
+            if line.number not in known_numbers:
+                if self.last is not None:
+                    self.last.continuation.append(line)
+                self.other_lines += 1
+                continue
+            level = "ERROR" if _FAILURE_WORDS.search(line.text) else "INFO"
+            builder = _Builder(
+                line=line.number,
+                time=_UNTIMED_CLOCK + timedelta(seconds=line.number),
+                level=level,
+                message=line.text,
+                text=line.text,
+                stream="",
+                source=None,
+            )
+            self.builders.append(builder)
+            self.last = builder
 
 
 def _refined(header: _Header, stamp: str) -> _Header:
@@ -559,7 +608,7 @@ def _match_header(text: str, position: int) -> _Header | None:
             start=position,
             end=end,
             time=time,
-            has_fraction=bool(re.search(r"[.,]\d", match["ts"][17:])),
+            has_fraction=len(match["ts"]) > 20 and match["ts"][19] in ".,",
             level=_level(match["level"]),
             source=source.strip() if source else None,
             bracketed=bracketed,

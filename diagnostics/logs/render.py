@@ -47,7 +47,7 @@ def build_report(
     findings = tuple(f for r in results for f in r.findings) + tuple(log_wide)
     body = [_summary(log, timeline)]
     for result in results:
-        body += ["", *_task_block(result)]
+        body += ["", *_task_block(result, log.timed)]
     if results:
         body.append("")
     return Report(
@@ -62,6 +62,7 @@ def build_report(
             "records": len(log.records),
             "other_lines": log.other_lines,
             "prefixes": list(log.prefixes),
+            "timed": log.timed,
             "damage": log.damage.to_dict(),
             "tasks": [_task_dict(r) for r in results],
         },
@@ -74,6 +75,8 @@ def _summary(log: LogText, timeline: Timeline) -> str:
     count = len(timeline.tasks)
     damage = f"{log.damage.lines} damaged" if log.damage.lines else "no damaged lines"
     prefixes = f", prefixes: {', '.join(log.prefixes)}" if log.prefixes else ""
+    if not log.timed:
+        prefixes += ", no timestamps (order only)"
     return (
         f"{log.path.name}: {kind} ({log.encoding}), {log.total_lines} lines, "
         f"{len(log.records)} records, {count} task{'s' if count != 1 else ''}, "
@@ -81,18 +84,20 @@ def _summary(log: LogText, timeline: Timeline) -> str:
     )
 
 
-def _task_block(result: TaskResult) -> list[str]:
+def _task_block(result: TaskResult, timed: bool) -> list[str]:
     task = result.task
     first, last = task.first, task.last
     duration = (last.time - first.time).total_seconds()
     stream = f" in {task.stream}" if task.stream else ""
-    lines = [
-        f"task {task.label}{stream} [{result.state}] {first.time:%Y-%m-%d %H:%M:%S} -> "
-        f"{last.time:%H:%M:%S} ({duration:.1f} s, lines {first.line}-{last.line})"
-    ]
+    span = (
+        f"{first.time:%Y-%m-%d %H:%M:%S} -> {last.time:%H:%M:%S} ({duration:.1f} s, "
+        if timed
+        else "("
+    )
+    lines = [f"task {task.label}{stream} [{result.state}] {span}lines {first.line}-{last.line})"]
     if result.pace is not None and (result.pace.sends or result.pace.takes):
         lines.append("  " + _pace_line(result.pace))
-    lines += [f"  {row}" for row in _timeline_rows([*task.events, *task.late])]
+    lines += [f"  {row}" for row in _timeline_rows([*task.events, *task.late], timed)]
     return lines
 
 
@@ -110,7 +115,7 @@ def _pace_line(pace: Pace) -> str:
     return ", ".join(parts)
 
 
-def _timeline_rows(events: Sequence[Event]) -> list[str]:
+def _timeline_rows(events: Sequence[Event], timed: bool) -> list[str]:
     """One row per event; runs of sends/takes/finished batches collapse to one row each."""
     ordered = sorted(events, key=lambda e: (e.time, e.line))
     rows: list[str] = []
@@ -126,22 +131,25 @@ def _timeline_rows(events: Sequence[Event]) -> list[str]:
             order.append(event)
     for entry in order[:_MAX_ROWS]:
         if isinstance(entry, Event):
-            rows.append(f"{_hms(entry)}  L{entry.line:<6} {entry.kind.value:<15} {_detail(entry)}")
+            rows.append(
+                f"{_hms(entry, timed)}  L{entry.line:<6} {entry.kind.value:<15} {_detail(entry)}"
+            )
             continue
         group = groups[entry]
         first, last = group[0], group[-1]
         span = f"L{first.line}-{last.line}" if len(group) > 1 else f"L{first.line}"
         label = f"{entry.value} x{len(group)}"
         rows.append(
-            f"{_hms(first)}  {span:<7} {label:<15} until {_hms(last)}; last: {_detail(last)}"
+            f"{_hms(first, timed)}  {span:<7} {label:<15} until {_hms(last, timed)}; "
+            f"last: {_detail(last)}"
         )
     if len(order) > _MAX_ROWS:
         rows.append(f"... {len(order) - _MAX_ROWS} more events (see --json)")
     return rows
 
 
-def _hms(event: Event) -> str:
-    return event.time.strftime("%H:%M:%S.%f")[:-3]
+def _hms(event: Event, timed: bool = True) -> str:
+    return event.time.strftime("%H:%M:%S.%f")[:-3] if timed else "--:--:--.---"
 
 
 def _detail(event: Event) -> str:

@@ -22,7 +22,7 @@ from diagnostics.logs.advice import (
     cuda_needs,
 )
 from diagnostics.logs.causes import known_cause
-from diagnostics.logs.context import Context, evidence, hms, short
+from diagnostics.logs.context import Context, evidence, short
 from diagnostics.logs.events import Event, EventKind
 from diagnostics.logs.pace import Pace, pace
 from diagnostics.logs.reading import Record
@@ -32,11 +32,11 @@ from diagnostics.logs.verdicts import STALLS, still_open, verdict
 __all__ = ["log_findings", "task_findings"]
 
 
-def task_findings(task: Task, ctx: Context) -> list[Finding]:
-    """The verdict on one task, then what its numbers say."""
-    if task.events[0].record.data is not None:
+def task_findings(task: Task, facts: Pace | None, ctx: Context) -> list[Finding]:
+    """The verdict on one task, then what its numbers say (``facts``: None for heygem's
+    JSON log, whose jobs have no HeyGem queue)."""
+    if facts is None:
         return _json_task(task, ctx)
-    facts = pace(task, ctx)
     findings = [verdict(task, facts, ctx)]
     findings += _pace_findings(task, facts, ctx, findings[0])
     return findings
@@ -94,7 +94,7 @@ def _pace_findings(task: Task, facts: Pace, ctx: Context, verdict: Finding) -> l
         )
     answer = task.first_of(EventKind.INIT_WH)
     began = task.first_of(EventKind.AUDIO_FEATURES)
-    if answer is not None and began is not None and verdict.id != "init-wh-timeout":
+    if ctx.timed and answer and began and verdict.id != "init-wh-timeout":
         into = (answer.time - began.time).total_seconds()
         if 0 < into <= cfg.init_wh_wait_s:
             findings.append(
@@ -308,7 +308,7 @@ def log_findings(ctx: Context, task_results: Sequence[Sequence[Finding]]) -> lis
                 "service-restarts",
                 Severity.INFO,
                 f"the service started {len(restarts)} times in this log (at "
-                + ", ".join(hms(r.time) for r in restarts[:6])
+                + ", ".join(ctx.at(r).removeprefix("at ") for r in restarts[:6])
                 + (", ..." if len(restarts) > 6 else "")
                 + ")",
                 evidence(restarts, cfg.max_evidence),

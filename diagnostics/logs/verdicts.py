@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from diagnostics.findings import Finding, Severity
 from diagnostics.logs.advice import FIX_CONSUMER_DEAD, FIX_HUNG, FIX_STOPPED, cpu_fix
 from diagnostics.logs.causes import failure_finding
-from diagnostics.logs.context import Context, evidence, hms
+from diagnostics.logs.context import Context, evidence
 from diagnostics.logs.events import FAILURES, SUCCESSES, Event, EventKind, tracebacks
 from diagnostics.logs.pace import Pace, by_time
 from diagnostics.logs.reading import Record
@@ -45,15 +45,16 @@ def verdict(task: Task, facts: Pace, ctx: Context) -> Finding:
 
 
 def _finished(task: Task, facts: Pace, ctx: Context) -> Finding:
-    duration = (task.last.time - task.first.time).total_seconds()
+    duration = (task.last.time - task.first.time).total_seconds() if ctx.timed else None
     stated = task.end.seconds if task.end is not None else None
     took = stated if stated is not None else duration
     successes = [e for e in task.events if e.kind in SUCCESSES]
-    title = f"task {task.label} finished normally in {took:.1f} s"
+    spent = f" in {took:.1f} s" if took is not None else ""
+    title = f"task {task.label} finished normally{spent}"
     if task.ending is not Ending.ENDED:
         title = (
-            f"task {task.label} finished normally: all its frames were written in "
-            f"{took:.1f} s (the log ends before its end line, during the final mux)"
+            f"task {task.label} finished normally: all its frames were written{spent} (the "
+            "log ends before its end line, during the final mux)"
         )
     return Finding(
         "task-finished",
@@ -66,10 +67,9 @@ def _finished(task: Task, facts: Pace, ctx: Context) -> Finding:
 
 def _interrupted(task: Task, facts: Pace, ctx: Context) -> Finding:
     assert task.restart is not None
-    at = task.restart.time
     last = task.last
-    gap = (at - last.time).total_seconds()
-    title = f"task {task.label} was interrupted by a service restart at {hms(at)}"
+    gap = (task.restart.time - last.time).total_seconds()
+    title = f"task {task.label} was interrupted by a service restart {ctx.at(task.restart)}"
     if facts.max_index is not None:
         of = f" of {facts.total_frames}" if facts.total_frames else ""
         title += f" (the producer had reached current_idx {facts.max_index}{of})"
@@ -78,7 +78,7 @@ def _interrupted(task: Task, facts: Pace, ctx: Context) -> Finding:
         Severity.FAIL,
         title,
         evidence([task.first, last, task.restart], ctx.config.max_evidence)
-        + (f"the task's last line came {gap:.0f} s before the restart",),
+        + ((f"the task's last line came {gap:.0f} s before the restart",) if ctx.timed else ()),
         fix="Submit the task again once the service is up. Find out why it restarted: "
         "`docker ps -a` / `docker inspect <container>` (exit code, OOMKilled, restart count) "
         "and `dmesg | grep -i -E 'killed process|out of memory'`; a restart policy hides "
@@ -101,8 +101,9 @@ def _stalled(task: Task, facts: Pace, ctx: Context, full: Event | None) -> Findi
             f"{(full.time - last_send.time).total_seconds():.0f} s after the last put HeyGem "
             "reported the queue full (its put timeout is "
             f"{cfg.put_timeout_s:g} s)"
-            if last_send is not None
-            else "HeyGem reported the queue full"
+            if last_send is not None and ctx.timed
+            else "the next put timed out: HeyGem reported the queue full (its put timeout is "
+            f"{cfg.put_timeout_s:g} s)"
         )
     else:
         waited = (
@@ -113,8 +114,13 @@ def _stalled(task: Task, facts: Pace, ctx: Context, full: Event | None) -> Findi
     hints, hint_lines = _consumer_hints(task, ctx, first_send or task.first, not consumer)
     if not consumer:
         title = (
-            f"the consumer never took an item of task {task.label}: {what}, filling the "
-            f"{cfg.queue_size}-slot queue; {waited}"
+            f"the consumer never took an item of task {task.label}: {what}, "
+            + (
+                f"exactly the queue's {cfg.queue_size} slots"
+                if len(sends) == cfg.queue_size
+                else f"into a queue of {cfg.queue_size}"
+            )
+            + f"; {waited}"
         )
         return Finding(
             "consumer-never-started",
@@ -131,11 +137,13 @@ def _stalled(task: Task, facts: Pace, ctx: Context, full: Event | None) -> Findi
     # Still finishing batches after the put timed out: a batch took longer than the timeout.
     working = any(e.time > limit for e in consumer)
     if not working:
+        before = "the queue-full error" if end is not None else "the end of the log"
+        when = f"{ctx.at(last.record)}, {silent:.0f} s before {before}"
+        if not ctx.timed:
+            when = f"{ctx.at(last.record)}, and nothing more before {before}"
         title = (
             f"the consumer stopped during task {task.label}: its last batch (frame "
-            f"{last.index}) was at {hms(last.time)}, {silent:.0f} s before "
-            + ("the queue-full error" if end is not None else "the end of the log")
-            + f"; {what}"
+            f"{last.index}) was {when}; {what}"
         )
         return Finding(
             "consumer-stopped",
@@ -203,13 +211,22 @@ def _consumer_hints(
             f"onnxruntime could not use CUDA (line {ctx.provider_events[0].line}): a consumer "
             "creating CUDA sessions that fail can hang or crash"
         )
+    init_wh = task.first_of(EventKind.INIT_WH)
+    slow = init_wh is not None and (init_wh.seconds or 0) >= ctx.config.cpu_init_wh_s
+    if never_took and slow:
+        assert init_wh is not None and init_wh.seconds is not None
+        hints.append(
+            f"init_wh took {init_wh.seconds:.0f} s (line {init_wh.line}; ~8 s on a GPU): on "
+            "the CPU, a consumer still loading its models can take longer than the "
+            f"{ctx.config.put_timeout_s:g} s put timeout to take its first item"
+        )
     return hints, lines
 
 
 def still_open(task: Task, facts: Pace, ctx: Context) -> Finding:
     cfg = ctx.config
     last = task.last
-    silent = (ctx.timeline.end_time - last.time).total_seconds()
+    silent = (ctx.timeline.end_time - last.time).total_seconds() if ctx.timed else 0.0
     progress = ""
     if facts.max_index is not None:
         of = f" of {facts.total_frames} frames" if facts.total_frames else ""
@@ -219,16 +236,20 @@ def still_open(task: Task, facts: Pace, ctx: Context) -> Finding:
             "task-hung",
             Severity.FAIL,
             f"task {task.label} hung: no line about it for the last {silent:.0f} s of the log "
-            f"(from {hms(last.time)}), longer than any wait HeyGem allows{progress}",
+            f"({ctx.at(last)}), longer than any wait HeyGem allows{progress}",
             evidence([task.first, last], cfg.max_evidence),
             fix=FIX_HUNG,
             subject=task.label,
         )
+    where = (
+        f"its last line is {silent:.0f} s before the end"
+        if ctx.timed
+        else "the log has no timestamps, so whether it hung cannot be told"
+    )
     return Finding(
         "task-running",
         Severity.WARN,
-        f"task {task.label} was still running when the log ends (its last line is "
-        f"{silent:.0f} s before the end){progress}",
+        f"task {task.label} was still running when the log ends ({where}){progress}",
         evidence([task.first, last], cfg.max_evidence),
         fix="Take the log again after the task had time to finish.",
         subject=task.label,

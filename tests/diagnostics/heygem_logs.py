@@ -667,7 +667,8 @@ def task_specs(draw: st.DrawFn, fault: Fault = Fault.NONE, code: str | None = No
     batch = draw(st.sampled_from([1, 4, 8]))
     frames = batch * draw(st.integers(14, 36)) + draw(st.integers(0, batch - 1))
     on_cpu = fault is Fault.CPU
-    frame_cost = draw(st.floats(1.6, min(6.0, 30.0 / batch)) if on_cpu else st.floats(0.02, 0.4))
+    # On a CPU: seconds per frame, below the 60 s put timeout per batch; on a GPU: 0.02-0.4 s.
+    frame_cost = draw(st.floats(1.8, min(6.0, 30.0 / batch)) if on_cpu else st.floats(0.02, 0.4))
     return TaskSpec(
         code=code or draw(_codes),
         batch=batch,

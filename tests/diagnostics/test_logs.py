@@ -67,7 +67,7 @@ def test_incident_excerpt_without_source_field_is_read() -> None:
     assert finding.severity is Severity.FAIL
     # first send, last send, HeyGem's queue-full error
     assert _lines(finding) == [14, 23, 26]
-    assert "put 10 batches" in finding.title and "10-slot queue" in finding.title
+    assert "put 10 batches" in finding.title and "exactly the queue's 10 slots" in finding.title
     assert "60 s after the last put" in finding.title
     task = _task(report, "20251109172931")
     # The quoted line (current_idx:3, no source field) is one of the ten sends.
@@ -185,6 +185,22 @@ def test_real_log_with_three_runs_of_one_code() -> None:
     assert "ffmpeg inside the service could not read the input" in failed.title
     assert "format video error" in failed.title
     assert "started 3 times" in _only(report, "service-restarts").title
+
+
+def test_console_copy_without_timestamps_keeps_order_not_time() -> None:
+    report = analyze_log(FIXTURES / "no_timestamps_issue53.log")
+
+    assert report.details["timed"] is False
+    task = "aea1d55e-348c-11f0-9940-02420a3c0b02"
+    finding = _only(report, "consumer-never-started", task)
+    assert "put 10 batches" in finding.title
+    assert " s after the last put" not in finding.title  # no clock, no durations
+    assert _lines(finding) == [12, 21, 23]
+    assert any("init_wh took 110 s" in line for line in finding.evidence)
+    # That incident's cause (issue 54 of the same user): onnxruntime on the CPU.
+    assert "init_wh took 110.2 s" in _only(report, "cpu-fallback-suspected", task).title
+    details = _task(report, task)
+    assert details["fps"] is None and details["longest_queue_wait_s"] is None
 
 
 # --- the earlier fixtures -------------------------------------------------------------------

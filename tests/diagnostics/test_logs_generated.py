@@ -94,7 +94,7 @@ def test_a_consumer_that_never_takes_is_named_for_that_task(
     sends = rendered.truths[spec.code].sends
     assert sends == gen.QUEUE_SIZE
     assert f"put {sends} batches" in finding.title
-    assert f"{gen.QUEUE_SIZE}-slot queue" in finding.title
+    assert f"exactly the queue's {gen.QUEUE_SIZE} slots" in finding.title
 
 
 @_SETTINGS
