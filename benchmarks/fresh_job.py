@@ -45,24 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", type=Path, required=True)
     parser.add_argument("--video", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--generator", default="mouthwarp")
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--backend", default="onnxruntime")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    # CPU, and a stall timeout for a busy 2-core box: a stall is not what is measured.
+    base = GenerateOptions(device="cpu", stall_timeout=120.0)
+    GenerateOptions.add_arguments(parser, base=base)
     args = parser.parse_args(argv)
-
-    options = GenerateOptions(
-        generator=args.generator,
-        checkpoint=args.checkpoint,
-        backend=args.backend,
-        device="cpu",
-        num_workers=args.workers,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        stall_timeout=120.0,
-    )
+    options = GenerateOptions.from_arguments(args, base)
     pipeline = Pipeline(options)
     pipeline.load()
     # Baseline after imports and model load: what the job itself adds is peak - this.

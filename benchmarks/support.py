@@ -25,7 +25,7 @@ import av
 import numpy as np
 
 from heygem.audio.features import SAMPLE_RATE, frame_count
-from heygem.config import GenerateOptions
+from heygem.config import BackendName, GenerateOptions, GeneratorName
 from heygem.demo import iter_template_frames, write_video, write_wav
 from heygem.face.template import TemplatePlan
 from heygem.generators.graphs import GeneratorSpec
@@ -33,6 +33,8 @@ from heygem.generators.runtime import GraphRunner
 from heygem.media.writer import video_rate
 from heygem.pipeline import GenerationResult, Pipeline
 from heygem.resources import ThreadBudget
+
+DEFAULTS = GenerateOptions()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE = os.environ.get("HEYGEM_BENCH_SMOKE", "") not in ("", "0")
@@ -375,16 +377,16 @@ class Pipelines:
     def options(
         self,
         *,
-        generator: str = "mouthwarp",
-        backend: str = "onnxruntime",
+        generator: GeneratorName = DEFAULTS.generator,
+        backend: BackendName = DEFAULTS.backend,
         workers: int = 0,
-        batch_size: int = 16,
+        batch_size: int = DEFAULTS.batch_size,
         cache_dir: Path | None = None,
     ) -> GenerateOptions:
         return GenerateOptions(
-            generator=generator,  # type: ignore[arg-type]
+            generator=generator,
             checkpoint=self.models.checkpoint(generator),
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
             device="cpu",
             batch_size=batch_size,
             num_workers=workers,
@@ -483,7 +485,7 @@ class FreshJobs:
             opts.generator,
             "--backend",
             opts.backend,
-            "--workers",
+            "--num-workers",
             str(opts.num_workers),
             "--batch-size",
             str(opts.batch_size),
@@ -514,16 +516,26 @@ def decoded_frames(
         yield frame
 
 
-def random_batch(size: int, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Generator inputs in the pipeline's layout: face 0..1 BGR, mel in speech range."""
+def random_batch(
+    size: int, batch: int, seed: int = 0, generator: str = "wav2lip"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generator inputs in the pipeline's layout: face 0..1 BGR and the condition: a mel
+    in speech range, or for ``rewrite`` mouths that all open (every row runs the graph)."""
     rng = np.random.default_rng(seed)
     face = rng.random((batch, 3, size, size), dtype=np.float32)
+    if generator == "rewrite":
+        import torch
+
+        from heygem.generators.rewrite import Control, MouthRenderer
+
+        control = MouthRenderer(size).example_condition(batch, torch.Generator().manual_seed(seed))
+        control[:, Control.OPEN] += 0.05
+        return face, control.numpy()
     mel = rng.uniform(-4.0, 0.0, (batch, 1, 80, 16)).astype(np.float32)
     return face, mel
 
 
 # -- the floor as a baseline ----------------------------------------------------------------
-DEFAULTS = GenerateOptions()
 
 
 def run_floor(media: Media, budget: ThreadBudget, res: str, n_frames: int) -> int:

@@ -33,8 +33,8 @@ BACKENDS = ("onnxruntime", "torch")
 ORT_THREADS = (1, 2)
 # Highest first: the pipeline's own level is the baseline the others divide by.
 ORT_LEVELS = ("all", "extended", "basic", "disable")
-# wav2lip is ~100x heavier per frame than mouthwarp: a smaller batch keeps rounds short.
-ORT_BATCH = {"mouthwarp": max(SCALE.batch_sizes), "wav2lip": min(8, max(SCALE.batch_sizes))}
+# wav2lip is ~100x heavier per frame than rewrite: a smaller batch keeps rounds short.
+ORT_BATCH = {"rewrite": max(SCALE.batch_sizes), "wav2lip": min(8, max(SCALE.batch_sizes))}
 
 
 def _job_info(paired: Paired, media: Media) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def test_dataloader_workers(
 def test_backend_end_to_end(
     benchmark: Any, media: Media, pipelines: Pipelines, baselines: Baselines, backend: str
 ) -> None:
-    """The same generator (mouthwarp) end to end on ONNX Runtime and on torch."""
+    """The same generator (rewrite) end to end on ONNX Runtime and on torch."""
     pipeline = pipelines.get(backend=backend)
     pipelines.plan(MAIN)
     paired = pedantic_paired(
@@ -105,7 +105,7 @@ def test_backend_end_to_end(
     info = _job_info(paired, media)
     info.update(
         kind="backend",
-        generator="mouthwarp",
+        generator="rewrite",
         backend=backend,
         providers=list(paired.samples.last.result.providers_used),
         ratio_to_ort=round(paired.ratio, 3),
@@ -133,7 +133,7 @@ def _session(path: str, threads: int, level: str) -> Any:
 @pytest.mark.benchmark(group="ort-options")
 @pytest.mark.parametrize(
     ("model", "threads", "level"),
-    [(m, t, lv) for m in ("mouthwarp", "wav2lip") for t in ORT_THREADS for lv in ORT_LEVELS],
+    [(m, t, lv) for m in ("rewrite", "wav2lip") for t in ORT_THREADS for lv in ORT_LEVELS],
     ids=lambda v: f"threads{v}" if isinstance(v, int) else str(v),
 )
 def test_ort_session_options(
@@ -148,8 +148,8 @@ def test_ort_session_options(
     path = str(models.onnx_path(model))
     _, spec = models.runner(model, "onnxruntime")
     batch = ORT_BATCH[model]
-    face, mel = random_batch(spec.crop.size, batch)
-    feeds = {"face": face, "mel": mel}
+    face, mel = random_batch(spec.crop.size, batch, generator=model)
+    feeds = {"face": face, ("control" if model == "rewrite" else "mel"): mel}
     start = time.perf_counter()
     session = _session(path, threads, level)
     created = time.perf_counter() - start
@@ -158,7 +158,7 @@ def test_ort_session_options(
         f"ort-session:{model}", lambda: _session(path, budget.ort_threads, "all")
     )
     default.run(None, feeds)
-    n_rounds = 10 if model == "mouthwarp" else 3
+    n_rounds = 10 if model == "rewrite" else 3
     # Each round follows a run of the pipeline's own configuration (OrtRunner's).
     paired = pedantic_paired(
         benchmark,

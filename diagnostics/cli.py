@@ -22,9 +22,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from diagnostics.findings import (
+    EXIT_COULD_NOT_RUN,
+    EXIT_OK,
+    Report,
+    render_json,
+    render_text,
+)
+from diagnostics.regress_scenarios import GOLDEN_OPTIONS
+
 # Only light modules at import time: `heygem-diagnose --help` must not import torch.
 from heygem import __version__
-from heygem.config import BACKENDS, DEVICES, GENERATORS, START_METHODS, FaultInjection
+from heygem.config import GenerateOptions
 
 if TYPE_CHECKING:
     from diagnostics.inspect import ProcessTreeReport
@@ -32,9 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("diagnostics.cli")
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_COULD_NOT_RUN = 2
+# The options of the probe's generation (the rest are the probe's own: sizes, deadline).
+PROBE_OPTIONS = (
+    "generator", "checkpoint", "backend", "device", "require_gpu", "batch_size", "num_workers",
+    "start_method", "stall_timeout", "fault", "cache_dir",
+)  # fmt: skip
 EXIT_INTERRUPTED = 130
 PROG = "heygem-diagnose"
 
@@ -65,18 +76,6 @@ def _size(text: str) -> tuple[int, int]:
         return parse_size(text)
     except HeygemError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _fault(text: str) -> FaultInjection:
-    from diagnostics.probe import parse_fault
-    from heygem.errors import HeygemError
-
-    try:
-        return parse_fault(text)
-    except HeygemError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    except ValueError:  # SECONDS that is not a number
-        raise argparse.ArgumentTypeError(f"{text!r} is not STAGE:KIND[:SECONDS]") from None
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -158,8 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=raw,
         )
     )
+    sync = sub.add_parser(
+        "sync-score",
+        parents=common,
+        help="does the mouth in a video follow an audio? (lip-landmark correlation)",
+        description=SYNC_HELP,
+        formatter_class=raw,
+    )
+    sync.add_argument("video", type=Path, help="the video to measure (e.g. a generated MP4)")
+    sync.add_argument("audio", type=Path, help="the audio the mouth should follow")
+    sync.add_argument(
+        "--threshold", type=float, default=0.5, help="lowest passing correlation (0.5)"
+    )
     return parser
 
+
+SYNC_HELP = """\
+Measure lip sync on the video's pixels: landmarks are detected afresh on every frame,
+the inner-lip opening is correlated with the audio's loudness envelope (best of lags
+-5..5 frames), and again with the audio rotated by half its length (the control).
+
+Exit 1 (FAIL) when the correlation is below --threshold (0.5); a control of 0.2 or more
+is a WARN (the score may be chance). Generated talking-template output scores >= 0.5,
+stills >= 0.7; an untouched talking template scores ~0.2 against new audio."""
 
 ENV_HELP = """\
 Run the environment doctor: library versions and ABI rules, ONNX Runtime CUDA
@@ -208,7 +228,7 @@ change) and mux (frame count, durations, A/V offset, lip lag).
 
   record  write the fingerprints as a golden directory (regress.json + PNGs)
   check   rerun with the golden's settings and compare by per-metric tolerances;
-          names the first stage that drifted and by how much
+          names the first step that drifted and by how much
 
 Typical use: `regress record --out DIR` before upgrading onnxruntime, torch,
 librosa, opencv or PyAV, `regress check --golden DIR` after. Performance is
@@ -223,7 +243,7 @@ Run the scenarios and write their fingerprints as a golden directory
 
 CHECK_HELP = """\
 Run the golden's scenarios with its settings and compare by per-metric tolerance.
---perturb STAGE:AMOUNT rehearses a drift (audio_features: mel offset, face_track:
+--perturb STEP:AMOUNT rehearses a drift (audio_features: mel offset, face_track:
 pixels, generate: output offset) to see the checker fail."""
 
 
@@ -272,13 +292,8 @@ def _add_regress(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="golden directory to write (default: the checkout's tests/golden)",
     )
-    record.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    record.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="cpu",
-        help="cpu (default: reproducible) or cuda/auto to fingerprint a GPU",
-    )
+    # cpu by default (reproducible); cuda/auto fingerprint a GPU.
+    GenerateOptions.add_arguments(record, only=("backend", "device"), base=GOLDEN_OPTIONS)
     check.add_argument(
         "--golden",
         type=Path,
@@ -294,7 +309,7 @@ def _add_regress(p: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--perturb",
         type=_perturbation,
-        metavar="STAGE:AMOUNT",
+        metavar="STEP:AMOUNT",
         help="rehearse a drift, e.g. generate:0.01",
     )
 
@@ -341,35 +356,7 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
         metavar="WxH",
         help="template size (512x512, HeyGem's face size)",
     )
-    p.add_argument("--generator", choices=GENERATORS, default="mouthwarp")
-    p.add_argument("--checkpoint", type=Path, help="Wav2Lip .pth (for --generator wav2lip)")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument(
-        "--require-gpu", action="store_true", help="a CPU fallback is an error instead of a warning"
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument(
-        "--num-workers",
-        type=_count,
-        default=0,
-        help="DataLoader worker processes (HeyGem's num_threads)",
-    )
-    p.add_argument("--start-method", choices=START_METHODS, default="spawn")
-    p.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=10.0,
-        help="seconds a stage may stay silent before the watchdog fires (10)",
-    )
-    p.add_argument(
-        "--fault",
-        type=_fault,
-        metavar="STAGE:KIND[:SECONDS]",
-        help="inject a failure: stage decode/load/generate/compose, kind "
-        "hang/crash/slow/kill/sigbus/never_start",
-    )
-    p.add_argument("--cache-dir", type=Path, help="template/ONNX cache (~/.cache/heygem)")
+    GenerateOptions.add_arguments(p, only=PROBE_OPTIONS)
     p.add_argument("--keep-output", type=Path, metavar="PATH", help="keep the generated MP4 here")
     p.add_argument(
         "--timeout",
@@ -380,9 +367,14 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
 
 
 # --- commands -------------------------------------------------------------------------
-def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+def _emit(args: argparse.Namespace, report: Report) -> None:
+    """Print a report the one way: text by default, JSON with --json."""
+    _print(render_json(report) if args.json else render_text(report))
+
+
+def _print(text: str) -> None:
     try:
-        print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else text)
+        print(text)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`| head`): not a failure, the verdict is the exit code.
@@ -392,10 +384,10 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from diagnostics.doctor import PROBES, DoctorConfig, Status, format_doctor_report, run_doctor
+    from diagnostics.doctor import PROBES, DoctorConfig, run_doctor
 
     if args.list:
-        _emit(args, {"probes": list(PROBES)}, "\n".join(PROBES))
+        _print(json.dumps({"probes": list(PROBES)}) if args.json else "\n".join(PROBES))
         return EXIT_OK
     config = DoctorConfig(
         batch_size=args.batch_size,
@@ -404,39 +396,28 @@ def cmd_env(args: argparse.Namespace) -> int:
         face_size=args.face_size,
     )
     report = run_doctor(config, only=args.only)
-    _emit(args, report.to_dict(), format_doctor_report(report))
-    bad = {Status.FAIL, Status.WARN} if args.strict else {Status.FAIL}
-    return EXIT_PROBLEMS if report.worst in bad else EXIT_OK
+    _emit(args, report)
+    return report.exit_code(strict=args.strict)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from diagnostics.findings import render_text
     from diagnostics.logs import analyze_log
 
     report = analyze_log(args.file)  # a file that cannot be read at all raises: exit 2
-    # --json prints report.to_dict(), the document render_json writes.
-    _emit(args, report.to_dict(), render_text(report))
+    _emit(args, report)
     return report.exit_code()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from diagnostics.inspect import (
-        find_heygem_processes,
-        format_process_report,
-        inspect_process_tree,
-    )
+    from diagnostics.inspect import find_heygem_processes, inspect_process_tree, process_report
 
     if args.pid is not None:
         reports = [inspect_process_tree(args.pid)]  # a wrong pid is the user's: exit 2
     else:
         reports = _inspect_found(find_heygem_processes(args.pattern))
-    pids = [r.root_pid for r in reports]
-    if reports:
-        text = "\n\n".join(format_process_report(r) for r in reports)
-    else:
-        text = f"no {args.pattern} processes found"
-    _emit(args, {"pids": pids, "reports": [r.to_dict() for r in reports]}, text)
-    return EXIT_OK if all(r.healthy for r in reports) else EXIT_PROBLEMS
+    report = process_report(reports, args.pattern)
+    _emit(args, report)
+    return report.exit_code()
 
 
 def _inspect_found(pids: list[int]) -> list[ProcessTreeReport]:
@@ -454,27 +435,10 @@ def _inspect_found(pids: list[int]) -> list[ProcessTreeReport]:
 
 
 def _probe_config(args: argparse.Namespace) -> ProbeConfig:
-    from diagnostics.probe import ProbeConfig, parse_fault
-    from heygem.config import GenerateOptions
+    from diagnostics.probe import ProbeConfig
 
-    env_fault = os.environ.get("HEYGEM_FAULT")
-    fault = args.fault or (parse_fault(env_fault) if env_fault else None)
-    extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-    options = GenerateOptions(
-        generator=args.generator,
-        checkpoint=args.checkpoint,
-        backend=args.backend,
-        device=args.device,
-        require_gpu=args.require_gpu,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        start_method=args.start_method,
-        stall_timeout=args.stall_timeout,
-        fault=fault,
-        **extra,
-    )
     return ProbeConfig(
-        options=options,
+        options=GenerateOptions.from_arguments(args),
         audio_seconds=args.seconds,
         template_seconds=args.template_seconds,
         size=args.size,
@@ -484,13 +448,14 @@ def _probe_config(args: argparse.Namespace) -> ProbeConfig:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from diagnostics.probe import format_probe_outcome, run_probe
+    from diagnostics.probe import probe_report, run_probe
 
     config = _probe_config(args)  # invalid options raise here: exit 2, not a finding
     with _progress_bar(enabled=not args.json and sys.stderr.isatty()) as progress:
         outcome = run_probe(config, progress=progress, echo_logs=args.verbose)
-    _emit(args, outcome.to_dict(), format_probe_outcome(outcome))
-    return EXIT_OK if outcome.healthy else EXIT_PROBLEMS
+    report = probe_report(outcome)
+    _emit(args, report)
+    return report.exit_code()
 
 
 @contextlib.contextmanager
@@ -521,22 +486,15 @@ def cmd_regress(args: argparse.Namespace) -> int:
     interactive = not args.json and sys.stderr.isatty()
     if args.regress_command == "record":
         with _scenario_progress(interactive) as on_scenario:
+            options = GenerateOptions.from_arguments(args, GOLDEN_OPTIONS)
             record = regress.record_run(
-                args.scenario, backend=args.backend, device=args.device, on_scenario=on_scenario
+                args.scenario,
+                backend=options.backend,
+                device=options.device,
+                on_scenario=on_scenario,
             )
         regress.write_golden(args.out, record)
-        files, size = regress.golden_size(args.out)
-        _emit(
-            args,
-            {
-                "golden": str(args.out),
-                "scenarios": list(record["scenarios"]),
-                "files": files,
-                "bytes": size,
-                "environment": record["environment"],
-            },
-            regress.format_record_summary(args.out, record),
-        )
+        _emit(args, regress.record_report(args.out, record))
         return EXIT_OK
     with _scenario_progress(interactive) as on_scenario:
         report = regress.check(
@@ -546,8 +504,9 @@ def cmd_regress(args: argparse.Namespace) -> int:
             update=args.update,
             on_scenario=on_scenario,
         )
-    _emit(args, report.to_dict(), regress.format_check_report(report))
-    return EXIT_OK if report.ok or args.update else EXIT_PROBLEMS
+    result = regress.check_report(report)
+    _emit(args, result)
+    return EXIT_OK if args.update else result.exit_code()
 
 
 @contextlib.contextmanager
@@ -563,12 +522,31 @@ def _scenario_progress(enabled: bool) -> Iterator[Callable[[str], None] | None]:
     yield started
 
 
+def cmd_sync_score(args: argparse.Namespace) -> int:
+    from diagnostics.findings import render_json, render_text
+    from diagnostics.syncscore import sync_report, sync_score
+    from heygem.errors import InputNotFound
+
+    for path in (args.video, args.audio):
+        if not path.is_file():
+            raise InputNotFound(f"{str(path)!r} does not exist", hint="check the path")
+    report = sync_report(
+        sync_score(args.video, args.audio),
+        video=str(args.video),
+        audio=str(args.audio),
+        threshold=args.threshold,
+    )
+    print(render_json(report) if args.json else render_text(report))
+    return report.exit_code()
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "env": cmd_env,
     "log": cmd_log,
     "ps": cmd_ps,
     "run-probe": cmd_probe,
     "regress": cmd_regress,
+    "sync-score": cmd_sync_score,
 }
 
 

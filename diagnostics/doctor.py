@@ -1,8 +1,9 @@
 """The environment doctor (`heygem-diagnose env`).
 
 Styled after torch's ``collect_env``: collecting is separate from formatting, and no probe
-ever raises. Each probe returns a ``ProbeResult`` (ok / warn / fail / info, evidence,
-fix); ``run_doctor`` gathers them into a ``DoctorReport``. Heavy libraries (torch,
+ever raises. Each probe returns a ``Finding`` (ok / warn / fail / info, evidence,
+fix); ``run_doctor`` gathers them into a ``Report`` (rendered by
+``diagnostics.findings``). Heavy libraries (torch,
 onnxruntime, pynvml) are imported inside the probes that need them.
 """
 
@@ -12,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
 
-from diagnostics.probes.base import ProbeResult, Status, fmt_bytes, never_raises, worst_status
+from diagnostics.findings import Finding, Report
+from diagnostics.probes.base import fmt_bytes, never_raises
 from diagnostics.probes.gpu import probe_gpu
 from diagnostics.probes.media import probe_av_codecs
 from diagnostics.probes.multiproc import probe_start_method, probe_thread_env
@@ -37,17 +38,16 @@ from heygem.errors import InvalidOption
 
 __all__ = [
     "DoctorConfig",
-    "DoctorReport",
-    "ProbeResult",
-    "Status",
+    "Finding",
     "check_session_providers",
     "dataloader_shm_need_bytes",
-    "format_doctor_report",
     "numpy_ort_incompatible",
     "run_doctor",
 ]
 
 log = logging.getLogger(__name__)
+
+DOCTOR_TITLE = "heygem environment doctor"
 
 _MIB = 1 << 20
 
@@ -133,22 +133,7 @@ class DoctorConfig:
         )
 
 
-@dataclass(frozen=True)
-class DoctorReport:
-    results: list[ProbeResult]
-
-    @property
-    def worst(self) -> Status:
-        return worst_status(r.status for r in self.results)
-
-    def get(self, probe_id: str) -> ProbeResult | None:
-        return next((r for r in self.results if r.id == probe_id), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"worst": str(self.worst), "results": [r.to_dict() for r in self.results]}
-
-
-Probe = Callable[[DoctorConfig], ProbeResult]
+Probe = Callable[[DoctorConfig], Finding]
 
 # Order matters once: start-method must run before thread-env, whose spawn child would
 # otherwise fix the process's start method before it is read.
@@ -171,7 +156,7 @@ PROBES: dict[str, Probe] = {
 
 def run_doctor(
     config: DoctorConfig | None = None, *, only: Collection[str] | None = None
-) -> DoctorReport:
+) -> Report:
     """Run every probe (or those named in ``only``) and collect the results."""
     config = config or DoctorConfig()
     unknown = sorted(set(only or ()) - PROBES.keys())
@@ -185,17 +170,6 @@ def run_doctor(
             continue
         started = time.perf_counter()
         result = never_raises(probe_id, probe_id)(probe)(config)
-        log.debug("probe %s: %s in %.2fs", probe_id, result.status, time.perf_counter() - started)
+        log.debug("probe %s: %s in %.2fs", probe_id, result.severity, time.perf_counter() - started)
         results.append(result)
-    return DoctorReport(results)
-
-
-def format_doctor_report(report: DoctorReport) -> str:
-    """Human-readable text: one block per probe, evidence indented, the fix last."""
-    lines = [f"heygem environment doctor: overall {str(report.worst).upper()}"]
-    for r in report.results:
-        lines.append(f"[{str(r.status).upper():4}] {r.id}: {r.title}")
-        lines += [f"         {e}" for e in r.evidence]
-        if r.fix:
-            lines.append(f"    fix: {r.fix}")
-    return "\n".join(lines)
+    return Report("env", DOCTOR_TITLE, tuple(results))

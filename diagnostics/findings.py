@@ -49,9 +49,12 @@ class Finding:
     id: str  # stable, for machines and tests: "shm", "queue-full", "zombie"...
     severity: Severity
     title: str  # one line a person reads first
-    evidence: tuple[str, ...] = ()  # the lines (log lines, readings) that show it
+    evidence: Sequence[str] = ()  # the lines (log lines, readings) that show it
     fix: str | None = None  # what to do about it
     subject: str | None = None  # what it is about: a task id, a pid, a scenario
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evidence", tuple(self.evidence))  # frozen, hashable
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +102,7 @@ class Report:
         }
 
 
-def render_text(report: Report, *, max_evidence: int = 8) -> str:
+def render_text(report: Report, *, max_evidence: int = 10) -> str:
     """The human view: headline with the verdict, the body, then one block per finding."""
     lines = [f"{report.title}: {report.worst.value.upper()}"]
     lines += list(report.body)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from diagnostics.findings import Finding, Report, Severity
 from diagnostics.probes.base import fmt_bytes
 from diagnostics.probes.gpu import GpuProcess, nvml_snapshot
 from heygem.cgroups import cgroup_dir
@@ -78,14 +79,6 @@ class ProcessInfo:
 
 
 @dataclass(frozen=True)
-class Finding:
-    kind: str  # "zombie", "orphan", "d-state"
-    pid: int
-    message: str
-    fix: str
-
-
-@dataclass(frozen=True)
 class ProcessTreeReport:
     root_pid: int
     processes: list[ProcessInfo]
@@ -106,7 +99,7 @@ class ProcessTreeReport:
             "healthy": self.healthy,
             "processes": [p.to_dict() for p in self.processes],
             "orphans": [p.to_dict() for p in self.orphans],
-            "findings": [asdict(f) for f in self.findings],
+            "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
         }
 
@@ -273,27 +266,42 @@ def _zombie_finding(p: ProcessInfo) -> Finding:
             "children (Process.join(), Popen.wait(), or handle SIGCHLD). If the parent is "
             "stuck, stopping it hands the zombie to PID 1, which reaps it if it is an init."
         )
-    return Finding("zombie", p.pid, message, fix)
+    return _problem("zombie", p.pid, message, fix)
 
 
 def _d_state_finding(p: ProcessInfo) -> Finding:
     where = f"pid {p.pid} ({p.name}) is in uninterruptible sleep (D)"
     freezer = frozen_by(p.pid)
     if freezer:
-        return Finding(
+        return _problem(
             "d-state",
             p.pid,
             f"{where}: frozen by the cgroup freezer {freezer}",
             "Thaw it: docker unpause, or write THAWED to freezer.state "
             "(cgroup v1) / 0 to cgroup.freeze (v2).",
         )
-    return Finding(
+    return _problem(
         "d-state",
         p.pid,
         f"{where} in {p.wchan or 'an unknown kernel function'}: blocked in the kernel "
         "(disk/NFS I/O, GPU driver) and immune to signals until it returns",
         "Look at the device or mount it waits on (wchan above, dmesg); a stuck GPU driver "
         "call usually needs the GPU reset.",
+    )
+
+
+def _problem(kind: str, pid: int, message: str, fix: str) -> Finding:
+    return Finding(kind, Severity.FAIL, message, fix=fix, subject=f"pid {pid}")
+
+
+def _stopped_finding(p: ProcessInfo) -> Finding:
+    return _problem(
+        "stopped",
+        p.pid,
+        f"pid {p.pid} ({p.name}) is stopped (state T: SIGSTOP, SIGTSTP or a debugger): it "
+        "does no work, and whatever waits on it stalls",
+        f"Resume it (kill -CONT {p.pid}) or find who stopped it (a debugger, Ctrl-Z, a "
+        "container pause).",
     )
 
 
@@ -304,10 +312,12 @@ def _findings(processes: list[ProcessInfo], orphans: list[ProcessInfo]) -> list[
             found.append(_zombie_finding(p))
         elif p.status == psutil.STATUS_DISK_SLEEP:
             found.append(_d_state_finding(p))
+        elif p.status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            found.append(_stopped_finding(p))
     for p in orphans:
         if not p.is_zombie:
             found.append(
-                Finding(
+                _problem(
                     "orphan",
                     p.pid,
                     f"pid {p.pid} ({' '.join(p.cmdline)[:120]!r}) was re-parented to {p.ppid}: "
@@ -418,25 +428,28 @@ def reap_zombie_children(only: Collection[int] | None = None) -> list[ReapedChil
     return reaped
 
 
-def format_process_report(report: ProcessTreeReport) -> str:
-    """Human-readable tree: one line per process, then findings with fixes, then notes."""
+def tree_lines(report: ProcessTreeReport) -> list[str]:
+    """One line per process, indented by depth, then orphans and notes."""
     depth = {report.root_pid: 0}
-    lines = [
-        f"process tree of pid {report.root_pid}: {len(report.processes)} process(es), "
-        f"{len(report.findings)} finding(s)"
-    ]
+    lines = [f"process tree of pid {report.root_pid}: {len(report.processes)} process(es)"]
     for p in report.processes:
         level = depth.setdefault(p.pid, depth.get(p.ppid, -1) + 1)
-        lines.append("  " * level + _line(p))
+        lines.append("  " + "  " * level + _line(p))
     if report.orphans:
         lines.append("orphaned workers:")
-        lines += ["  " + _line(p) for p in report.orphans]
-    if report.findings:
-        lines.append("findings:")
-        for f in report.findings:
-            lines += [f"  [{f.kind}] {f.message}", f"    fix: {f.fix}"]
+        lines += ["    " + _line(p) for p in report.orphans]
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    return lines
+
+
+def process_report(reports: list[ProcessTreeReport], pattern: str | None = None) -> Report:
+    """The trees inspected as one diagnosis (``heygem-diagnose ps``)."""
+    body = [line for r in reports for line in tree_lines(r)]
+    if not reports:
+        body = [f"no {pattern or 'heygem'} processes found"]
+    findings = tuple(f for r in reports for f in r.findings)
+    details = {"pids": [r.root_pid for r in reports], "reports": [r.to_dict() for r in reports]}
+    return Report("ps", "heygem process inspection", findings, details, tuple(body))
 
 
 def _line(p: ProcessInfo) -> str:

@@ -27,39 +27,29 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from diagnostics.findings import Finding, Report, Severity
 from diagnostics.probes.versions import installed_versions
-from heygem.config import FaultInjection, GenerateOptions
-from heygem.errors import (
-    Cancelled,
-    HeygemError,
-    InputError,
-    InvalidOption,
-    PipelineStalled,
-    ProviderUnavailable,
-    StageCrashed,
-)
+from heygem.config import GenerateOptions
+from heygem.errors import FailureCause, HeygemError, InvalidOption, PipelineStalled
+from heygem.providers import is_cpu_fallback
 
 if TYPE_CHECKING:
     from heygem.pipeline import GenerationResult, Pipeline
 
 __all__ = [
-    "FAULT_STAGES",
     "Outcome",
     "ProbeConfig",
     "ProbeDeadlineExceeded",
     "ProbeEvidence",
     "ProbeOutcome",
     "classify_error",
-    "format_probe_outcome",
     "library_versions",
     "parse_size",
+    "probe_report",
     "run_probe",
 ]
 
 log = logging.getLogger(__name__)
-
-# Mirrors heygem.pipeline.STAGES without importing the pipeline (and torch) at CLI start.
-FAULT_STAGES: tuple[str, ...] = ("decode", "load", "generate", "compose")
 
 # multiprocessing helpers that live until the interpreter exits by design: one per
 # process, started on first use of spawn/forkserver, not leaked by a job.
@@ -72,8 +62,6 @@ _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "av": ("av",),
 }
-
-_GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "cuda"})
 
 
 class Outcome(StrEnum):
@@ -146,7 +134,7 @@ class ProbeConfig:
             "num_workers": opts.num_workers,
             "start_method": opts.start_method,
             "stall_timeout": opts.stall_timeout,
-            "fault": None if fault is None else _fault_text(fault),
+            "fault": None if fault is None else str(fault),
             "deadline": round(self.deadline, 1),
         }
 
@@ -165,6 +153,7 @@ class ProbeEvidence:
 class ProbeOutcome:
     outcome: Outcome
     cause: str | None  # None: nothing to explain
+    cause_id: str | None  # the FailureCause value, for machines
     evidence: ProbeEvidence | None
     frames: int | None
     fps: float | None  # throughput: frames / total generation seconds
@@ -191,6 +180,7 @@ class ProbeOutcome:
             "outcome": str(self.outcome),
             "healthy": self.healthy,
             "cause": self.cause,
+            "cause_id": self.cause_id,
             "evidence": asdict(self.evidence) if self.evidence else None,
             "frames": self.frames,
             "fps": self.fps,
@@ -222,79 +212,52 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def parse_fault(text: str) -> FaultInjection:
-    """STAGE:KIND[:SECONDS], with the stage checked (a typo would silently inject nothing)."""
-    fault = FaultInjection.from_env(text)
-    if fault is None:
-        raise InvalidOption("empty fault", hint="use STAGE:KIND[:SECONDS], e.g. generate:hang:30")
-    if fault.stage not in FAULT_STAGES:
-        raise InvalidOption(
-            f"fault stage {fault.stage!r} is not a pipeline stage",
-            hint=f"choose one of: {', '.join(FAULT_STAGES)}",
-        )
-    return fault
-
-
-def _fault_text(fault: FaultInjection) -> str:
-    return f"{fault.stage}:{fault.kind}" + (f":{fault.seconds:g}" if fault.seconds else "")
-
-
 def library_versions() -> dict[str, str | None]:
     return installed_versions(_DISTRIBUTIONS)
 
 
-def _uses_gpu(providers: tuple[str, ...]) -> bool:
-    return any(p in _GPU_PROVIDERS for p in providers)
-
-
-def is_cpu_fallback(requested: tuple[str, ...], used: tuple[str, ...]) -> bool:
-    return _uses_gpu(requested) and bool(used) and not _uses_gpu(used)
-
-
 # --- classification ---------------------------------------------------------------------
-# Signal words in crash messages, from both paths that report a dead DataLoader worker:
-# the watchdog ("exit -7 (SIGBUS): shared memory exhausted") and torch's own RuntimeError
-# ("DataLoader worker (pid N) is killed by signal: Bus error").
-_CRASH_CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("SIGBUS", "Bus error", "shared memory"), "shared memory exhausted (SIGBUS)"),
-    (("SIGKILL", "Killed"), "worker killed (SIGKILL), likely the OOM killer"),
-    (("SIGSEGV", "Segmentation fault"), "segmentation fault in native code (SIGSEGV)"),
-    (("SIGABRT", "Aborted"), "native code aborted (SIGABRT)"),
-)
-_NEVER_STARTED = "consumer never started or died"
+# What each failure cause means for a probe run. Adding a FailureCause adds a line here (a
+# test checks that every cause has one).
+OUTCOME_OF_CAUSE: dict[FailureCause, Outcome] = {
+    **{cause: Outcome.BAD_INPUT for cause in FailureCause if cause.is_input},
+    FailureCause.CONSUMER_NEVER_STARTED: Outcome.STALLED,
+    FailureCause.NO_PROGRESS: Outcome.STALLED,
+    FailureCause.PROCESS_STOPPED: Outcome.STALLED,
+    FailureCause.SHM_EXHAUSTED: Outcome.CRASHED,
+    FailureCause.OOM_KILLED: Outcome.CRASHED,
+    FailureCause.KILLED: Outcome.CRASHED,
+    FailureCause.SEGFAULT: Outcome.CRASHED,
+    FailureCause.ABORTED: Outcome.CRASHED,
+    FailureCause.TERMINATED: Outcome.CRASHED,
+    FailureCause.EXITED: Outcome.CRASHED,
+    FailureCause.WORKER_RAISED: Outcome.CRASHED,
+    FailureCause.STAGE_RAISED: Outcome.CRASHED,
+    FailureCause.CPU_FALLBACK: Outcome.ERROR,
+    FailureCause.CANCELLED: Outcome.ERROR,
+    FailureCause.TIMED_OUT: Outcome.STALLED,
+    FailureCause.SERVICE_RESTARTED: Outcome.ERROR,
+    FailureCause.INTERNAL: Outcome.ERROR,
+}
 
 
 class ProbeDeadlineExceeded(PipelineStalled):
     """The pipeline neither finished nor failed within the probe's outer deadline."""
 
+    default_cause = FailureCause.TIMED_OUT
 
-def classify_error(exc: BaseException) -> tuple[Outcome, str]:
-    """(outcome, short cause) for the exception a probe run ended with."""
+
+def classify_error(exc: BaseException) -> tuple[Outcome, FailureCause, str]:
+    """(outcome, cause, short text) for the exception a probe run ended with: a lookup of
+    the cause the code that noticed the failure set, never a reading of its message."""
     if isinstance(exc, ProbeDeadlineExceeded):
-        return Outcome.STALLED, "no answer within the probe deadline (watchdog did not fire)"
-    if isinstance(exc, PipelineStalled):
-        if _NEVER_STARTED in exc.message:
-            return Outcome.STALLED, f"{_NEVER_STARTED} (stage '{exc.stage}')"
-        return Outcome.STALLED, f"stage '{exc.stage}' made no progress"
-    if isinstance(exc, StageCrashed):
-        for needles, cause in _CRASH_CAUSES:
-            if any(n in exc.message for n in needles):
-                return Outcome.CRASHED, cause
-        if "Caught " in exc.message and "DataLoader worker" in exc.message:
-            # torch re-raises an exception from the dataset code: the worker did not die.
-            return Outcome.CRASHED, f"stage '{exc.stage}' raised an error in a DataLoader worker"
-        if "worker process" in exc.message or "DataLoader worker" in exc.message:
-            return Outcome.CRASHED, f"a worker process of stage '{exc.stage}' died"
-        return Outcome.CRASHED, f"stage '{exc.stage}' raised an error"
-    if isinstance(exc, ProviderUnavailable):
-        return Outcome.ERROR, "CPU fallback (GPU required)"
-    if isinstance(exc, InputError):
-        return Outcome.BAD_INPUT, f"input rejected ({type(exc).__name__})"
-    if isinstance(exc, Cancelled):
-        return Outcome.ERROR, "cancelled"
-    if isinstance(exc, HeygemError):
-        return Outcome.ERROR, type(exc).__name__
-    return Outcome.ERROR, f"unexpected {type(exc).__name__}"
+        text = "no answer within the probe deadline (watchdog did not fire)"
+        return Outcome.STALLED, exc.cause, text
+    if not isinstance(exc, HeygemError):
+        return Outcome.ERROR, FailureCause.INTERNAL, f"unexpected {type(exc).__name__}"
+    stage = getattr(exc, "stage", None)
+    text = exc.cause.description + (f" (stage '{stage}')" if stage else "")
+    return OUTCOME_OF_CAUSE[exc.cause], exc.cause, text
 
 
 def _evidence(exc: BaseException) -> ProbeEvidence:
@@ -520,11 +483,13 @@ def _outcome(
 ) -> ProbeOutcome:
     requested, used = _providers(result, pipeline)
     # A refused fallback (--require-gpu) is still a fallback, even with no session to show.
-    fallback = is_cpu_fallback(requested, used) or isinstance(error, ProviderUnavailable)
-    cause: str | None = "CPU fallback" if fallback else None
+    refused = isinstance(error, HeygemError) and error.cause is FailureCause.CPU_FALLBACK
+    fallback = is_cpu_fallback(requested, used) or refused
+    cause_id: FailureCause | None = FailureCause.CPU_FALLBACK if fallback else None
+    cause: str | None = cause_id.description if cause_id else None
     outcome = Outcome.OK
     if error is not None:
-        outcome, cause = classify_error(error)
+        outcome, cause_id, cause = classify_error(error)
     frames = result.frames if result else None
     total = result.timings.get("total") if result else None
     fps = round(frames / total, 2) if frames and total else None
@@ -532,6 +497,7 @@ def _outcome(
     return ProbeOutcome(
         outcome=outcome,
         cause=cause,
+        cause_id=cause_id.value if cause_id else None,
         evidence=_evidence(error) if error else None,
         frames=frames,
         fps=fps,
@@ -564,42 +530,71 @@ def _clipped(message: str) -> list[str]:
     return [*lines[:_HEAD_LINES], f"... ({cut} lines omitted, see --json)", *lines[-_TAIL_LINES:]]
 
 
-def format_probe_outcome(outcome: ProbeOutcome) -> str:
-    """Human-readable report: verdict and cause first, then numbers, then the evidence."""
+def probe_report(outcome: ProbeOutcome) -> Report:
+    """The probe as findings: the run's verdict, a CPU fallback, children left behind."""
     cfg = outcome.config
-    verdict = outcome.outcome.value.upper()
-    if outcome.outcome is Outcome.OK and not outcome.healthy:
-        verdict += " (with problems)"
-    lines = [
-        f"heygem probe: {verdict}" + (f" - {outcome.cause}" if outcome.cause else ""),
+    body = [
         f"  run: {cfg['audio_seconds']:g} s speech, {cfg['size']} template, "
         f"{cfg['generator']} on {cfg['backend']}/{cfg['device']}, batch {cfg['batch_size']}, "
         f"{cfg['num_workers']} workers ({cfg['start_method']}), stall timeout "
         f"{cfg['stall_timeout']:g} s" + (f", fault {cfg['fault']}" if cfg["fault"] else ""),
     ]
     if outcome.frames is not None:
-        lines.append(f"  frames: {outcome.frames} at {outcome.fps or 0:.1f} fps throughput")
-    lines.append(
+        body.append(f"  frames: {outcome.frames} at {outcome.fps or 0:.1f} fps throughput")
+    body.append(
         f"  providers: used {', '.join(outcome.providers_used) or 'unknown'} "
-        f"(requested {', '.join(outcome.providers_requested) or 'unknown'}); "
-        f"CPU fallback: {'YES' if outcome.cpu_fallback else 'no'}"
+        f"(requested {', '.join(outcome.providers_requested) or 'unknown'})"
     )
-    lines.append(
-        f"  duration: {outcome.duration_s:.1f} s; leftover child processes: "
-        f"{outcome.leftover_children}"
-    )
-    lines += [f"    {d}" for d in outcome.leftover_detail]
-    lines.append(
+    body.append(f"  duration: {outcome.duration_s:.1f} s")
+    body.append(
         "  versions: " + ", ".join(f"{k} {v or 'missing'}" for k, v in outcome.versions.items())
     )
-    lines += [f"  warning: {w}" for w in outcome.warnings]
     if outcome.output:
-        lines.append(f"  output kept: {outcome.output}")
+        body.append(f"  output kept: {outcome.output}")
+    findings = [_run_finding(outcome)]
+    if outcome.cpu_fallback:
+        findings.append(
+            Finding(
+                "cpu-fallback",
+                Severity.FAIL,
+                FailureCause.CPU_FALLBACK.description,
+                [
+                    f"requested {', '.join(outcome.providers_requested) or 'unknown'}, "
+                    f"used {', '.join(outcome.providers_used) or 'unknown'}",
+                    *outcome.warnings,
+                ],
+                "run `heygem-diagnose env`: it names the CUDA/cuDNN libraries the loader misses",
+            )
+        )
+    if outcome.leftover_children:
+        findings.append(
+            Finding(
+                "leftover-children",
+                Severity.FAIL,
+                f"{outcome.leftover_children} child process(es) left behind after the run",
+                outcome.leftover_detail,
+                "a bug in the runner's teardown: report it with `heygem-diagnose ps` output",
+            )
+        )
+    findings += [
+        Finding("warning", Severity.INFO, warning)
+        for warning in outcome.warnings
+        if not outcome.cpu_fallback
+    ]
+    return Report("run-probe", "heygem probe", tuple(findings), outcome.to_dict(), tuple(body))
+
+
+def _run_finding(outcome: ProbeOutcome) -> Finding:
     ev = outcome.evidence
-    if ev is not None:
-        stage = f" in stage '{ev.stage}'" if ev.stage else ""
-        lines.append(f"  error{stage}: {ev.error_type}")
-        lines += [f"    {m}" for m in _clipped(ev.message)]
-        if ev.hint:
-            lines.append(f"  what to do: {ev.hint}")
-    return "\n".join(lines)
+    if outcome.outcome is Outcome.OK:
+        return Finding("run", Severity.OK, f"the generation finished ({outcome.frames} frames)")
+    assert ev is not None
+    lines = _clipped(ev.message) or [""]
+    return Finding(
+        "run",
+        Severity.FAIL,
+        f"{outcome.outcome.value}: {outcome.cause}",
+        [f"{ev.error_type}: {lines[0]}", *lines[1:]],
+        ev.hint,
+        subject=ev.stage,
+    )

@@ -1,16 +1,16 @@
 """Golden regression: did an upgrade of onnxruntime, torch, librosa or opencv change the
-output, by how much, and in which stage?
+output, by how much, and in which step?
 
 ``record_run`` runs the fixed generated scenarios (``regress_scenarios``) through the real
-pipeline and fingerprints each stage (``regress_run``): the generated inputs, mel
+pipeline and fingerprints each step (``regress_run``): the generated inputs, mel
 features and voice activity, face regions per template frame, generator outputs on a
 seeded batch and on the scenario's own crops, composited frames (sampled mouth crops and
 reduced frames, plus a per-frame change track), and the muxed file's frame count,
 durations and A/V sync. ``check`` compares a fresh run with a stored golden record by the
-per-metric tolerances of ``regress_metrics`` and names the first stage that drifted.
+per-metric tolerances of ``regress_metrics`` and names the first step that drifted.
 
 The matrix calls ``fingerprint_environment_run`` in every cell and renders
-``drift_table`` over the cells' records: the largest difference per stage between any two
+``drift_table`` over the cells' records: the largest difference per step between any two
 library combinations. Performance is not judged here: ``python -m benchmarks.summary
 new.json --compare baseline.json`` does that by ratio.
 
@@ -32,28 +32,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from diagnostics.findings import Finding, Report, Severity
 from diagnostics.probes.versions import installed_versions
-from diagnostics.regress_metrics import Finding, compare_stage, decode_png
+from diagnostics.regress_metrics import Comparison, compare_step, decode_png
 from diagnostics.regress_scenarios import (
     DEFAULT_GOLDEN,
-    STAGES,
+    GOLDEN_OPTIONS,
+    STEPS,
     Perturbation,
     select_scenarios,
 )
+from heygem.config import BackendName, DeviceName
 from heygem.errors import InputNotFound, InvalidOption, MediaUnreadable
 
 __all__ = [
     "DEFAULT_GOLDEN",
     "CheckReport",
     "check",
+    "check_report",
     "compare_records",
     "drift_table",
     "fingerprint_environment_run",
-    "format_check_report",
     "format_drift_table",
-    "format_record_summary",
     "golden_size",
     "load_golden",
+    "record_report",
     "record_run",
     "write_golden",
 ]
@@ -86,8 +89,8 @@ def library_versions() -> dict[str, str | None]:
 def record_run(
     scenarios: Sequence[str] | None = None,
     *,
-    backend: str = "onnxruntime",
-    device: str = "cpu",
+    backend: BackendName = "onnxruntime",
+    device: DeviceName = "cpu",
     perturb: Perturbation | None = None,
     label: str | None = None,
     workdir: Path | None = None,
@@ -106,7 +109,7 @@ def record_run(
         "kind": KIND,
         "label": label,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {"generator": "mouthwarp", "backend": backend, "device": device},
+        "settings": {"generator": GOLDEN_OPTIONS.generator, "backend": backend, "device": device},
         "environment": {
             "versions": library_versions(),
             "platform": platform.platform(),
@@ -114,7 +117,7 @@ def record_run(
         },
         "perturbation": None
         if perturb is None
-        else {"stage": perturb.stage, "amount": perturb.amount},
+        else {"step": perturb.step, "amount": perturb.amount},
         "frames": True,  # sampled composite frames included (see fingerprint_environment_run)
         "scenarios": results,
     }
@@ -123,8 +126,8 @@ def record_run(
 def fingerprint_environment_run(
     scenarios: Sequence[str] | None = None,
     *,
-    backend: str = "onnxruntime",
-    device: str = "cpu",
+    backend: BackendName = "onnxruntime",
+    device: DeviceName = "cpu",
     label: str | None = None,
     frames: bool = True,
     workdir: Path | None = None,
@@ -138,15 +141,15 @@ def fingerprint_environment_run(
     record = record_run(scenarios, backend=backend, device=device, label=label, workdir=workdir)
     if not frames:
         record["frames"] = False
-        for stages in record["scenarios"].values():
-            stages.get("composite", {}).pop("frames", None)
+        for steps in record["scenarios"].values():
+            steps.get("composite", {}).pop("frames", None)
     return record
 
 
 def _iter_images(record: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(file stem, image dict) of every sampled frame in the record."""
-    for scenario, stages in record["scenarios"].items():
-        for frame in stages.get("composite", {}).get("frames", []):
+    for scenario, steps in record["scenarios"].items():
+        for frame in steps.get("composite", {}).get("frames", []):
             for part in ("mouth", "full"):
                 if frame.get(part) is not None:
                     yield f"{scenario}-{frame['index']:04d}-{part}", frame[part]
@@ -225,38 +228,38 @@ def _load_image(image: Mapping[str, Any]) -> Any:
     return decode_png(image["png"])
 
 
-def compare_records(golden: Mapping[str, Any], current: Mapping[str, Any]) -> list[Finding]:
-    """Findings for every scenario both records hold, in stage order."""
+def compare_records(golden: Mapping[str, Any], current: Mapping[str, Any]) -> list[Comparison]:
+    """Findings for every scenario both records hold, in step order."""
     # A record stored without its sampled frames is compared by everything else.
     skip = (
         frozenset()
         if golden.get("frames", True) and current.get("frames", True)
         else (frozenset({"frames"}))
     )
-    findings: list[Finding] = []
-    for scenario, stages in golden["scenarios"].items():
+    comparisons: list[Comparison] = []
+    for scenario, steps in golden["scenarios"].items():
         now = current["scenarios"].get(scenario)
         if now is None:
             continue
-        for stage in STAGES:
-            if stage in stages:
-                findings += compare_stage(
-                    scenario, stage, stages[stage], now.get(stage, {}), _load_image, skip
+        for step in STEPS:
+            if step in steps:
+                comparisons += compare_step(
+                    scenario, step, steps[step], now.get(step, {}), _load_image, skip
                 )
-    return findings
+    return comparisons
 
 
 @dataclass(frozen=True)
-class StageSummary:
-    stage: str
-    worst: Finding | None  # the finding with the highest severity (None: stage not run)
+class StepSummary:
+    step: str
+    worst: Comparison | None  # the comparison with the highest severity (None: step not run)
     regressions: int
     metrics: int
     identical: bool  # every metric of every scenario bit-for-bit the same
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "stage": self.stage,
+            "step": self.step,
             "ok": self.regressions == 0,
             "regressions": self.regressions,
             "metrics": self.metrics,
@@ -270,38 +273,38 @@ class CheckReport:
     golden_path: str
     golden: Mapping[str, Any]  # the golden's created/settings/environment (no scenarios)
     current: Mapping[str, Any]
-    findings: tuple[Finding, ...]
+    comparisons: tuple[Comparison, ...]
     updated: bool = False
-    stages: tuple[StageSummary, ...] = field(init=False)
+    steps: tuple[StepSummary, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         summaries = []
-        for stage in STAGES:
-            mine = [f for f in self.findings if f.stage == stage]
+        for step in STEPS:
+            mine = [f for f in self.comparisons if f.step == step]
             worst = max(mine, key=lambda f: f.severity, default=None)
             summaries.append(
-                StageSummary(
-                    stage,
+                StepSummary(
+                    step,
                     worst,
                     sum(not f.ok for f in mine),
                     len(mine),
                     bool(mine) and all(f.identical for f in mine),
                 )
             )
-        object.__setattr__(self, "stages", tuple(summaries))
+        object.__setattr__(self, "steps", tuple(summaries))
 
     @property
-    def regressions(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if not f.ok)
+    def regressions(self) -> tuple[Comparison, ...]:
+        return tuple(f for f in self.comparisons if not f.ok)
 
     @property
     def ok(self) -> bool:
         return not self.regressions
 
     @property
-    def first_drift(self) -> Finding | None:
-        """The worst regression of the earliest stage that has one."""
-        for summary in self.stages:
+    def first_drift(self) -> Comparison | None:
+        """The worst regression of the earliest step that has one."""
+        for summary in self.steps:
             if summary.regressions:
                 return summary.worst
         return None
@@ -320,13 +323,13 @@ class CheckReport:
         return {
             "ok": self.ok,
             "first_drift": None if first is None else first.to_dict(),
-            "stages": [s.to_dict() for s in self.stages],
+            "steps": [s.to_dict() for s in self.steps],
             "regressions": [f.to_dict() for f in self.regressions],
             "version_changes": self.version_changes(),
             "golden": {"path": self.golden_path, **self.golden},
             "current": dict(self.current),
             "updated": self.updated,
-            "findings": [f.to_dict() for f in self.findings],
+            "comparisons": [f.to_dict() for f in self.comparisons],
         }
 
 
@@ -371,11 +374,11 @@ def check(
         workdir=workdir,
         on_scenario=on_scenario,
     )
-    findings = compare_records(golden, current)
+    comparisons = compare_records(golden, current)
     if update:
         write_golden(golden_dir, _merged(golden, current))
     return CheckReport(
-        str(golden_dir), _header(golden), _header(current), tuple(findings), updated=update
+        str(golden_dir), _header(golden), _header(current), tuple(comparisons), updated=update
     )
 
 
@@ -399,50 +402,50 @@ def _labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def drift_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per stage, the largest difference between any two records (e.g. matrix cells).
+    """Per step, the largest difference between any two records (e.g. matrix cells).
 
-    One row per stage, in pipeline order: the metric with the highest severity over all
+    One row per step, in pipeline order: the metric with the highest severity over all
     pairs, its difference and tolerance, the two records (labels) it is between, and
-    whether every record agreed bit-for-bit on that stage.
+    whether every record agreed bit-for-bit on that step.
     """
     labels = _labels(records)
-    worst: dict[str, tuple[Finding, str, str]] = {}
+    worst: dict[str, tuple[Comparison, str, str]] = {}
     identical: dict[str, bool] = {}
     for i, first in enumerate(records):
         for j in range(i + 1, len(records)):
-            for finding in compare_records(first, records[j]):
-                identical[finding.stage] = identical.get(finding.stage, True) and (
-                    finding.identical
+            for comparison in compare_records(first, records[j]):
+                identical[comparison.step] = identical.get(comparison.step, True) and (
+                    comparison.identical
                 )
-                best = worst.get(finding.stage)
-                if best is None or finding.severity > best[0].severity:
-                    worst[finding.stage] = (finding, labels[i], labels[j])
+                best = worst.get(comparison.step)
+                if best is None or comparison.severity > best[0].severity:
+                    worst[comparison.step] = (comparison, labels[i], labels[j])
     rows = []
-    for stage in STAGES:
-        if stage not in worst:
+    for step in STEPS:
+        if step not in worst:
             continue
-        finding, a, b = worst[stage]
-        shown = finding.to_dict()
+        comparison, a, b = worst[step]
+        shown = comparison.to_dict()
         rows.append(
             {
-                "stage": stage,
-                "scenario": finding.scenario,
-                "metric": finding.metric,
+                "step": step,
+                "scenario": comparison.scenario,
+                "metric": comparison.metric,
                 "difference": shown["difference"],
-                "limit": finding.limit,
-                "unit": finding.unit,
+                "limit": comparison.limit,
+                "unit": comparison.unit,
                 "severity": shown["severity"],
-                "exceeds": not finding.ok,
-                "identical": identical[stage],
+                "exceeds": not comparison.ok,
+                "identical": identical[step],
                 "between": [a, b],
-                "note": finding.note,
+                "note": comparison.note,
             }
         )
     return rows
 
 
 # --- text -----------------------------------------------------------------------------
-def _describe(f: Finding) -> str:
+def _describe(f: Comparison) -> str:
     if f.difference is None:
         value = "missing" if math.isinf(f.severity) else "differs"
     elif f.unit in ("dB", "ssim"):
@@ -459,73 +462,89 @@ def _versions_line(header: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {versions.get(k)}" for k in keys if k in versions)
 
 
-def format_check_report(report: CheckReport) -> str:
+def check_report(report: CheckReport) -> Report:
+    """The check as findings: one per step that ran (ok, or the drift with its metrics)."""
     first = report.first_drift
     if report.ok:
-        verdict = "PASS - every stage within tolerance"
+        verdict = "PASS - every step within tolerance"
     else:
-        verdict = f"REGRESSION - first drift in stage '{first.stage}'" if first else "REGRESSION"
-    lines = [
-        f"heygem regress: {verdict}",
+        verdict = f"REGRESSION - first drift in step '{first.step}'" if first else "REGRESSION"
+    body = [
+        f"  {verdict}",
         f"  golden: {report.golden_path} (recorded {report.golden.get('created')}; "
         f"{_versions_line(report.golden)})",
         f"  now:    {_versions_line(report.current)}",
     ]
     changes = report.version_changes()
     if changes:
-        lines.append(
+        body.append(
             "  changed: "
             + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items() if k != "python")
         )
     perturb = report.current.get("perturbation")
     if perturb:
-        lines.append(f"  rehearsal: {perturb['stage']} perturbed by {perturb['amount']:g}")
-    for summary in report.stages:
+        body.append(f"  rehearsal: {perturb['step']} perturbed by {perturb['amount']:g}")
+    if report.updated:
+        body.append(f"  golden updated: {report.golden_path}")
+    findings = []
+    for summary in report.steps:
         if summary.worst is None:
             continue
-        status = "ok   " if not summary.regressions else "DRIFT"
-        detail = (
-            f"identical ({summary.metrics} metrics)"
-            if summary.identical
-            else f"worst: {_describe(summary.worst)}"
+        if not summary.regressions:
+            title = (
+                f"identical ({summary.metrics} metrics)"
+                if summary.identical
+                else f"within tolerance; worst: {_describe(summary.worst)}"
+            )
+            findings.append(Finding("step", Severity.OK, title, subject=summary.step))
+            continue
+        drifted = [f for f in report.regressions if f.step == summary.step]
+        findings.append(
+            Finding(
+                "drift",
+                Severity.FAIL,
+                f"{summary.regressions} of {summary.metrics} metrics out of tolerance",
+                [_describe(f) for f in drifted],
+                None
+                if report.updated
+                else "intended? re-record with: heygem-diagnose regress check --update",
+                subject=summary.step,
+            )
         )
-        lines.append(f"  {summary.stage:<15} {status} {detail}")
-    if report.regressions:
-        lines.append(f"  {len(report.regressions)} metric(s) out of tolerance:")
-        lines += [f"    {f.stage}: {_describe(f)}" for f in report.regressions]
-    if report.updated:
-        lines.append(f"  golden updated: {report.golden_path}")
-    elif not report.ok:
-        lines.append("  intended? re-record with: heygem-diagnose regress check --update")
-    return "\n".join(lines)
+    return Report("regress", "heygem regress check", tuple(findings), report.to_dict(), tuple(body))
 
 
-def format_record_summary(directory: Path, record: Mapping[str, Any]) -> str:
+def record_report(directory: Path, record: Mapping[str, Any]) -> Report:
     files, size = golden_size(directory)
-    names = ", ".join(record["scenarios"])
-    return "\n".join(
-        [
-            f"heygem regress: recorded {len(record['scenarios'])} scenario(s) to {directory}",
-            f"  scenarios: {names}",
-            f"  stored: {files} files, {size / 1024:.0f} KiB",
-            f"  environment: {_versions_line(record)}; providers "
-            f"{', '.join(record['environment']['providers'])}",
-            f"  check later with: heygem-diagnose regress check --golden {directory}",
-        ]
-    )
+    body = [
+        f"  scenarios: {', '.join(record['scenarios'])}",
+        f"  stored: {files} files, {size / 1024:.0f} KiB in {directory}",
+        f"  environment: {_versions_line(record)}; providers "
+        f"{', '.join(record['environment']['providers'])}",
+        f"  check later with: heygem-diagnose regress check --golden {directory}",
+    ]
+    recorded = Finding("recorded", Severity.OK, f"recorded {len(record['scenarios'])} scenario(s)")
+    details = {
+        "golden": str(directory),
+        "scenarios": list(record["scenarios"]),
+        "files": files,
+        "bytes": size,
+        "environment": record["environment"],
+    }
+    return Report("regress", "heygem regress record", (recorded,), details, tuple(body))
 
 
 def format_drift_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of ``drift_table`` rows, for the matrix report."""
-    lines = ["| stage | largest difference | tolerance | between | |", "|---|---|---|---|---|"]
+    lines = ["| step | largest difference | tolerance | between | |", "|---|---|---|---|---|"]
     for row in rows:
         diff = row["difference"]
         if row["identical"]:
-            lines.append(f"| {row['stage']} | identical | | | ok |")
+            lines.append(f"| {row['step']} | identical | | | ok |")
             continue
         shown = "differs" if diff is None else f"{diff:.3g} {row['unit']}".strip()
         lines.append(
-            f"| {row['stage']} | {row['scenario']} {row['metric']}: {shown} | "
+            f"| {row['step']} | {row['scenario']} {row['metric']}: {shown} | "
             f"{row['limit']:g} | {' vs '.join(row['between'])} | "
             f"{'exceeds' if row['exceeds'] else 'ok'} |"
         )

@@ -1,4 +1,4 @@
-"""The golden regression scenarios, the stage order and the drift-rehearsal hook.
+"""The golden regression scenarios, the step order and the drift-rehearsal hook.
 
 Standard library only: ``heygem-diagnose --help`` lists the scenario names without
 importing numpy, torch or the pipeline.
@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from heygem.config import GenerateOptions
 from heygem.errors import InvalidOption
+
+# The default generator on CPU, losslessly encoded (crf 0: H.264 High 4:4:4 Predictive), so
+# composites are compared exactly; loading in-process keeps the run deterministic.
+GOLDEN_OPTIONS = GenerateOptions(device="cpu", crf=0, preset="veryfast", num_workers=0)
 
 __all__ = [
     "DEFAULT_GOLDEN",
@@ -18,7 +23,7 @@ __all__ = [
     "SCENARIOS",
     "SCENARIO_NAMES",
     "SEEDED_BATCH",
-    "STAGES",
+    "STEPS",
     "Perturbation",
     "Scenario",
     "parse_perturbation",
@@ -29,10 +34,12 @@ __all__ = [
 # own before upgrading (`regress record --out DIR`) and check against it afterwards.
 DEFAULT_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
-# Pipeline order: the first stage that drifted is the one to look at, later stages
+# Pipeline order: the first step that drifted is the one to look at, later steps
 # usually drift because of it. "inputs" comes first so that a change in the generated
 # test media (opencv's warp/resize, PyAV's encoder) is not blamed on the pipeline.
-STAGES: tuple[str, ...] = ("inputs", "audio_features", "face_track", "generate", "composite", "mux")
+STEPS: tuple[str, ...] = (
+    "inputs", "audio_features", "face_track", "generate", "composite", "mux", "lip_sync",
+)  # fmt: skip
 
 # Not a pipeline run: the generator alone on heygem.generators.export.example_inputs.
 SEEDED_BATCH = "seeded-batch"
@@ -43,7 +50,7 @@ class Scenario:
     """One fixed, generated input pair run through the whole pipeline.
 
     ``samples`` are output frame indices whose composited luma is stored (mouth crop and
-    a reduced full frame) and whose generator input is re-run for the generate stage;
+    a reduced full frame) and whose generator input is re-run for the generate step;
     they mix speech, silence, reversed (ping-pong) and face-less frames on purpose.
     """
 
@@ -112,32 +119,32 @@ PERTURBABLE: tuple[str, ...] = ("audio_features", "face_track", "generate")
 
 @dataclass(frozen=True)
 class Perturbation:
-    """A deliberate drift injected into one stage, to prove the checker can fail.
+    """A deliberate drift injected into one step, to prove the checker can fail.
 
     ``audio_features``: ``amount`` is added to the whole mel spectrogram (normalised
     units, range -4..4). ``face_track``: every face region moves ``amount`` pixels right
     (rounded to even pixels). ``generate``: ``amount`` is added to the generator output
-    (0..1 scale) before clipping. The CLI spells it ``--perturb STAGE:AMOUNT``.
+    (0..1 scale) before clipping. The CLI spells it ``--perturb STEP:AMOUNT``.
     """
 
-    stage: str
+    step: str
     amount: float
 
     def __post_init__(self) -> None:
-        if self.stage not in PERTURBABLE:
+        if self.step not in PERTURBABLE:
             raise InvalidOption(
-                f"cannot perturb stage {self.stage!r}",
+                f"cannot perturb step {self.step!r}",
                 hint=f"choose one of: {', '.join(PERTURBABLE)}",
             )
 
 
 def parse_perturbation(text: str) -> Perturbation:
     """'generate:0.05' -> Perturbation('generate', 0.05)."""
-    stage, _, amount = text.partition(":")
+    step, _, amount = text.partition(":")
     try:
         value = float(amount)
     except ValueError:
         raise InvalidOption(
-            f"perturbation {text!r} is not STAGE:AMOUNT", hint="e.g. --perturb generate:0.05"
+            f"perturbation {text!r} is not STEP:AMOUNT", hint="e.g. --perturb generate:0.05"
         ) from None
-    return Perturbation(stage, value)
+    return Perturbation(step, value)

@@ -31,6 +31,9 @@ Sample = tuple[int, torch.Tensor, torch.Tensor]
 # How long to wait for a dead worker's exit code after torch reported the failure: torch
 # may notice the broken queue before the process is reaped (the SIGCHLD race).
 _EXIT_WAIT = 1.0
+# With workers, wait for a batch in slices this long (DataLoader's public ``timeout``), so
+# the load stage can notice a torn-down job instead of sitting in torch's 5 s queue poll.
+LOADER_POLL_SECONDS = 0.25
 
 
 class SharedMemoryFull(RuntimeError):
@@ -115,8 +118,14 @@ def make_loader(
             multiprocessing_context=start_method,
             prefetch_factor=2,
             persistent_workers=False,
+            timeout=LOADER_POLL_SECONDS,
         )
     return DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False)
+
+
+def is_poll_timeout(exc: BaseException) -> bool:
+    """torch's "no batch within ``timeout``": the iterator is intact, ask again."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader timed out")
 
 
 def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) -> StageCrashed:
@@ -129,7 +138,7 @@ def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) ->
     """
     if isinstance(exc, SharedMemoryFull):
         return _crash(
-            str(exc),
+            f"stage 'load': {exc}",
             FailureCause.SHM_EXHAUSTED,
             "give the container more shared memory (docker run --shm-size=2g) or use "
             "--num-workers 0",
@@ -139,10 +148,11 @@ def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) ->
     if died:
         pid, code = died[0]
         exit_ = describe_exit(code, oom_killed=oom.killed_since())
-        return _crash(f"DataLoader worker {pid} died: {exit_.what}", exit_.cause, exit_.fix, exc)
+        message = f"stage 'load': worker process {pid} died: {exit_.what}"
+        return _crash(message, exit_.cause, exit_.fix, exc)
     if workers:
         return _crash(
-            f"the data loading code raised in a DataLoader worker: {type(exc).__name__}: {exc}",
+            f"stage 'load': the data loading code raised in a worker: {type(exc).__name__}: {exc}",
             FailureCause.WORKER_RAISED,
             "the worker's traceback above names the failing code; the worker itself is fine",
             exc,

@@ -75,7 +75,7 @@ CAUSE_DESCRIPTIONS: dict[FailureCause, str] = {
     FailureCause.CONSUMER_NEVER_STARTED: "consumer never started or died",
     FailureCause.NO_PROGRESS: "a stage made no progress",
     FailureCause.PROCESS_STOPPED: "a process was stopped (state T)",
-    FailureCause.SHM_EXHAUSTED: "shared memory exhausted (SIGBUS)",
+    FailureCause.SHM_EXHAUSTED: "shared memory exhausted (/dev/shm is full)",
     FailureCause.OOM_KILLED: "killed by the kernel's OOM killer",
     FailureCause.KILLED: "a process was killed (SIGKILL)",
     FailureCause.SEGFAULT: "segmentation fault in native code (SIGSEGV)",

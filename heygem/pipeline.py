@@ -28,9 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from heygem.audio import features
-from heygem.batches import FrameSamples, FrameTiming, loader_failure, make_loader
+from heygem.batches import (
+    FrameTiming,
+    is_poll_timeout,
+    loader_failure,
+    make_loader,
+)
 from heygem.composite import composite
 from heygem.config import PIPELINE_STAGES, FaultInjection, GenerateOptions
 from heygem.errors import (
@@ -46,6 +52,7 @@ from heygem.face.template import TemplatePlan, plan_template
 from heygem.generators.graphs import GeneratorSpec
 from heygem.generators.loader import load_generator
 from heygem.generators.runtime import GraphRunner
+from heygem.generators.samples import generator_samples
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
@@ -56,6 +63,7 @@ from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
 from heygem.runner.exits import OomWatch
 from heygem.runner.faults import inject
 from heygem.runner.monitor import StageMonitor, StageState
+from heygem.runner.processes import StoppedClock, is_stopped
 from heygem.runner.watchdog import ChildProcess, Watchdog
 
 log = logging.getLogger(__name__)
@@ -102,7 +110,8 @@ class GenerationResult:
     duration: float  # seconds of audio = seconds of output
     width: int
     height: int
-    timings: dict[str, float]
+    timings: dict[str, float]  # seconds per job step (check_inputs ... stream, total)
+    stage_seconds: dict[str, float]  # busy seconds per pipeline stage (decode ... compose)
     backend: str
     providers_requested: tuple[str, ...]
     providers_used: tuple[str, ...]
@@ -134,6 +143,7 @@ class _Job:
     loader_workers: list[Any] = field(default_factory=list)
     # Started with the job: a SIGKILL is blamed on the OOM killer only if this rose.
     oom: OomWatch = field(default_factory=OomWatch)
+    stopped: StoppedClock = field(default_factory=StoppedClock)
     finished: threading.Event = field(default_factory=threading.Event)
     running: int = len(STAGES)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -258,6 +268,7 @@ class Pipeline:
                     job_id,
                     stage=getattr(exc, "stage", None),
                     error_type=type(exc).__name__,
+                    cause=exc.cause.value,
                 )
                 raise
             event(
@@ -297,12 +308,11 @@ class Pipeline:
                 f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
                 "detectable face and pass through unchanged"
             )
-        with tempfile.TemporaryDirectory(prefix="heygem-job-") as workdir:
+        with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(workdir), progress, cancel, job_id
+                inputs, feats, plan, runner, spec, Path(tmp), progress, cancel, job_id
             )
-        timings.update(stage_seconds)
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = round(time.perf_counter() - started, 3)
         return GenerationResult(
             output=inputs.output,
             frames=feats.n_frames,
@@ -311,6 +321,7 @@ class Pipeline:
             width=plan.width,
             height=plan.height,
             timings=timings,
+            stage_seconds=stage_seconds,
             backend=runner.info.backend,
             providers_requested=runner.info.requested,
             providers_used=runner.info.used,
@@ -334,8 +345,6 @@ class Pipeline:
     ) -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
-        mel_path = workdir / "mel.npy"
-        np.save(mel_path, feats.mel)
         timing = FrameTiming(feats.n_frames, feats.fps, inputs.video.fps, plan.n_frames)
         monitors = {name: StageMonitor(name) for name in STAGES}
         if opts.num_workers and opts.start_method != "fork":
@@ -375,7 +384,9 @@ class Pipeline:
         except BaseException:
             writer.abort()
             raise
-        samples = FrameSamples(plan.crops_path, mel_path, timing, opts.fault)
+        samples = generator_samples(
+            spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
+        )
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
@@ -419,7 +430,7 @@ class Pipeline:
             self._teardown(threads, job, writer)
         if job.errors:
             raise job.errors[0]
-        return {f"stage_{name}": round(m.busy_seconds_total, 3) for name, m in monitors.items()}
+        return {name: round(m.busy_seconds_total, 3) for name, m in monitors.items()}
 
     # -- stage plumbing ------------------------------------------------------------------
     def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
@@ -454,14 +465,14 @@ class Pipeline:
         finally:
             job.stage_ended()
 
-    def _load_stage(self, samples: FrameSamples, out: Channel[Any], job: _Job) -> None:
+    def _load_stage(self, samples: Dataset[Any], out: Channel[Any], job: _Job) -> None:
         opts = self.options
         loader = make_loader(samples, opts.batch_size, opts.num_workers, opts.start_method)
         iterator = iter(loader)
         job.loader_workers = list(getattr(iterator, "_workers", []))
         monitor = job.monitors["load"]
         try:
-            for batch in _loaded(iterator, job):
+            for batch in _loaded(iterator, job, len(loader)):
                 out.put(batch)
                 monitor.beat(len(batch[0]))
             out.put(END)
@@ -487,6 +498,7 @@ class Pipeline:
                     kind,
                     job.job_id,
                     stage=problem.stage,
+                    cause=problem.cause.value,
                     frames=stuck.items if stuck else None,
                     queue_depth=watchdog.input_depth(problem.stage),
                 )
@@ -583,6 +595,7 @@ def _compose_stage(
             )
         if progress is not None:
             progress(index + 1, timing.n_frames)
+    monitor.expect_long("flushing the encoder and closing the MP4")
     writer.finish()
 
 
@@ -594,14 +607,24 @@ def _until_end(channel: Channel[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
 def _children(job: _Job) -> list[ChildProcess]:
     if job.monitors["load"].state.value in ("done", "failed"):
         return []  # workers were shut down on purpose
-    return [ChildProcess("load", p.pid, p.exitcode) for p in job.loader_workers]
+    return [
+        ChildProcess("load", p.pid, p.exitcode, job.stopped.stopped_for(p.pid))
+        for p in job.loader_workers
+    ]
 
 
 def _stop_workers(workers: list[Any]) -> None:
-    """Terminate DataLoader workers the loading thread could not shut down itself."""
+    """Terminate DataLoader workers the loading thread could not shut down itself.
+
+    SIGTERM waits for a stopped (state T) process to be continued; SIGKILL does not, so a
+    stopped worker is killed at once.
+    """
     for proc in workers:
         if proc.is_alive():
-            proc.terminate()
+            if is_stopped(proc.pid):
+                proc.kill()
+            else:
+                proc.terminate()
     for proc in workers:
         proc.join(timeout=2.0)
         if proc.is_alive():
@@ -609,15 +632,26 @@ def _stop_workers(workers: list[Any]) -> None:
             proc.join(timeout=2.0)
 
 
-def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
-    """The loader's batches; its failures typed by what the workers' exits show."""
+def _loaded(batches: Iterator[Any], job: _Job, total: int) -> Iterator[Any]:
+    """The loader's batches; its failures typed by what the workers' exits show. Waits in
+    short polls, so a job torn down meanwhile ends this stage at once."""
+    done = 0
     while True:
+        if done == total:
+            # The next call joins the workers (torch shuts them down when exhausted), which
+            # takes as long as it takes: not a pace to judge.
+            job.monitors["load"].expect_long("shutting down the DataLoader workers")
         try:
             batch = next(batches)
         except StopIteration:
             return
         except Exception as exc:
+            if is_poll_timeout(exc) and not job.cancel.is_set():
+                continue
+            if job.cancel.is_set():
+                raise JobCancelled from exc
             raise loader_failure(exc, job.loader_workers, job.oom) from exc
+        done += 1
         yield batch
 
 

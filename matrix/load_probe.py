@@ -1,6 +1,6 @@
 """A DataLoader load shaped like a HeyGem 512x512 batch, through the pipeline's own loader.
 
-The probe generation runs the mouthwarp generator, whose crops are only 128x128, so its
+The probe generation runs the rewrite generator, whose crops are only 192x192, so its
 DataLoader batches never come near Docker's 64 MB ``/dev/shm``. HeyGem's do: each sample
 is a 512x512 face crop twice (masked + reference, the 6-channel generator input, 1.5 MiB
 as uint8) plus a mel window, and every batch a worker prepares travels through
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -159,12 +160,13 @@ def run_load(config: LoadConfig) -> StepResult:
                     time.sleep(config.consumer_seconds)
                     rearm()
         except Exception as exc:  # noqa: BLE001 - the failure is what this step measures
-            exits = _worker_exits(batches)
+            workers = list(getattr(batches, "_workers", None) or [])
             outcome, cause = (
                 (Outcome.STALLED, str(exc))
                 if isinstance(exc, LoadStalled)
-                else classify_load_error(exc, exits)
+                else classify_load_error(exc, workers)
             )
+            exits = _worker_exits(workers)
             detail["batches"] = loaded
             detail["worker_exits"] = [code for _, code in exits]
             evidence = _evidence(exc) + tuple(
@@ -179,11 +181,10 @@ def run_load(config: LoadConfig) -> StepResult:
     return StepResult(Outcome.OK, None, (), round(seconds, 3), detail)
 
 
-def _worker_exits(batches: object) -> list[tuple[int, int]]:
+def _worker_exits(workers: Sequence[Any]) -> list[tuple[int, int]]:
     """(pid, exit code) of the workers that died, the first to die first. torch only says
     "exited unexpectedly" when the SIGCHLD race goes that way; the exit code says why.
     Workers torch terminated itself afterwards (SIGTERM) are not the cause."""
-    workers = getattr(batches, "_workers", None) or []
     died = [(w.pid, w.exitcode) for w in workers if w.exitcode not in (None, 0)]
     return sorted(died, key=lambda item: item[1] == -signal.SIGTERM)
 
@@ -194,24 +195,16 @@ def _describe(exitcode: int) -> str:
     return describe_exit(exitcode).what
 
 
-def classify_load_error(
-    exc: BaseException, exits: Sequence[tuple[int, int]] = ()
-) -> tuple[Outcome, str]:
-    """Classify like the probe does, on the text the pipeline's watchdog would write.
-    Recent torch reports a full /dev/shm as ENOSPC from the worker's allocation (it
-    reserves the pages first); older torch dies of SIGBUS when touching them."""
+def classify_load_error(exc: BaseException, workers: Sequence[Any]) -> tuple[Outcome, str]:
+    """Classify as the pipeline does: ``heygem.batches.loader_failure`` types the error by
+    the workers' exits (SIGBUS: older torch touching a full /dev/shm) or by the allocation
+    failure a worker raised (ENOSPC: recent torch reserves the pages first); the probe's
+    cause lookup names it."""
     from diagnostics.probe import classify_error
-    from heygem.errors import StageCrashed
+    from heygem.batches import loader_failure
+    from heygem.runner.exits import OomWatch
 
-    text = f"{type(exc).__name__}: {exc}"
-    if "No space left on device" in text and ("shm" in text or "shared memory" in text):
-        return Outcome.CRASHED, "shared memory exhausted (no space left on /dev/shm)"
-    if exits:
-        pid, code = exits[0]
-        text = f"stage 'load': worker process {pid} died: {_describe(code)}\n{text}"
-    elif "DataLoader worker" not in text:
-        return Outcome.ERROR, f"unexpected {type(exc).__name__} in the load step"
-    outcome, cause = classify_error(StageCrashed(f"stage 'load' failed: {text}", stage="load"))
+    outcome, _, cause = classify_error(loader_failure(exc, workers, OomWatch()))
     return _PROBE_OUTCOMES.get(str(outcome), Outcome.ERROR), cause
 
 

@@ -9,7 +9,7 @@ cell counts (results files only grow).
 
 "Numeric drift between versions" compares the package combinations' golden-regression
 fingerprints (stored beside each results file by ``run_cell``) with
-``diagnostics.regress.drift_table``: per stage, the largest difference between any two
+``diagnostics.regress.drift_table``: per step, the largest difference between any two
 combinations against the regression tolerance. That needs numpy and opencv, imported only
 then; everything else is standard library, and without them the section says why it is
 empty.
@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from heygem.providers import uses_gpu
 from matrix.cells import (
     Cell,
     Packages,
@@ -309,9 +310,6 @@ def env_verdict(results: Sequence[CellResult], hypothesis: Hypothesis) -> Verdic
     )
 
 
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "cuda")
-
-
 def gpu_verdict(results: Sequence[CellResult], hypothesis: Hypothesis) -> Verdict:
     gpu = [
         r
@@ -329,7 +327,7 @@ def gpu_verdict(results: Sequence[CellResult], hypothesis: Hypothesis) -> Verdic
             "(no -gpu wheel cell ran)",
             (),
         )
-    unused = [r for r in gpu if not any(p in _GPU_PROVIDERS for p in r.providers_used)]
+    unused = [r for r in gpu if not uses_gpu(r.providers_used)]
     fallback = [r for r in unused if r.cpu_fallback]
     wheel = axis_verdict(results, hypothesis)
     wheel_text = (
@@ -416,7 +414,7 @@ class Drift:
         taken = f"{len(self.compared)} of {len(self.packages)} combinations fingerprinted"
         if not self.rows:
             return f"{taken}; {self.note}"
-        over = [str(r["stage"]) for r in self.rows if r["exceeds"]]
+        over = [str(r["step"]) for r in self.rows if r["exceeds"]]
         same = sum(bool(r["identical"]) for r in self.rows)
         verdict = (
             f"beyond tolerance in {', '.join(over)}" if over else "every stage within tolerance"
@@ -970,7 +968,7 @@ def _html_drift(drift: Drift) -> list[str]:
             between = "" if row["identical"] else " vs ".join(row["between"])
             status = _drift_status(row)
             parts.append(
-                f"<tr><td>{_e(row['stage'])}</td><td>{_e(_drift_difference(row))}</td>"
+                f"<tr><td>{_e(row['step'])}</td><td>{_e(_drift_difference(row))}</td>"
                 f"<td>{_e(limit)}</td><td>{_e(between)}</td>"
                 f'<td class="{status}">{status}</td></tr>'
             )

@@ -528,10 +528,10 @@ def _doctor(
     if report is None:
         why = "timed out" if run.returncode is None else f"exit {run.returncode}"
         return {"error": f"heygem-diagnose env {why}", "tail": list(run.stderr_tail)}, run.seconds
-    results = report.get("results", [])
+    results = report.get("findings", [])
     return {
         "worst": report.get("worst"),
-        "status": {r["id"]: r["status"] for r in results},
+        "status": {r["id"]: r["severity"] for r in results},
         "evidence": {
             r["id"]: [_clean(line) for line in r.get("evidence", [])[:12]]
             for r in results
@@ -540,7 +540,7 @@ def _doctor(
         "fix": {
             r["id"]: r["fix"]
             for r in results
-            if r.get("fix") and r.get("status") in ("fail", "warn")
+            if r.get("fix") and r.get("severity") in ("fail", "warn")
         },
     }, run.seconds
 

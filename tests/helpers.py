@@ -1,11 +1,30 @@
-"""Small readers used by several test modules."""
+"""Small helpers used by several test modules: polling, media readers."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.02,
+    what: str = "the condition",
+) -> Any:
+    """Poll until ``condition()`` is truthy and return its value: the one way tests wait
+    (never a fixed sleep); fails with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
 
 
 def read_gray_frames(path: Path) -> np.ndarray:
@@ -25,3 +44,33 @@ def stream_summary(path: Path) -> dict[str, float]:
         # The stream duration honours the MP4 edit list (AAC priming), as players do.
         audio_seconds = float(audio.duration * audio.time_base) if audio and audio.duration else 0.0
     return {"frames": frames, "fps": fps, "audio_seconds": audio_seconds}
+
+
+def espeak_wav(path: Path, text: str, *, speed: int = 150, pitch: int = 50) -> Path:
+    """Real speech from espeak-ng (Debian's espeak-ng package); skips the test when the
+    binary is absent, naming the package to install."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no real speech")
+    subprocess.run(
+        [binary, "-w", str(path), "-s", str(speed), "-p", str(pitch), text],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
+
+
+SENTENCE_A = (
+    "The quick brown fox jumps over the lazy dog. Maybe we should meet at the park, "
+    "before the big parade begins."
+)
+SENTENCE_B = (
+    "Please bring my papers back by Monday morning. I would like to read them again, "
+    "and then we can talk about the budget."
+)

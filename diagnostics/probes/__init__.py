@@ -1,1 +1,1 @@
-"""Environment-doctor probes: each returns a ``ProbeResult`` and never raises."""
+"""Environment-doctor probes: each returns a ``Finding`` and never raises."""

@@ -1,4 +1,7 @@
-"""The probe result type and the guard that keeps every probe from raising."""
+"""The guard that keeps every doctor probe from raising, and small shared helpers.
+
+A probe returns a ``diagnostics.findings.Finding``.
+"""
 
 from __future__ import annotations
 
@@ -6,62 +9,27 @@ import functools
 import logging
 import re
 import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, ParamSpec
+from collections.abc import Callable
+from typing import ParamSpec
+
+from diagnostics.findings import Finding, Severity
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 
 
-class Status(StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
-    INFO = "info"
-
-
-# info is purely descriptive, so it ranks below ok when picking the worst status.
-_RANK = {Status.INFO: 0, Status.OK: 1, Status.WARN: 2, Status.FAIL: 3}
-
-
-def worst_status(statuses: Iterable[Status]) -> Status:
-    return max(statuses, key=_RANK.__getitem__, default=Status.OK)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One finding of the doctor: what was checked, the verdict, why, and what to do."""
-
-    id: str
-    title: str
-    status: Status
-    evidence: list[str] = field(default_factory=list)
-    fix: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "status": str(self.status),
-            "evidence": list(self.evidence),
-            "fix": self.fix,
-        }
-
-
 def never_raises(
     probe_id: str, title: str
-) -> Callable[[Callable[P, ProbeResult]], Callable[P, ProbeResult]]:
+) -> Callable[[Callable[P, Finding]], Callable[P, Finding]]:
     """Turn any exception escaping a probe into a 'warn' result carrying the traceback.
 
     KeyboardInterrupt still propagates: the user asked to stop, that is not a finding.
     """
 
-    def decorate(fn: Callable[P, ProbeResult]) -> Callable[P, ProbeResult]:
+    def decorate(fn: Callable[P, Finding]) -> Callable[P, Finding]:
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> ProbeResult:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Finding:
             try:
                 return fn(*args, **kwargs)
             except KeyboardInterrupt:
@@ -69,10 +37,10 @@ def never_raises(
             except BaseException as exc:
                 log.debug("probe %s crashed", probe_id, exc_info=True)
                 tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-                return ProbeResult(
+                return Finding(
                     probe_id,
+                    Severity.WARN,
                     title,
-                    Status.WARN,
                     [f"probe could not run: {type(exc).__name__}: {exc}", *_tail(tb)],
                     "The check itself failed, so this part of the environment is unverified; "
                     "the evidence shows where.",

@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from diagnostics.probes.base import ProbeResult, Status, fmt_bytes, never_raises
+from diagnostics.findings import Finding, Severity
+from diagnostics.probes.base import fmt_bytes, never_raises
 from diagnostics.probes.versions import distribution_version
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _sm_by_pid(nv: Any, handle: Any) -> dict[int, int]:
 
 
 @never_raises("gpu", "GPU visible to torch and NVML")
-def probe_gpu() -> ProbeResult:
+def probe_gpu() -> Finding:
     title = "GPU visible to torch and NVML"
     snap = nvml_snapshot()
     evidence = [snap.reason or f"NVML driver {snap.driver}: {len(snap.devices)} GPU(s)"]
@@ -129,34 +130,34 @@ def probe_gpu() -> ProbeResult:
         evidence.append("torch not installed")
     gpus = max(len(snap.devices), torch_sees)
     if gpus and torch_cuda and not torch_sees:
-        return ProbeResult(
+        return Finding(
             "gpu",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence,
             "NVML sees a GPU but torch cannot use it: the driver is older than "
             f"torch's CUDA {torch_cuda} needs; update the driver or install a "
             "torch wheel for an older CUDA.",
         )
     if gpus and torch_installed and not torch_cuda:
-        return ProbeResult(
+        return Finding(
             "gpu",
+            Severity.WARN,
             title,
-            Status.WARN,
             evidence,
             "torch is a CPU build while a GPU is present: install a CUDA "
             "wheel (e.g. --index-url https://download.pytorch.org/whl/cu121).",
         )
     if not gpus and torch_cuda:
-        return ProbeResult(
+        return Finding(
             "gpu",
+            Severity.WARN,
             title,
-            Status.WARN,
             evidence,
             "torch is a CUDA build but no GPU is visible: start the container "
             "with --gpus all (NVIDIA Container Toolkit) or check "
             "NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES.",
         )
     if not gpus:
-        return ProbeResult("gpu", title, Status.INFO, evidence + ["no GPU: CPU-only run"])
-    return ProbeResult("gpu", title, Status.OK, evidence)
+        return Finding("gpu", Severity.INFO, title, evidence + ["no GPU: CPU-only run"])
+    return Finding("gpu", Severity.OK, title, evidence)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from diagnostics.probes.base import ProbeResult, Status, never_raises
+from diagnostics.findings import Finding, Severity
+from diagnostics.probes.base import never_raises
 
 # (codec name, mode 'r' decode / 'w' encode, what the pipeline uses it for)
 Mode = Literal["r", "w"]
@@ -17,7 +18,7 @@ REQUIRED_CODECS: tuple[tuple[str, Mode, str], ...] = (
 
 
 @never_raises("av-codecs", "PyAV codecs")
-def probe_av_codecs(required: Sequence[tuple[str, Mode, str]] = REQUIRED_CODECS) -> ProbeResult:
+def probe_av_codecs(required: Sequence[tuple[str, Mode, str]] = REQUIRED_CODECS) -> Finding:
     import av
     from av.codec import Codec
 
@@ -33,11 +34,11 @@ def probe_av_codecs(required: Sequence[tuple[str, Mode, str]] = REQUIRED_CODECS)
             continue
         evidence.append(f"{name} {kind} ({purpose}): {codec.long_name}")
     if not missing:
-        return ProbeResult("av-codecs", "PyAV codecs", Status.OK, evidence)
-    return ProbeResult(
+        return Finding("av-codecs", Severity.OK, "PyAV codecs", evidence)
+    return Finding(
         "av-codecs",
+        Severity.FAIL,
         "PyAV codecs",
-        Status.FAIL,
         evidence,
         f"Missing {', '.join(missing)}: install the PyPI binary wheel (pip install --force-"
         "reinstall av), whose bundled FFmpeg has them; a PyAV built from source uses the "

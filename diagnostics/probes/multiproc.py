@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from diagnostics.probes.base import ProbeResult, Status, never_raises
+from diagnostics.findings import Finding, Severity
+from diagnostics.probes.base import never_raises
 from diagnostics.probes.system import THREAD_ENV_VARS, startup_environ
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def forkserver_pid() -> int | None:
 
 def compare_env_propagation(
     parent: Mapping[str, str | None], children: Mapping[str, ChildView]
-) -> ProbeResult:
+) -> Finding:
     """Compare the parent's values with what each start method's child saw."""
     title = "Thread env vars reach spawn/forkserver children"
     evidence = []
@@ -90,16 +91,16 @@ def compare_env_propagation(
         }
     )
     if errors:
-        return ProbeResult(
+        return Finding(
             "thread-env",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence + errors,
             "A child process could not be started in time: the pipeline's workers would hang "
             "the same way. Check the evidence (import errors in the child, /dev/shm, limits).",
         )
     if not mismatched:
-        return ProbeResult("thread-env", title, Status.OK, evidence)
+        return Finding("thread-env", Severity.OK, title, evidence)
     fixes = []
     if "forkserver" in mismatched:
         fixes.append(
@@ -114,17 +115,17 @@ def compare_env_propagation(
             "without os.environ (native setenv) or the reverse; set the variables "
             "before Python starts"
         )
-    return ProbeResult(
+    return Finding(
         "thread-env",
+        Severity.FAIL,
         title,
-        Status.FAIL,
         evidence + [f"children that disagree with the parent: {', '.join(mismatched)}"],
         "; ".join(fixes) + ".",
     )
 
 
 @never_raises("thread-env", "Thread env vars reach spawn/forkserver children")
-def probe_thread_env(timeout: float = 20.0) -> ProbeResult:
+def probe_thread_env(timeout: float = 20.0) -> Finding:
     methods = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
     parent = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
     fs_before = forkserver_pid()
@@ -153,11 +154,11 @@ def probe_thread_env(timeout: float = 20.0) -> ProbeResult:
             f"set after this process started: {', '.join(late)}: thread pools "
             "already created here (numpy/torch/ORT imported earlier) ignored them"
         )
-    return ProbeResult(result.id, result.title, result.status, result.evidence + notes, result.fix)
+    return Finding(result.id, result.severity, result.title, [*result.evidence, *notes], result.fix)
 
 
 @never_raises("start-method", "multiprocessing start method and fork hazards")
-def probe_start_method() -> ProbeResult:
+def probe_start_method() -> Finding:
     title = "multiprocessing start method and fork hazards"
     chosen = multiprocessing.get_start_method(allow_none=True)
     # Documented: the first entry is the platform default (asking get_start_method()
@@ -173,12 +174,12 @@ def probe_start_method() -> ProbeResult:
     threads = _thread_count()
     evidence.append(f"OS threads in this process: {threads}")
     if effective != "fork":
-        return ProbeResult("start-method", title, Status.OK, evidence)
+        return Finding("start-method", Severity.OK, title, evidence)
     if cuda_init:
-        return ProbeResult(
+        return Finding(
             "start-method",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence
             + [
                 "fork after CUDA init: children fail with 'Cannot re-initialize CUDA "
@@ -187,10 +188,10 @@ def probe_start_method() -> ProbeResult:
             "Use multiprocessing.set_start_method('spawn') early in main, or "
             "DataLoader(multiprocessing_context='spawn').",
         )
-    return ProbeResult(
+    return Finding(
         "start-method",
+        Severity.INFO,
         title,
-        Status.INFO,
         evidence
         + [
             "fork copies this process including locks held by other threads "

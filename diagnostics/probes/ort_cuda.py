@@ -23,7 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diagnostics.probes.base import ProbeResult, Status, never_raises
+from diagnostics.findings import Finding, Severity
+from diagnostics.probes.base import never_raises
 from diagnostics.probes.versions import distribution_version, distributions_of
 from heygem.generators.cuda_libs import (  # noqa: F401 - re-exported for the probes' users
     CUDA_PROVIDER_LIB,
@@ -81,7 +82,7 @@ def check_session_providers(
     requested: Sequence[str | tuple[str, Mapping[str, Any]]],
     *,
     log_lines: Iterable[str] = (),
-) -> ProbeResult:
+) -> Finding:
     """Compare the providers a live session really uses with the ones requested.
 
     FAIL when the first (preferred) provider is not in use: that is ORT's silent CPU
@@ -92,17 +93,17 @@ def check_session_providers(
         wanted = [provider_name(p) for p in requested]
         actual = list(session.get_providers())
     except Exception as exc:  # noqa: BLE001 - a check must never raise
-        return ProbeResult(
+        return Finding(
             "ort-session-providers",
+            Severity.WARN,
             title,
-            Status.WARN,
             [f"could not read session providers: {type(exc).__name__}: {exc}"],
         )
     evidence = [f"requested: {wanted}", f"session.get_providers(): {actual}"]
     evidence += [f"ORT: {line}" for line in ort_evidence_lines(log_lines)]
     missing = [p for p in wanted if p not in actual]
     if not missing:
-        return ProbeResult("ort-session-providers", title, Status.OK, evidence)
+        return Finding("ort-session-providers", Severity.OK, title, evidence)
     evidence.append(f"not in use: {missing}")
     fix = (
         f"The session is running on {actual[0] if actual else 'nothing'}, not {missing[0]}. "
@@ -110,8 +111,8 @@ def check_session_providers(
         "loader cannot find, or request only the providers you accept so a fallback "
         "cannot be silent."
     )
-    status = Status.FAIL if wanted and wanted[0] in missing else Status.WARN
-    return ProbeResult("ort-session-providers", title, status, evidence, fix)
+    status = Severity.FAIL if wanted and wanted[0] in missing else Severity.WARN
+    return Finding("ort-session-providers", status, title, evidence, fix)
 
 
 def ort_evidence_lines(lines: Iterable[str]) -> list[str]:
@@ -241,27 +242,27 @@ def missing_libs_fix(
     return text
 
 
-def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None) -> ProbeResult:
+def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None) -> Finding:
     """Ask for CUDA for real; on fallback, name the libraries the loader cannot find."""
     title = "ONNX Runtime CUDA provider actually loads"
     requested = [CUDA_EP, CPU_EP]
     session, lines = session_with_evidence(ort, requested)
     if session is None:  # some builds raise instead of falling back
-        check = ProbeResult(
-            "ort-session-providers", title, Status.FAIL, [f"ORT: {line}" for line in lines[-5:]]
+        check = Finding(
+            "ort-session-providers", Severity.FAIL, title, [f"ORT: {line}" for line in lines[-5:]]
         )
     else:
         check = check_session_providers(session, requested, log_lines=lines)
-    if check.status is Status.OK:
+    if check.severity is Severity.OK:
         return dataclasses.replace(check, id="ort-cuda", title=title)
     evidence = list(check.evidence)
     lib = find_cuda_provider_lib(package_dir)
     if lib is None:
         evidence.append(f"no {CUDA_PROVIDER_LIB} under {package_dir}")
-        return ProbeResult(
+        return Finding(
             "ort-cuda",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence,
             "This onnxruntime has no CUDA provider library: a CPU 'onnxruntime' install "
             "probably overwrote onnxruntime-gpu's files. pip uninstall -y onnxruntime "
@@ -272,10 +273,10 @@ def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None)
     evidence.append(f"{lib.name} needs: {', '.join(needed)}")
     if not missing:
         evidence.append("every library it needs resolves (ldd)")
-        return ProbeResult(
+        return Finding(
             "ort-cuda",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence,
             "The libraries load, so CUDA failed at run time: check the driver (nvidia-smi), "
             "that the container has the GPU (--gpus all / NVIDIA_VISIBLE_DEVICES), and the "
@@ -283,21 +284,21 @@ def diagnose_cuda_provider(ort: Any, package_dir: Path, ort_version: str | None)
         )
     evidence.append(f"the loader cannot find: {', '.join(missing)}")
     off_path = pip_nvidia_copies(missing)
-    return ProbeResult(
+    return Finding(
         "ort-cuda",
+        Severity.FAIL,
         title,
-        Status.FAIL,
         evidence,
         missing_libs_fix(missing, needed, ort_version, off_path),
     )
 
 
 @never_raises("ort-cuda", "ONNX Runtime CUDA provider actually loads")
-def probe_ort_cuda() -> ProbeResult:
+def probe_ort_cuda() -> Finding:
     title = "ONNX Runtime CUDA provider actually loads"
     dists = distributions_of("onnxruntime")
     if not dists:
-        return ProbeResult("ort-cuda", title, Status.INFO, ["onnxruntime is not installed"])
+        return Finding("ort-cuda", Severity.INFO, title, ["onnxruntime is not installed"])
     import onnxruntime as ort
 
     available = list(ort.get_available_providers())
@@ -307,15 +308,15 @@ def probe_ort_cuda() -> ProbeResult:
         f"available providers (build-time list only): {available}",
     ]
     if "onnxruntime-gpu" not in dists and CUDA_EP not in available:
-        return ProbeResult(
+        return Finding(
             "ort-cuda",
+            Severity.INFO,
             title,
-            Status.INFO,
             evidence + ["CPU-only onnxruntime build: CUDA is not expected"],
             None,
         )
     result = diagnose_cuda_provider(ort, Path(ort.__file__).parent, version)
-    return dataclasses.replace(result, evidence=evidence + result.evidence)
+    return dataclasses.replace(result, evidence=[*evidence, *result.evidence])
 
 
 # --- torch vs. ORT CUDA majors ------------------------------------------------------
@@ -328,23 +329,27 @@ def cudnn_major(version: int | None) -> int | None:
 
 def compare_cuda_builds(
     torch_cuda: str | None, torch_cudnn: int | None, ort_cuda: int | None, ort_cudnn: int | None
-) -> tuple[Status, list[str], str | None]:
+) -> tuple[Severity, list[str], str | None]:
     torch_major = int(torch_cuda.split(".")[0]) if torch_cuda else None
     evidence = [
         f"torch: CUDA {torch_cuda}, cuDNN major {torch_cudnn}",
         f"onnxruntime: CUDA major {ort_cuda}, cuDNN major {ort_cudnn}",
     ]
     if torch_major is None or ort_cuda is None:
-        return Status.INFO, evidence + ["at least one side is a CPU build: nothing to match"], None
+        return (
+            Severity.INFO,
+            evidence + ["at least one side is a CPU build: nothing to match"],
+            None,
+        )
     clashes = []
     if torch_major != ort_cuda:
         clashes.append(f"CUDA {torch_major} (torch) vs {ort_cuda} (onnxruntime)")
     if torch_cudnn and ort_cudnn and torch_cudnn != ort_cudnn:
         clashes.append(f"cuDNN {torch_cudnn} (torch) vs {ort_cudnn} (onnxruntime)")
     if not clashes:
-        return Status.OK, evidence, None
+        return Severity.OK, evidence, None
     return (
-        Status.WARN,
+        Severity.WARN,
         evidence + [f"different majors: {c}" for c in clashes],
         "torch's pip wheels bring only their own CUDA/cuDNN majors, so onnxruntime-gpu "
         "finds nothing to load and silently runs on CPU unless the other majors are also "
@@ -372,13 +377,13 @@ def _ort_cuda_majors() -> tuple[int | None, int | None, str]:
 
 
 @never_raises("cuda-consistency", "torch and onnxruntime CUDA/cuDNN majors")
-def probe_cuda_consistency() -> ProbeResult:
+def probe_cuda_consistency() -> Finding:
     title = "torch and onnxruntime CUDA/cuDNN majors"
     if distribution_version("torch") is None or distribution_version("onnxruntime") is None:
-        return ProbeResult(
+        return Finding(
             "cuda-consistency",
+            Severity.INFO,
             title,
-            Status.INFO,
             ["torch or onnxruntime not installed: nothing to compare"],
         )
     import torch
@@ -388,6 +393,6 @@ def probe_cuda_consistency() -> ProbeResult:
     status, evidence, fix = compare_cuda_builds(
         torch.version.cuda, torch_cudnn, ort_cuda, ort_cudnn
     )
-    return ProbeResult(
-        "cuda-consistency", title, status, evidence + [f"onnxruntime majors from {source}"], fix
+    return Finding(
+        "cuda-consistency", status, title, evidence + [f"onnxruntime majors from {source}"], fix
     )

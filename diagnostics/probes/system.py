@@ -8,7 +8,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from diagnostics.probes.base import ProbeResult, Status, fmt_bytes, never_raises
+from diagnostics.findings import Finding, Severity
+from diagnostics.probes.base import fmt_bytes, never_raises
 from heygem.cgroups import affinity_cpus, read_cgroup_limits, read_text, usable_cpus
 from heygem.errors import InvalidOption
 
@@ -54,21 +55,21 @@ def dataloader_shm_need_bytes(
 
 
 @never_raises("shm", "/dev/shm size vs. DataLoader need")
-def probe_shm(need_bytes: int, need_detail: str, path: str = "/dev/shm") -> ProbeResult:
+def probe_shm(need_bytes: int, need_detail: str, path: str = "/dev/shm") -> Finding:
     title = "/dev/shm size vs. DataLoader need"
     evidence = [f"DataLoader needs ~{fmt_bytes(need_bytes)}: {need_detail}"]
     if need_bytes == 0:
-        return ProbeResult(
+        return Finding(
             "shm",
+            Severity.INFO,
             title,
-            Status.INFO,
             evidence + ["num_workers=0: batches never go through shared memory"],
         )
     if not os.path.isdir(path):
-        return ProbeResult(
+        return Finding(
             "shm",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence + [f"{path} does not exist"],
             f"Mount a tmpfs at {path} (docker --shm-size=2g).",
         )
@@ -78,11 +79,11 @@ def probe_shm(need_bytes: int, need_detail: str, path: str = "/dev/shm") -> Prob
         0, f"{path}: size {fmt_bytes(size)}, free {fmt_bytes(free)} ({_mount_type(path)})"
     )
     if free >= need_bytes:
-        return ProbeResult("shm", title, Status.OK, evidence)
-    return ProbeResult(
+        return Finding("shm", Severity.OK, title, evidence)
+    return Finding(
         "shm",
+        Severity.FAIL,
         title,
-        Status.FAIL,
         evidence
         + [
             f"free {fmt_bytes(free)} < need {fmt_bytes(need_bytes)}: DataLoader workers "
@@ -106,7 +107,7 @@ def _mount_type(path: str) -> str:
 
 
 @never_raises("cpus", "CPUs usable vs. CPUs libraries will assume")
-def probe_cpus(environ: Mapping[str, str] | None = None) -> ProbeResult:
+def probe_cpus(environ: Mapping[str, str] | None = None) -> Finding:
     title = "CPUs usable vs. CPUs libraries will assume"
     env = os.environ if environ is None else environ
     limits = read_cgroup_limits()
@@ -125,11 +126,11 @@ def probe_cpus(environ: Mapping[str, str] | None = None) -> ProbeResult:
         + (", ".join(f"{v}={env[v]}" for v in THREAD_ENV_VARS if env.get(v)) or "none")
     )
     if usable >= total or not unset:
-        return ProbeResult("cpus", title, Status.OK, evidence)
-    return ProbeResult(
+        return Finding("cpus", Severity.OK, title, evidence)
+    return Finding(
         "cpus",
+        Severity.WARN,
         title,
-        Status.WARN,
         evidence
         + [
             f"{', '.join(unset)} unset: NumExpr/OpenBLAS size pools from the "
@@ -142,7 +143,7 @@ def probe_cpus(environ: Mapping[str, str] | None = None) -> ProbeResult:
 
 
 @never_raises("cgroup-memory", "Memory limit vs. estimated need")
-def probe_memory(need_bytes: int, need_detail: str) -> ProbeResult:
+def probe_memory(need_bytes: int, need_detail: str) -> Finding:
     title = "Memory limit vs. estimated need"
     limits = read_cgroup_limits()
     import psutil
@@ -162,30 +163,30 @@ def probe_memory(need_bytes: int, need_detail: str) -> ProbeResult:
     )
     limit = limits.memory_limit
     if limit is not None and limit < need_bytes:
-        return ProbeResult(
+        return Finding(
             "cgroup-memory",
+            Severity.FAIL,
             title,
-            Status.FAIL,
             evidence + ["the OOM killer will SIGKILL (-9) a process"],
             fix,
         )
     if limit is not None and limit < need_bytes * 1.25:
-        return ProbeResult(
+        return Finding(
             "cgroup-memory",
+            Severity.WARN,
             title,
-            Status.WARN,
             evidence + ["the limit leaves less than 25% headroom"],
             fix,
         )
     if vm.available < need_bytes:
-        return ProbeResult(
+        return Finding(
             "cgroup-memory",
+            Severity.WARN,
             title,
-            Status.WARN,
             evidence + ["the host has less memory available than needed now"],
             "Free memory on the host or lower num_workers.",
         )
-    return ProbeResult("cgroup-memory", title, Status.OK, evidence)
+    return Finding("cgroup-memory", Severity.OK, title, evidence)
 
 
 # --- container, LD_LIBRARY_PATH --------------------------------------------------------
@@ -212,17 +213,17 @@ def container_markers(
 
 
 @never_raises("container", "Container detection")
-def probe_container() -> ProbeResult:
+def probe_container() -> Finding:
     markers = container_markers()
     if not markers:
-        return ProbeResult(
+        return Finding(
             "container",
+            Severity.INFO,
             "Container detection",
-            Status.INFO,
             ["no container markers found: bare metal or VM"],
         )
-    return ProbeResult(
-        "container", "Container detection", Status.INFO, ["running in a container", *markers]
+    return Finding(
+        "container", Severity.INFO, "Container detection", ["running in a container", *markers]
     )
 
 
@@ -241,7 +242,7 @@ def _entries(value: str | None) -> list[str]:
 
 
 @never_raises("ld-library-path", "LD_LIBRARY_PATH")
-def probe_ld_library_path() -> ProbeResult:
+def probe_ld_library_path() -> Finding:
     title = "LD_LIBRARY_PATH"
     current = os.environ.get("LD_LIBRARY_PATH")
     at_start = startup_environ().get("LD_LIBRARY_PATH")
@@ -277,19 +278,19 @@ def probe_ld_library_path() -> ProbeResult:
             libs = sorted({p.name for g in _CUDA_GLOBS for p in Path(entry).glob(g)})
             evidence.append(entry + (f": {', '.join(libs[:8])}" if libs else ""))
     if problems:
-        return ProbeResult(
+        return Finding(
             "ld-library-path",
+            Severity.WARN,
             title,
-            Status.WARN,
             evidence + problems,
             "Set LD_LIBRARY_PATH before Python starts (Dockerfile ENV, docker run -e, or a "
             "wrapper script), with existing directories only and no empty entries.",
         )
     if not entries:
-        return ProbeResult(
+        return Finding(
             "ld-library-path",
+            Severity.INFO,
             title,
-            Status.INFO,
             ["LD_LIBRARY_PATH is unset at startup", *evidence],
         )
-    return ProbeResult("ld-library-path", title, Status.OK, evidence)
+    return Finding("ld-library-path", Severity.OK, title, evidence)

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Mapping
 from types import ModuleType
 
-from diagnostics.probes.base import ProbeResult, Status, never_raises, version_lt
+from diagnostics.findings import Finding, Severity
+from diagnostics.probes.base import never_raises, version_lt
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +65,26 @@ def numpy_ort_incompatible(numpy_version: str, ort_version: str) -> bool:
 
 
 @never_raises("numpy-abi", "numpy 2 vs. libraries built for numpy 1")
-def probe_numpy_abi() -> ProbeResult:
+def probe_numpy_abi() -> Finding:
     numpy_version = distribution_version("numpy")
     others = {name: distribution_version(name) for name in NUMPY2_FIRST_COMPATIBLE}
     evidence = [f"numpy {numpy_version}"] + [f"{k} {v}" for k, v in others.items()]
     if numpy_version is None:
-        return ProbeResult(
+        return Finding(
             "numpy-abi",
+            Severity.INFO,
             "numpy 2 vs. libraries built for numpy 1",
-            Status.INFO,
             evidence + ["numpy is not installed; rule not applicable"],
         )
     conflicts = numpy2_conflicts(numpy_version, others)
     if not conflicts:
-        return ProbeResult(
-            "numpy-abi", "numpy 2 vs. libraries built for numpy 1", Status.OK, evidence
+        return Finding(
+            "numpy-abi", Severity.OK, "numpy 2 vs. libraries built for numpy 1", evidence
         )
-    return ProbeResult(
+    return Finding(
         "numpy-abi",
+        Severity.FAIL,
         "numpy 2 vs. libraries built for numpy 1",
-        Status.FAIL,
         evidence + [f"built for numpy 1.x: {c}" for c in conflicts],
         "Install 'numpy<2' (onnxruntime 1.16/1.18 and torch 2.1/2.2 wheels were compiled "
         "against numpy 1.x), or upgrade to onnxruntime>=1.19 / torch>=2.3.",
@@ -118,7 +119,7 @@ def _describe(name: str, module: ModuleType) -> str:
 
 
 @never_raises("versions", "Library versions")
-def probe_versions() -> ProbeResult:
+def probe_versions() -> Finding:
     evidence = [
         f"python {platform.python_version()} ({platform.python_implementation()}) "
         f"at {sys.executable}",
@@ -144,24 +145,24 @@ def probe_versions() -> ProbeResult:
     if duplicated:
         evidence += [f"several distributions own one package: {d}" for d in duplicated]
     if broken:
-        return ProbeResult(
+        return Finding(
             "versions",
+            Severity.FAIL,
             "Library versions",
-            Status.FAIL,
             evidence,
             "Fix the imports listed: " + "; ".join(broken),
         )
     if duplicated:
-        return ProbeResult(
+        return Finding(
             "versions",
+            Severity.WARN,
             "Library versions",
-            Status.WARN,
             evidence,
             "Uninstall all but one of the distributions sharing a package directory "
             "(e.g. pip uninstall onnxruntime onnxruntime-gpu, then install only the one "
             "you want): the last one installed silently overwrote the other's files.",
         )
-    return ProbeResult("versions", "Library versions", Status.INFO, evidence)
+    return Finding("versions", Severity.INFO, "Library versions", evidence)
 
 
 def installed_versions(distributions: Mapping[str, tuple[str, ...]]) -> dict[str, str | None]:

@@ -1,19 +1,21 @@
 """Every generator behind one graph signature, so back-ends and export treat them alike.
 
-Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop), ``mel`` [B,1,80,16] float32 ->
-``face_out`` [B,3,S,S] float32 0..1.
+Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop) and a condition -> ``face_out``
+[B,3,S,S] float32 0..1. The condition is ``mel`` [B,1,80,16] for Wav2Lip and ``control``
+[B,CONTROL] (the mouth's geometry and extra opening) for the embedded ``rewrite``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
 from heygem.face.geometry import CropSpec
-from heygem.generators import mouthwarp
+from heygem.generators import rewrite
 from heygem.generators.wav2lip import FACE_SIZE, Wav2Lip, load_wav2lip_checkpoint
 from heygem.hashing import content_hash
 
@@ -45,17 +47,22 @@ class GeneratorSpec:
     identity_when_silent: bool
     # Identifies the weights, for the ONNX export cache.
     fingerprint: str
+    # What the graph's second input is: a mel window per frame, or the control vector of
+    # the mouth chosen for the frame (heygem.generators.samples builds either).
+    condition: Literal["mel", "mouth"] = "mel"
 
 
 def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:
-    if name == "mouthwarp":
+    if name == "rewrite":
         spec = GeneratorSpec(
             name,
-            CropSpec("mouth", mouthwarp.CROP_SIZE),
-            True,
-            f"mouthwarp-{mouthwarp.CROP_SIZE}-v1",
+            CropSpec("lowerface", rewrite.CROP_SIZE),
+            # Silence shows a closed mouth, which a talking template's frame may not have.
+            False,
+            f"rewrite-{rewrite.CROP_SIZE}-v1",
+            condition="mouth",
         )
-        return mouthwarp.MouthWarp().eval(), spec
+        return rewrite.MouthRenderer().eval(), spec
     if name == "wav2lip":
         assert checkpoint is not None  # enforced by GenerateOptions.validated
         model = load_wav2lip_checkpoint(checkpoint)

@@ -86,6 +86,8 @@ class OrtRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(onnx_path), options, providers=list(requested))
+        # (face, condition) by position: the condition is "mel" or "control".
+        self._inputs = [i.name for i in self._session.get_inputs()]
         used = tuple(self._session.get_providers())
         warnings: tuple[str, ...] = ()
         if wants_cuda and used[0] != CUDA_EP:
@@ -97,7 +99,7 @@ class OrtRunner:
         self.info = BackendInfo("onnxruntime", requested, used, warnings)
 
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        out = self._session.run(None, {"face": face, "mel": mel})[0]
+        out = self._session.run(None, dict(zip(self._inputs, (face, mel), strict=True)))[0]
         return np.asarray(out)
 
 

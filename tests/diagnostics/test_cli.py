@@ -16,13 +16,19 @@ import pytest
 
 from diagnostics.cli import main
 from diagnostics.probe import (
-    FAULT_STAGES,
+    OUTCOME_OF_CAUSE,
     Outcome,
     ProbeDeadlineExceeded,
     classify_error,
     leftover_children,
 )
-from heygem.errors import NoFaceFound, PipelineStalled, ProviderUnavailable, StageCrashed
+from heygem.errors import (
+    FailureCause,
+    NoFaceFound,
+    PipelineStalled,
+    ProviderUnavailable,
+    StageCrashed,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +93,7 @@ def test_env_json_has_every_probe(capsys: pytest.CaptureFixture[str]) -> None:
     from diagnostics.doctor import PROBES
 
     code, data = run_json(capsys, "env", "--num-workers", "1")
-    assert [r["id"] for r in data["results"]] == list(PROBES)
+    assert [r["id"] for r in data["findings"]] == list(PROBES)
     assert code == (1 if data["worst"] == "fail" else 0)
 
 
@@ -149,11 +155,11 @@ def test_ps_of_this_process(capsys: pytest.CaptureFixture[str]) -> None:
     code, data = run_json(capsys, "ps", "--pid", str(os.getpid()))
     (report,) = data["reports"]
     assert os.getpid() in [p["pid"] for p in report["processes"]]
-    ours = {p["pid"] for p in report["processes"]}
+    ours = {f"pid {p['pid']}" for p in report["processes"]}
     # Orphans of unrelated programs on this machine would be real findings, not ours.
-    foreign = [f for f in report["findings"] if f["kind"] == "orphan" and f["pid"] not in ours]
-    assert code == (0 if len(foreign) == len(report["findings"]) == 0 else 1)
-    assert len(foreign) == len(report["findings"])
+    foreign = [f for f in data["findings"] if f["id"] == "orphan" and f["subject"] not in ours]
+    assert code == (0 if len(foreign) == len(data["findings"]) == 0 else 1)
+    assert len(foreign) == len(data["findings"])
 
 
 def test_ps_unknown_pid_and_nothing_found(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,35 +171,40 @@ def test_ps_unknown_pid_and_nothing_found(capsys: pytest.CaptureFixture[str]) ->
 
 
 # --- run-probe ------------------------------------------------------------------------
-def test_fault_stages_mirror_the_pipeline() -> None:
-    from heygem.pipeline import STAGES
+def test_every_failure_cause_has_an_outcome_and_a_description() -> None:
+    # Adding a FailureCause means saying what it is and what it means for a run.
+    assert set(OUTCOME_OF_CAUSE) == set(FailureCause)
+    assert all(cause.description for cause in FailureCause)
 
-    assert FAULT_STAGES == STAGES
 
-
-def test_classification_of_errors() -> None:
-    assert classify_error(
-        StageCrashed("stage 'load': worker process 9 died: exit -7 (SIGBUS)", stage="load")
-    ) == (Outcome.CRASHED, "shared memory exhausted (SIGBUS)")
-    assert classify_error(
-        StageCrashed("DataLoader worker (pid 9) is killed by signal: Killed.", stage="load")
-    )[1].startswith("worker killed (SIGKILL)")
-    caught = StageCrashed(
-        "stage 'load' failed: RuntimeError: Caught RuntimeError in DataLoader worker process 0.",
-        stage="load",
+def test_classification_is_a_lookup_of_the_cause_not_of_the_message() -> None:
+    # The message says SIGBUS, the cause says killed: the cause decides.
+    killed = StageCrashed("worker 9 died: SIGBUS", stage="load", cause=FailureCause.KILLED)
+    assert classify_error(killed) == (
+        Outcome.CRASHED,
+        FailureCause.KILLED,
+        "a process was killed (SIGKILL) (stage 'load')",
     )
-    assert classify_error(caught)[1] == "stage 'load' raised an error in a DataLoader worker"
+    shm = StageCrashed("anything", stage="load", cause=FailureCause.SHM_EXHAUSTED)
+    assert classify_error(shm)[:2] == (Outcome.CRASHED, FailureCause.SHM_EXHAUSTED)
+    raised = StageCrashed("x", stage="load", cause=FailureCause.WORKER_RAISED)
+    assert classify_error(raised)[2] == ("the data loading code raised in a worker (stage 'load')")
     assert classify_error(PipelineStalled("stuck", stage="compose")) == (
         Outcome.STALLED,
-        "stage 'compose' made no progress",
+        FailureCause.NO_PROGRESS,
+        "a stage made no progress (stage 'compose')",
     )
-    assert classify_error(ProbeDeadlineExceeded("late"))[1].startswith("no answer")
-    assert classify_error(ProviderUnavailable("cpu")) == (
+    assert classify_error(ProbeDeadlineExceeded("late"))[2].startswith("no answer")
+    assert classify_error(ProviderUnavailable("cpu"))[:2] == (
         Outcome.ERROR,
-        "CPU fallback (GPU required)",
+        FailureCause.CPU_FALLBACK,
     )
     assert classify_error(NoFaceFound("none"))[0] is Outcome.BAD_INPUT
-    assert classify_error(ValueError("x")) == (Outcome.ERROR, "unexpected ValueError")
+    assert classify_error(ValueError("x")) == (
+        Outcome.ERROR,
+        FailureCause.INTERNAL,
+        "unexpected ValueError",
+    )
 
 
 def test_invalid_probe_options_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,7 +243,8 @@ def test_probe_cpu_fallback_is_a_problem(
         pytest.skip("CUDA is available here: nothing falls back")
     code, data, _ = probe(capsys, shared_cache, "--device", "cuda")
     assert code == 1
-    assert data["outcome"] == "ok" and not data["healthy"] and data["cause"] == "CPU fallback"
+    assert data["outcome"] == "ok" and not data["healthy"] and data["cause_id"] == "cpu-fallback"
+    assert [f["id"] for f in data["findings"] if f["severity"] == "fail"] == ["cpu-fallback"]
     assert data["cpu_fallback"] and "CUDAExecutionProvider" in data["providers_requested"]
     assert data["providers_used"] == ["CPUExecutionProvider"]
 
@@ -256,7 +268,8 @@ def test_probe_sigbus_is_shared_memory(
     code, data, _ = probe(capsys, shared_cache, "--fault", "load:sigbus", "--num-workers", "1")
     assert code == 1
     assert data["outcome"] == "crashed"
-    assert "shared memory" in data["cause"] and "SIGBUS" in data["cause"]
+    assert data["cause_id"] == "shm-exhausted" and "shared memory" in data["cause"]
+    assert "SIGBUS" in data["evidence"]["message"]
     assert data["evidence"]["stage"] == "load" and "shm" in data["evidence"]["hint"]
     assert data["leftover_children"] == 0, data["leftover_detail"]
 
@@ -276,9 +289,10 @@ def test_probe_never_started_consumer_in_text(
         "2",
     )
     assert code == 1
-    first = out.splitlines()[0]
-    assert first.startswith("heygem probe: STALLED") and "consumer never started" in first
-    assert "leftover child processes: 0" in out
+    assert out.splitlines()[0] == "heygem probe: FAIL"
+    (run_line,) = [line for line in out.splitlines() if line.startswith("[FAIL] run")]
+    assert "stalled: consumer never started or died (stage 'generate')" in run_line
+    assert "leftover" not in out  # no child left behind: no such finding
 
 
 def test_probe_outer_deadline_catches_a_silent_watchdog(

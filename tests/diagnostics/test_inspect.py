@@ -10,32 +10,25 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from diagnostics.findings import render_text
 from diagnostics.inspect import (
     find_heygem_processes,
-    format_process_report,
     inspect_process_tree,
+    process_report,
     reap_zombie_children,
 )
 from heygem.errors import InputNotFound, InvalidOption
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def status_of(pid: int) -> str:
@@ -58,15 +51,15 @@ def test_real_zombie_is_reported_with_its_parent_then_reaped() -> None:
     # posix_spawn: nobody but this process can reap it, and nothing does it implicitly.
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], dict(os.environ))
     try:
-        poll(lambda: status_of(pid) == psutil.STATUS_ZOMBIE, what="the child to exit")
+        wait_for(lambda: status_of(pid) == psutil.STATUS_ZOMBIE, 10.0, what="the child to exit")
         report = inspect_process_tree(os.getpid(), cpu_interval=0.05, look_for_orphans=False)
         child = report.get(pid)
         assert child is not None and child.is_zombie and child.display_status == "<defunct>"
-        finding = next(f for f in report.findings if f.pid == pid)
-        assert finding.kind == "zombie"
-        assert f"parent {os.getpid()}" in finding.message
-        assert "Only the parent" in finding.fix
-        assert "<defunct>" in format_process_report(report)
+        finding = next(f for f in report.findings if f.subject == f"pid {pid}")
+        assert finding.id == "zombie"
+        assert f"parent {os.getpid()}" in finding.title
+        assert "Only the parent" in (finding.fix or "")
+        assert "<defunct>" in render_text(process_report([report]))
         json.dumps(report.to_dict())
     finally:
         reaped = reap_zombie_children(only=[pid])
@@ -121,7 +114,7 @@ def test_spawned_child_tree_with_shared_memory(
     mapped = next(s for s in parent.shm if s.via == "mmap")
     assert mapped.mapped_bytes == 1 << 20 and not mapped.deleted
     assert report.healthy
-    text = format_process_report(report)
+    text = render_text(process_report([report]))
     assert "shm 1 (1 MiB mapped)" in text
     assert "note: " in text  # GPU use: not shown without NVML, or the PID caveat with it
     assert find_heygem_processes("heygem-test-tree") == [proc.pid]
@@ -180,12 +173,12 @@ def test_orphaned_spawn_worker_and_a_pid1_that_does_not_reap() -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pid"] == 1
     worker = out["worker"]
-    orphan = [f for f in out["orphan_report"]["findings"] if f["pid"] == worker]
-    assert [f["kind"] for f in orphan] == ["orphan"]
-    assert "re-parented to 1" in orphan[0]["message"]
+    orphan = [f for f in out["orphan_report"]["findings"] if f["subject"] == f"pid {worker}"]
+    assert [f["id"] for f in orphan] == ["orphan"]
+    assert "re-parented to 1" in orphan[0]["title"]
     assert "terminate()+join()" in orphan[0]["fix"]
-    zombie = [f for f in out["zombie_report"]["findings"] if f["pid"] == worker]
-    assert [f["kind"] for f in zombie] == ["zombie"]
+    zombie = [f for f in out["zombie_report"]["findings"] if f["subject"] == f"pid {worker}"]
+    assert [f["id"] for f in zombie] == ["zombie"]
     assert "--init" in zombie[0]["fix"]
 
 
@@ -202,18 +195,20 @@ def test_real_d_state_process_in_a_frozen_cgroup() -> None:
     try:
         (group / "cgroup.procs").write_text(str(sleeper.pid))
         (group / "freezer.state").write_text("FROZEN")
-        poll(lambda: status_of(sleeper.pid) == psutil.STATUS_DISK_SLEEP, what="D state")
+        wait_for(lambda: status_of(sleeper.pid) == psutil.STATUS_DISK_SLEEP, 10.0, what="D state")
         report = inspect_process_tree(os.getpid(), cpu_interval=0, look_for_orphans=False)
-        finding = next(f for f in report.findings if f.pid == sleeper.pid)
-        assert finding.kind == "d-state"
-        assert "uninterruptible sleep (D)" in finding.message
-        assert "freezer.state=FROZEN" in finding.message
-        assert "THAWED" in finding.fix
+        finding = next(f for f in report.findings if f.subject == f"pid {sleeper.pid}")
+        assert finding.id == "d-state"
+        assert "uninterruptible sleep (D)" in finding.title
+        assert "freezer.state=FROZEN" in finding.title
+        assert "THAWED" in (finding.fix or "")
     finally:
         (group / "freezer.state").write_text("THAWED")
         sleeper.send_signal(signal.SIGKILL)
         sleeper.wait()
-        poll(lambda: not (group / "cgroup.procs").read_text().strip(), what="empty cgroup")
+        wait_for(
+            lambda: not (group / "cgroup.procs").read_text().strip(), 10.0, what="empty cgroup"
+        )
         group.rmdir()
 
 

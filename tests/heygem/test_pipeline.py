@@ -44,7 +44,7 @@ def test_output_has_exact_frames_duration_and_audio(demo_run, speech_wav: Path) 
     assert result.output == out and out.exists()
     assert not list(out.parent.glob(".*part*")), "temporary files left next to the output"
     assert result.providers_used == ("CPUExecutionProvider",)
-    assert set(result.timings) >= {"audio_features", "face_track", "stage_generate", "total"}
+    assert set(result.timings) >= {"audio_features", "face_track", "stream", "total"}
 
 
 def test_pixels_outside_the_mouth_are_unchanged(demo_run, template_mp4: Path) -> None:

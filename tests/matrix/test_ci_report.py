@@ -111,7 +111,7 @@ def test_every_combination_was_fingerprinted(report):
 def test_numeric_drift_between_the_ort_versions(report):
     """The video scenario runs every stage; the matrix's ORT versions agree within the
     regression tolerances (the README says so: a failure here is a real output change)."""
-    stages = [row["stage"] for row in report.drift.rows]
+    stages = [row["step"] for row in report.drift.rows]
     assert stages == ["inputs", "audio_features", "face_track", "generate", "composite", "mux"]
     packages = set(report.packages)
     for row in report.drift.rows:
@@ -132,4 +132,4 @@ def test_rendered_report(report):
     drift_html = page.split("<h2>Numeric drift between versions</h2>", 1)[1].split("<h2>")[0]
     assert "No drift table" not in drift_md and "No drift table" not in drift_html
     for row in report.drift.rows:
-        assert f"| {row['stage']} |" in drift_md and f"<td>{row['stage']}</td>" in drift_html
+        assert f"| {row['step']} |" in drift_md and f"<td>{row['step']}</td>" in drift_html

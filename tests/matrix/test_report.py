@@ -148,7 +148,7 @@ def test_numeric_drift(report):
         "torch2.4.1-ort1.18.0-gpu",
     ]
     assert drift.missing == ("torch2.1.2-ort1.18.0-cpu",)
-    rows = {row["stage"]: row for row in drift.rows}
+    rows = {row["step"]: row for row in drift.rows}
     assert list(rows) == ["audio_features", "face_track", "generate", "mux"]
     assert rows["audio_features"]["identical"] and rows["mux"]["identical"]
     generate = rows["generate"]

@@ -17,19 +17,13 @@ from heygem.pipeline import Pipeline
 from heygem.runner.channels import Channel
 from heygem.runner.monitor import StageMonitor, StageState
 from heygem.runner.watchdog import ChildProcess, Watchdog
+from tests.helpers import wait_for
 
 
 def _two_stage(timeout: float = 0.2) -> tuple[StageMonitor, StageMonitor, Channel[int], Watchdog]:
     producer, consumer = StageMonitor("producer"), StageMonitor("consumer")
     channel: Channel[int] = Channel("items", 2, producer, consumer, threading.Event())
     return producer, consumer, channel, Watchdog([producer, consumer], [channel], timeout)
-
-
-def _wait_for(condition, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def test_full_queue_and_idle_consumer_is_the_heygem_signature() -> None:
@@ -40,7 +34,7 @@ def test_full_queue_and_idle_consumer_is_the_heygem_signature() -> None:
     channel.put(2)
     producer.set_state(StageState.WAITING_OUTPUT, "put to items", "items")
     consumer.set_state(StageState.WORKING, "starting up")
-    _wait_for(lambda: watchdog.check() is not None)
+    wait_for(lambda: watchdog.check() is not None, 5.0, what="the watchdog to fire")
     error = watchdog.check()
     assert isinstance(error, PipelineStalled) and error.stage == "consumer"
     assert "consumer never started or died" in error.message
@@ -53,7 +47,7 @@ def test_starved_consumer_blames_the_producer() -> None:
     consumer.attach()
     producer.set_state(StageState.WORKING, "decoding")
     consumer.set_state(StageState.WAITING_INPUT, "get from items", "items")
-    _wait_for(lambda: watchdog.check() is not None)
+    wait_for(lambda: watchdog.check() is not None, 5.0, what="the watchdog to fire")
     error = watchdog.check()
     assert isinstance(error, PipelineStalled) and error.stage == "producer"
     assert "noticed at stage" in error.message or "made no progress" in error.message
@@ -133,7 +127,7 @@ def test_worker_killed_by_sigbus_is_reported_as_shared_memory(
     assert "SIGBUS" in caught.value.message or "Bus error" in caught.value.message
     assert caught.value.hint and "shm" in caught.value.hint
     assert not out.exists()
-    _wait_for(_no_children_left)
+    wait_for(_no_children_left, 5.0, what="every child to be reaped")
 
 
 def test_worker_killed_is_reported_as_likely_oom(
@@ -145,7 +139,7 @@ def test_worker_killed_is_reported_as_likely_oom(
     assert caught.value.stage == "load"
     assert "SIGKILL" in caught.value.message or "killed by signal: Killed" in caught.value.message
     assert not (tmp_path / "killed.mp4").exists()
-    _wait_for(_no_children_left)
+    wait_for(_no_children_left, 5.0, what="every child to be reaped")
 
 
 def test_slow_but_progressing_stage_is_not_a_stall(
