@@ -2,8 +2,10 @@
 
 The package follows the analysis: ``reading`` (bytes -> records, every layout and prefix,
 damage counted), ``events`` (what a HeyGem line means), ``tasks`` (which lines belong to
-which task, how each ended), ``rules`` and ``advice`` (findings judged by HeyGem's
-mechanics, fixes from the versions the log quotes), ``render`` (the one ``Report``).
+which task, how each ended), then the rules judged by HeyGem's mechanics (``config`` holds
+its numbers): ``pace`` (batch cost, consumer pace, queue waits), ``verdicts`` (one per
+task), ``causes`` (why a task failed, from the lines around it), ``rules`` (every finding),
+``advice`` (fixes from the versions the log quotes), and ``render`` (the one ``Report``).
 """
 
 from __future__ import annotations

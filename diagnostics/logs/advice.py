@@ -37,6 +37,9 @@ _CUDART_DLL = re.compile(r"^cudart64_(\d\d)\d*\.dll$", re.I)
 _CUFFT = re.compile(r"^libcufft\.so\.(\d+)$")
 _CUFFT_TO_CUDA = {"10": "11", "11": "12"}
 _TENSORRT = re.compile(r"^libnvinfer(?:_\w+)?\.so\.(\d+)$")
+# "Specified provider 'CUDAExecutionProvider' is not in available provider names.Available
+# providers: 'AzureExecutionProvider, CPUExecutionProvider'": a CPU-only onnxruntime.
+_AVAILABLE = re.compile(r"Available providers:\s*(.*)", re.I)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class CudaNeeds:
     cudnn: tuple[str, ...] = ()
     tensorrt: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()  # libraries the dynamic loader could not find
+    cpu_build: bool = False  # the installed onnxruntime has no CUDA provider at all
 
     @property
     def known(self) -> bool:
@@ -54,6 +58,7 @@ class CudaNeeds:
 
 
 def cuda_needs(texts: Iterable[str]) -> CudaNeeds:
+    texts = list(texts)
     cuda: list[str] = []
     cudnn: list[str] = []
     tensorrt: list[str] = []
@@ -75,7 +80,11 @@ def cuda_needs(texts: Iterable[str]) -> CudaNeeds:
                 _add(cuda, _CUFFT_TO_CUDA[soname[1]])
             elif soname := _TENSORRT.match(name):
                 _add(tensorrt, soname[1])
-    return CudaNeeds(tuple(cuda), tuple(cudnn), tuple(tensorrt), tuple(missing))
+    cpu_build = any(
+        (m := _AVAILABLE.search(text)) is not None and "CUDAExecutionProvider" not in m[1]
+        for text in texts
+    )
+    return CudaNeeds(tuple(cuda), tuple(cudnn), tuple(tensorrt), tuple(missing), cpu_build)
 
 
 def _add(values: list[str], value: str) -> None:
@@ -90,6 +99,14 @@ def cpu_fallback_fix(needs: CudaNeeds) -> str:
         "(`session.get_providers()`; `get_available_providers()` proves nothing), and run "
         "`heygem-diagnose env` where the service runs: it shows which CUDA libraries load."
     )
+    if needs.cpu_build and not needs.known:
+        return (
+            "The installed onnxruntime has no CUDA provider at all (its available providers "
+            "lack CUDAExecutionProvider): it is the CPU-only `onnxruntime` package. Install "
+            "`onnxruntime-gpu` instead (`pip uninstall -y onnxruntime && pip install "
+            "onnxruntime-gpu`; the two packages shadow each other), matching the machine's "
+            "CUDA." + check
+        )
     if not needs.known:
         missing = (
             f" (the loader could not find {', '.join(needs.missing)})" if needs.missing else ""

@@ -183,6 +183,7 @@ _STATUS = re.compile(
 _HTTP = re.compile(r'"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) \S+ HTTP/\d')
 PROVIDER_FAILURE = re.compile(
     r"Failed to create CUDAExecutionProvider|Failed to load library libonnxruntime_providers_cuda"
+    r"|LoadLibrary failed with error \d+.*onnxruntime_providers_cuda"
     r"|CUDAExecutionProvider\W+(?:is )?not in available provider",
     re.I,
 )
@@ -209,7 +210,7 @@ def _classify_printed(owner: Record, line: Line) -> Event | None:
     """A line printed between records (stderr, print()) that still says something: an
     onnxruntime provider failure, a wrapper's ``task_result``. It takes its owner's time."""
     text = line.text
-    if "CUDA" in text and PROVIDER_FAILURE.search(text):
+    if ("CUDA" in text or "cuda" in text) and PROVIDER_FAILURE.search(text):
         kind, detail, status = EventKind.PROVIDER_FAILURE, text, None
     elif "Status." in text and (match := _STATUS.search(text)):
         kind, detail, status = EventKind.TASK_RESULT, match["msg"], match["status"].lower()

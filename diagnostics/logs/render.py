@@ -26,6 +26,7 @@ _STATES = {
     "consumer-never-started": "stalled",
     "consumer-stopped": "stalled",
     "consumer-too-slow": "stalled",
+    "queue-full": "stalled",
     "stage-stalled": "stalled",
 }
 

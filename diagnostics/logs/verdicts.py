@@ -20,7 +20,9 @@ from diagnostics.logs.tasks import Ending, Task
 
 __all__ = ["STALLS", "still_open", "verdict"]
 
-STALLS = frozenset({"consumer-never-started", "consumer-stopped", "consumer-too-slow"})
+STALLS = frozenset(
+    {"consumer-never-started", "consumer-stopped", "consumer-too-slow", "queue-full"}
+)
 
 
 def verdict(task: Task, facts: Pace, ctx: Context) -> Finding:
@@ -39,7 +41,9 @@ def verdict(task: Task, facts: Pace, ctx: Context) -> Finding:
     result = next((e for e in (*task.events, *task.late) if e.kind is EventKind.TASK_RESULT), None)
     if failures or (result is not None and result.stage == "error"):
         return failure_finding(task, facts, ctx, failures, result)
-    if task.ending is Ending.ENDED or any(e.kind is EventKind.WRITER_DONE for e in task.events):
+    # No end line but the frames were all processed (the log ends during the mux, or the
+    # end line was lost): finished, not running.
+    if task.ending is Ending.ENDED or any(e.kind in SUCCESSES for e in task.events):
         return _finished(task, facts, ctx)
     return still_open(task, facts, ctx)
 
@@ -112,6 +116,17 @@ def _stalled(task: Task, facts: Pace, ctx: Context, full: Event | None) -> Findi
         )
     what = _sent(facts, sends)
     hints, hint_lines = _consumer_hints(task, ctx, first_send or task.first, not consumer)
+    if not consumer and not sends:  # an excerpt: the error without the lines before it
+        return Finding(
+            "queue-full",
+            Severity.FAIL,
+            f"task {task.label}: HeyGem reported its video-drive queue full: the consumer took "
+            f"nothing during the producer's {cfg.put_timeout_s:g} s put timeout (this log has "
+            "none of the task's sends or takes to tell whether the consumer ever started)",
+            evidence([task.first, end], cfg.max_evidence),
+            fix=FIX_CONSUMER_DEAD,
+            subject=task.label,
+        )
     if not consumer:
         title = (
             f"the consumer never took an item of task {task.label}: {what}, "

@@ -203,6 +203,77 @@ def test_console_copy_without_timestamps_keeps_order_not_time() -> None:
     assert details["fps"] is None and details["longest_queue_wait_s"] is None
 
 
+def test_queue_full_error_alone_is_a_problem_without_a_guess(tmp_path: Path) -> None:
+    # Quoted from https://github.com/duixcom/Duix-Avatar/issues/226: the error, then polling.
+    log = tmp_path / "dh.log"
+    log.write_text(
+        "heygem-f2f  | [2025-03-16 22:36:44] [process.py[line:108]] [ERROR] "
+        "[[ccebcbe1-27ab-4b10-89e6-b92faa86d507]任务视频驱动队列满，严重阻塞，下游队列异常]\n"
+        + "".join(
+            f"heygem-f2f  | [2025-03-16 22:58:{s:02d}] [_internal.py[line:96]] [INFO] "
+            f'[172.18.0.1 - - [16/Mar/2025 22:58:{s:02d}] "GET /easy/query?code='
+            'ccebcbe1-27ab-4b10-89e6-b92faa86d507 HTTP/1.1" 200 -]\n'
+            for s in (54, 56, 58)
+        ),
+        "utf-8",
+    )
+
+    report = analyze_log(log)
+
+    finding = _only(report, "queue-full", "ccebcbe1-27ab-4b10-89e6-b92faa86d507")
+    assert finding.severity is Severity.FAIL and "took nothing" in finding.title
+    assert report.exit_code() == 1
+
+
+@pytest.mark.parametrize(
+    ("said", "wanted", "not_wanted"),
+    [
+        # onnxruntime 1.19 on Jetson (microsoft/onnxruntime issue 22809)
+        (
+            "Failed to create CUDAExecutionProvider. Require cuDNN 8.* and CUDA 12.*.",
+            ["CUDA 12.x and cuDNN 8.x", "nvidia-cudnn-cu12==8.*"],
+            ["CUDA 11", "cuDNN 9"],
+        ),
+        (
+            "Failed to load library libonnxruntime_providers_cuda.so with error: libcufft.so.10: "
+            "cannot open shared object file",
+            ["CUDA 11.x", "libcufft.so.10"],
+            ["CUDA 12"],
+        ),
+        (  # onnxruntime on Windows names no library: no versions to advise
+            "[E:onnxruntime:Default, provider_bridge_ort.cc:1744 onnxruntime::TryGetProviderInfo_"
+            'CUDA] FAIL : LoadLibrary failed with error 126 "" when trying to load "C:\\py\\Lib'
+            '\\site-packages\\onnxruntime\\capi\\onnxruntime_providers_cuda.dll"',
+            ["does not say which CUDA/cuDNN", "heygem-diagnose env"],
+            ["CUDA 11", "CUDA 12"],
+        ),
+        (
+            "UserWarning: Specified provider 'CUDAExecutionProvider' is not in available provider "
+            "names.Available providers: 'AzureExecutionProvider, CPUExecutionProvider'",
+            ["CPU-only `onnxruntime` package", "onnxruntime-gpu"],
+            ["CUDA 11", "CUDA 12"],
+        ),
+    ],
+)
+def test_cpu_fallback_advice_comes_from_what_onnxruntime_said(
+    tmp_path: Path, said: str, wanted: list[str], not_wanted: list[str]
+) -> None:
+    log = tmp_path / "dh.log"
+    log.write_text(
+        "[2025-05-20 08:12:50,100] [app_local.py[line:231]] [INFO] [TransDhTask init]\n"
+        f"{said}\n",  # printed to stderr: a line of no layout after a record
+        "utf-8",
+    )
+
+    finding = _only(analyze_log(log), "cpu-fallback")
+
+    assert finding.fix is not None and _lines(finding) == [2]
+    for text in wanted:
+        assert text in finding.fix
+    for text in not_wanted:
+        assert text not in finding.fix
+
+
 # --- the earlier fixtures -------------------------------------------------------------------
 def test_consumer_never_took_an_item() -> None:
     report = analyze_log(FIXTURES / "consumer_never_started.log")
