@@ -462,6 +462,37 @@ def _other(benches: list[Bench], known: set[str]) -> list[str]:
     return table(["benchmark", "min s", "median s"], rows) if rows else []
 
 
+def _lipsync(benches: list[Bench]) -> list[str]:
+    rows = [
+        [
+            fmt(info(b).get("template")),
+            fmt(info(b).get("resolution")),
+            fmt(info(b).get("sync_score"), 3),
+            fmt(info(b).get("sync_control"), 3),
+            fmt(info(b).get("ms_per_frame"), 2),
+            fmt(info(b).get("floor_ms_per_frame"), 2),
+            fmt(info(b).get("ratio_to_floor"), 3, "x"),
+            "<= " + fmt(info(b).get("target"), 1, "x"),
+            verdict(info(b).get("meets_target")),
+        ]
+        for b in of_kind(benches, "lipsync")
+    ]
+    return table(
+        [
+            "template",
+            "resolution",
+            "sync score",
+            "control",
+            "ms/frame",
+            "floor ms/frame",
+            "ratio to floor",
+            "target",
+            "verdict",
+        ],
+        rows,
+    )
+
+
 SECTIONS: list[tuple[str, str, Callable[[list[Bench]], list[str]]]] = [
     ("process", "Whole processes vs the ffmpeg CLI floor", _processes),
     ("w2l_process", "Wav2Lip vs the reference implementation (whole processes)", _w2l_processes),
@@ -476,6 +507,7 @@ SECTIONS: list[tuple[str, str, Callable[[list[Bench]], list[str]]]] = [
     ("workers", "DataLoader workers", _workers),
     ("backend", "ONNX Runtime vs torch", _backends),
     ("ort_options", "ONNX Runtime session options", _ort_options),
+    ("lipsync", "Lip-sync quality and cost (embedded generator, warm template)", _lipsync),
 ]
 KINDS = {
     "process",
@@ -495,6 +527,7 @@ KINDS = {
     "workers",
     "backend",
     "ort_options",
+    "lipsync",
 }
 
 

@@ -528,10 +528,21 @@ def decoded_frames(
         yield frame
 
 
-def random_batch(size: int, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Generator inputs in the pipeline's layout: face 0..1 BGR, mel in speech range."""
+def random_batch(
+    size: int, batch: int, seed: int = 0, generator: str = "wav2lip"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generator inputs in the pipeline's layout: face 0..1 BGR and the condition: a mel
+    in speech range, or for ``rewrite`` mouths that all open (every row runs the graph)."""
     rng = np.random.default_rng(seed)
     face = rng.random((batch, 3, size, size), dtype=np.float32)
+    if generator == "rewrite":
+        import torch
+
+        from heygem.generators.rewrite import Control, MouthRenderer
+
+        control = MouthRenderer(size).example_condition(batch, torch.Generator().manual_seed(seed))
+        control[:, Control.OPEN] += 0.05
+        return face, control.numpy()
     mel = rng.uniform(-4.0, 0.0, (batch, 1, 80, 16)).astype(np.float32)
     return face, mel
 

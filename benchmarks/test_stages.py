@@ -38,7 +38,7 @@ from heygem.media.writer import Mp4Writer
 from heygem.resources import ThreadBudget
 
 N_FLOOR = frames_for(SCALE.audio_seconds["short"])
-GENERATORS = ("mouthwarp", "wav2lip")
+GENERATORS = ("rewrite", "wav2lip")
 BACKENDS = ("onnxruntime", "torch")  # ORT first: torch divides by it
 
 
@@ -145,9 +145,9 @@ def test_generator_batch(
     benchmark: Any, models: Models, floor: float, generator: str, backend: str, batch: int
 ) -> None:
     runner, spec = models.runner(generator, backend)
-    face, mel = random_batch(spec.crop.size, batch)
+    face, mel = random_batch(spec.crop.size, batch, generator=generator)
     runner.run(face, mel)  # the first call allocates; not what a running job pays
-    n_rounds = 20 if generator == "mouthwarp" else (2 if batch >= 32 else 3)
+    n_rounds = 20 if generator == "rewrite" else (2 if batch >= 32 else 3)
     ratio = 1.0
     if backend == "onnxruntime":
         samples = pedantic(benchmark, lambda: runner.run(face, mel), n_rounds=n_rounds)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.support import (
+    DEFAULTS,
     MAIN,
     SCALE,
     Baselines,
@@ -34,8 +35,8 @@ BACKENDS = ("onnxruntime", "torch")
 ORT_THREADS = (1, 2)
 # Highest first: the pipeline's own level is the baseline the others divide by.
 ORT_LEVELS = ("all", "extended", "basic", "disable")
-# wav2lip is ~100x heavier per frame than mouthwarp: a smaller batch keeps rounds short.
-ORT_BATCH = {"mouthwarp": max(SCALE.batch_sizes), "wav2lip": min(8, max(SCALE.batch_sizes))}
+# wav2lip is ~100x heavier per frame than rewrite: a smaller batch keeps rounds short.
+ORT_BATCH = {"rewrite": max(SCALE.batch_sizes), "wav2lip": min(8, max(SCALE.batch_sizes))}
 
 
 def _job_info(paired: Paired, media: Media) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def test_dataloader_workers(
 def test_backend_end_to_end(
     benchmark: Any, media: Media, pipelines: Pipelines, baselines: Baselines, backend: str
 ) -> None:
-    """The same generator (mouthwarp) end to end on ONNX Runtime and on torch."""
+    """The same generator (rewrite) end to end on ONNX Runtime and on torch."""
     pipeline = pipelines.get(backend=backend)
     pipelines.plan(MAIN)
     paired = pedantic_paired(
@@ -106,7 +107,7 @@ def test_backend_end_to_end(
     info = _job_info(paired, media)
     info.update(
         kind="backend",
-        generator="mouthwarp",
+        generator="rewrite",
         backend=backend,
         providers=list(paired.samples.last.result.providers_used),
         ratio_to_ort=round(paired.ratio, 3),
@@ -140,7 +141,7 @@ def _model_threads(model: str) -> int:
 @pytest.mark.benchmark(group="ort-options")
 @pytest.mark.parametrize(
     ("model", "threads", "level"),
-    [(m, t, lv) for m in ("mouthwarp", "wav2lip") for t in ORT_THREADS for lv in ORT_LEVELS],
+    [(m, t, lv) for m in ("rewrite", "wav2lip") for t in ORT_THREADS for lv in ORT_LEVELS],
     ids=lambda v: f"threads{v}" if isinstance(v, int) else str(v),
 )
 def test_ort_session_options(
@@ -155,8 +156,8 @@ def test_ort_session_options(
     path = str(models.onnx_path(model))
     _, spec = models.runner(model, "onnxruntime")
     batch = ORT_BATCH[model]
-    face, mel = random_batch(spec.crop.size, batch)
-    feeds = {"face": face, "mel": mel}
+    face, mel = random_batch(spec.crop.size, batch, generator=model)
+    feeds = {"face": face, ("control" if model == "rewrite" else "mel"): mel}
     start = time.perf_counter()
     session = _session(path, threads, level)
     created = time.perf_counter() - start
@@ -165,7 +166,7 @@ def test_ort_session_options(
         f"ort-session:{model}", lambda: _session(path, _model_threads(model), "all")
     )
     default.run(None, feeds)
-    n_rounds = 10 if model == "mouthwarp" else 3
+    n_rounds = 10 if model == "rewrite" else 3
     # Each round follows a run of the pipeline's own configuration (OrtRunner's).
     paired = pedantic_paired(
         benchmark,
@@ -193,7 +194,7 @@ ORT_SETTINGS = ("runner", "no-spinning", "no-arena", "no-mem-pattern", "io-bindi
 
 @pytest.mark.benchmark(group="ort-options")
 @pytest.mark.parametrize(
-    ("model", "setting"), [(m, st) for m in ("mouthwarp", "wav2lip") for st in ORT_SETTINGS]
+    ("model", "setting"), [(m, st) for m in (DEFAULTS.generator, "wav2lip") for st in ORT_SETTINGS]
 )
 def test_ort_runtime_settings(
     benchmark: Any, models: Models, baselines: Baselines, model: str, setting: str
@@ -203,8 +204,9 @@ def test_ort_runtime_settings(
     path = str(models.onnx_path(model))
     _, spec = models.runner(model, "onnxruntime")
     batch = ORT_BATCH[model]
-    face, mel = random_batch(spec.crop.size, batch)
-    feeds = {"face": face, "mel": mel}
+    face, condition = random_batch(spec.crop.size, batch, generator=model)
+    second = "mel" if spec.condition == "mel" else "control"
+    feeds = {"face": face, second: condition}
     threads = _model_threads(model)
     session = _session(path, threads, setting=setting)
     default = baselines.get(f"ort-session:{model}", lambda: _session(path, threads))
@@ -215,7 +217,7 @@ def test_ort_runtime_settings(
             return session.run(None, feeds)
         binding = session.io_binding()
         binding.bind_cpu_input("face", face)
-        binding.bind_cpu_input("mel", mel)
+        binding.bind_cpu_input(second, condition)
         binding.bind_output("face_out")
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
@@ -225,7 +227,7 @@ def test_ort_runtime_settings(
         benchmark,
         run,
         lambda: default.run(None, feeds),
-        n_rounds=10 if model == "mouthwarp" else 3,
+        n_rounds=3 if model == "wav2lip" else 10,
     )
     benchmark.extra_info.update(
         kind="ort_options",

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from diagnostics.findings import (
     EXIT_COULD_NOT_RUN,
     EXIT_OK,
-    EXIT_PROBLEMS,
     Report,
     render_json,
     render_text,
@@ -158,8 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=raw,
         )
     )
+    sync = sub.add_parser(
+        "sync-score",
+        parents=common,
+        help="does the mouth in a video follow an audio? (lip-landmark correlation)",
+        description=SYNC_HELP,
+        formatter_class=raw,
+    )
+    sync.add_argument("video", type=Path, help="the video to measure (e.g. a generated MP4)")
+    sync.add_argument("audio", type=Path, help="the audio the mouth should follow")
+    sync.add_argument(
+        "--threshold", type=float, default=0.5, help="lowest passing correlation (0.5)"
+    )
     return parser
 
+
+SYNC_HELP = """\
+Measure lip sync on the video's pixels: landmarks are detected afresh on every frame,
+the inner-lip opening is correlated with the audio's loudness envelope (best of lags
+-5..5 frames), and again with the audio rotated by half its length (the control).
+
+Exit 1 (FAIL) when the correlation is below --threshold (0.5); a control of 0.2 or more
+is a WARN (the score may be chance). Generated talking-template output scores >= 0.5,
+stills >= 0.7; an untouched talking template scores ~0.2 against new audio."""
 
 ENV_HELP = """\
 Run the environment doctor: library versions and ABI rules, ONNX Runtime CUDA
@@ -170,10 +190,15 @@ Exit 1 if any check FAILs. WARN results are printed but exit 0, because many
 are advice (e.g. no GPU on a CPU-only host); --strict makes WARN exit 1 too."""
 
 LOG_HELP = """\
-Analyse a HeyGem dh.log (or `docker logs` output, or heygem's own JSON log):
-per-task timeline and the likely cause with evidence lines.
+Analyse a HeyGem dh.log in any layout it comes in (with or without the source
+field, `docker logs -t` / `docker compose logs` prefixes, ANSI, CRLF, damaged
+lines), or heygem's own --log-json log: per task a timeline, the verdict with
+its cause and evidence lines, the steady batch cost, the consumer's pace and the
+longest wait for a free slot in HeyGem's queue (10 items, 60 s put timeout).
 
-Exit 1 if the worst finding is WARN or FAIL, 0 if the log looks healthy."""
+Exit 0 when every task finished normally (warnings, slower than real time and
+damaged lines included), 1 when a FAIL finding shows a problem, 2 when the file
+cannot be read or holds no log record."""
 
 PS_HELP = """\
 Inspect a live process tree (states, zombies, threads, CPU, RSS, /dev/shm held,
@@ -376,15 +401,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from diagnostics.logs import Severity, analyze_log, format_log_report
+    from diagnostics.logs import analyze_log
 
-    report = analyze_log(args.file)
-    _print(
-        json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
-        if args.json
-        else format_log_report(report).rstrip("\n")
-    )
-    return EXIT_OK if report.worst_severity is Severity.OK else EXIT_PROBLEMS
+    report = analyze_log(args.file)  # a file that cannot be read at all raises: exit 2
+    _emit(args, report)
+    return report.exit_code()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -501,12 +522,31 @@ def _scenario_progress(enabled: bool) -> Iterator[Callable[[str], None] | None]:
     yield started
 
 
+def cmd_sync_score(args: argparse.Namespace) -> int:
+    from diagnostics.findings import render_json, render_text
+    from diagnostics.syncscore import sync_report, sync_score
+    from heygem.errors import InputNotFound
+
+    for path in (args.video, args.audio):
+        if not path.is_file():
+            raise InputNotFound(f"{str(path)!r} does not exist", hint="check the path")
+    report = sync_report(
+        sync_score(args.video, args.audio),
+        video=str(args.video),
+        audio=str(args.audio),
+        threshold=args.threshold,
+    )
+    print(render_json(report) if args.json else render_text(report))
+    return report.exit_code()
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "env": cmd_env,
     "log": cmd_log,
     "ps": cmd_ps,
     "run-probe": cmd_probe,
     "regress": cmd_regress,
+    "sync-score": cmd_sync_score,
 }
 
 

@@ -133,6 +133,13 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # Lag of the mouth motion behind the speech energy (sub-frame peak of their
     # cross-correlation): half a frame catches any off-by-one in mel windowing.
     ("mux", "lip_lag_frames"): Tolerance("abs", 0.5, "frames"),
+    # lip_sync: the landmark sync score of the output against its audio (correlation of the
+    # inner-lip opening with the loudness, best lag +-5 frames) and its control. Landmarks
+    # move by a pixel with 1-level luma changes, which moves the correlation by ~0.01; a
+    # generator that stopped following the voice drops it by > 0.3.
+    ("lip_sync", "score"): Tolerance("abs", 0.05, "r"),
+    ("lip_sync", "control"): Tolerance("abs", 0.05, "r"),
+    ("lip_sync", "measured_frames"): Tolerance("abs", 0, "frames"),
 }
 
 

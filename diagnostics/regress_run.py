@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # One thread everywhere: reduction order (ORT, torch) and x264 slicing then do not depend
 # on the machine's core count.
-BUDGET = ThreadBudget(cpus=1, generator="mouthwarp", model_threads=1, x264_threads=1)
+BUDGET = ThreadBudget(cpus=1, generator=GOLDEN_OPTIONS.generator, model_threads=1, x264_threads=1)
 SEEDED_BATCH_SIZE, SEEDED_BATCH_SEED = 2, 0
 MEL_HASH_QUANTUM = 0.05
 OUT_HASH_QUANTUM = 1e-3
@@ -284,35 +284,51 @@ def generator_fingerprint(face: np.ndarray, out: np.ndarray, grid: int) -> dict[
 
 def seeded_batch_fingerprint(runner: GraphRunner, spec: GeneratorSpec) -> dict[str, Any]:
     from heygem.generators.export import example_inputs
+    from heygem.generators.graphs import build_graph
 
-    face, mel = example_inputs(spec.crop.size, batch=SEEDED_BATCH_SIZE, seed=SEEDED_BATCH_SEED)
-    out = runner.run(face.numpy(), mel.numpy())
+    graph, _ = build_graph(spec.name, None)  # for its example condition (no weights read)
+    face, condition = example_inputs(
+        spec.crop.size, batch=SEEDED_BATCH_SIZE, seed=SEEDED_BATCH_SEED, graph=graph
+    )
+    out = runner.run(face.numpy(), condition.numpy())
     return generator_fingerprint(face.numpy(), out, grid=16)
 
 
 def sampled_inputs(
-    plan: TemplatePlan, feats: AudioFeatures, timing: FrameTiming, samples: tuple[int, ...]
-) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """The sampled output frames that have a face, their crops [B,S,S,3] uint8 and mel
-    windows [B,1,80,16]: what the pipeline fed the generator for those frames."""
+    plan: TemplatePlan,
+    feats: AudioFeatures,
+    timing: FrameTiming,
+    spec: GeneratorSpec,
+    samples: tuple[int, ...],
+    workdir: Path,
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """The sampled output frames that have a face: the template crops they show
+    [B,S,S,3] uint8, and what the pipeline's dataset fed the generator for them (its
+    crops [B,S,S,3] uint8: for ``rewrite`` the chosen, aligned mouths; and the
+    conditions: mel windows or mouth controls)."""
+    from heygem.generators.samples import generator_samples
+
     indices = [i for i in samples if i < feats.n_frames and plan.valid[timing.template_frame(i)]]
     crops = np.load(plan.crops_path, mmap_mode="r")
-    faces = np.zeros((0, *crops.shape[1:]), np.uint8)
-    mel = np.zeros((0, 1, features.N_MELS, features.MEL_STEPS), np.float32)
-    if indices:
-        faces = np.stack([np.asarray(crops[timing.template_frame(i)]) for i in indices])
-        mel = np.stack([features.mel_window(feats.mel, i, feats.fps) for i in indices])[:, None]
-    return indices, faces, np.ascontiguousarray(mel, dtype=np.float32)
+    shown = np.zeros((0, *crops.shape[1:]), np.uint8)
+    if not indices:
+        return indices, shown, shown, np.zeros((0,), np.float32)
+    shown = np.stack([np.asarray(crops[timing.template_frame(i)]) for i in indices])
+    dataset = generator_samples(spec, plan, feats.mel, feats.active, timing, workdir)
+    items = [dataset[i] for i in indices]
+    faces = np.stack([np.asarray(item[1]) for item in items])
+    condition = np.stack([np.asarray(item[2]) for item in items])
+    return indices, shown, faces, np.ascontiguousarray(condition, dtype=np.float32)
 
 
 def samples_fingerprint(
-    runner: GraphRunner, indices: list[int], crops: np.ndarray, mel: np.ndarray
+    runner: GraphRunner, indices: list[int], crops: np.ndarray, condition: np.ndarray
 ) -> dict[str, Any]:
-    """The generator on the scenario's own crops and mel windows at the sampled frames."""
+    """The generator on the scenario's own inputs at the sampled frames."""
     if not indices:
         return {"indices": []}
     face = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) * (1.0 / 255.0)
-    out = runner.run(face, mel)
+    out = runner.run(face, condition)
     return {"indices": indices, **generator_fingerprint(face, out, grid=8)}
 
 
@@ -429,11 +445,13 @@ def run_scenario(
     inputs, feats, plan = pipeline.inputs, pipeline.features, pipeline.plan
     # Set by the steps generate just ran.
     assert inputs is not None and feats is not None and plan is not None
-    runner, _ = pipeline.load()
+    runner, spec = pipeline.load()
     wav = decode_audio_mono(audio)
     template = _lumas(iter_template_frames(video, plan.width, plan.height))
     timing = FrameTiming(feats.n_frames, feats.fps, inputs.video.fps, plan.n_frames)
-    indices, crops, mel = sampled_inputs(plan, feats, timing, scenario.samples)
+    indices, crops, faces, condition = sampled_inputs(
+        plan, feats, timing, spec, scenario.samples, workdir / scenario.name
+    )
     out_lumas = _decode_lumas(output)
     composite = composite_fingerprint(out_lumas, template, plan, timing, scenario.samples)
     valid_out = np.array([plan.valid[timing.template_frame(i)] for i in range(feats.n_frames)])
@@ -441,9 +459,23 @@ def run_scenario(
         "inputs": inputs_fingerprint(wav, template),
         "audio_features": audio_fingerprint(feats),
         "face_track": face_fingerprint(plan, crops),
-        "generate": samples_fingerprint(runner, indices, crops, mel),
+        "generate": samples_fingerprint(runner, indices, faces, condition),
         "composite": composite,
         "mux": mux_fingerprint(output, wav, feats, composite["change"], valid_out),
+        "lip_sync": lip_sync_fingerprint(output, audio),
+    }
+
+
+def lip_sync_fingerprint(output: Path, audio: Path) -> dict[str, Any]:
+    """The landmark-based sync score of the output against its audio (diagnostics.
+    syncscore): whether the mouth follows the voice, beyond pixel fingerprints."""
+    from diagnostics.syncscore import sync_score
+
+    score = sync_score(output, audio)
+    return {
+        "score": _r(score.score),
+        "control": _r(score.control),
+        "measured_frames": score.measured,
     }
 
 

@@ -37,7 +37,9 @@ DEFAULT_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 # Pipeline order: the first step that drifted is the one to look at, later steps
 # usually drift because of it. "inputs" comes first so that a change in the generated
 # test media (opencv's warp/resize, PyAV's encoder) is not blamed on the pipeline.
-STEPS: tuple[str, ...] = ("inputs", "audio_features", "face_track", "generate", "composite", "mux")
+STEPS: tuple[str, ...] = (
+    "inputs", "audio_features", "face_track", "generate", "composite", "mux", "lip_sync",
+)  # fmt: skip
 
 # Not a pipeline run: the generator alone on heygem.generators.export.example_inputs.
 SEEDED_BATCH = "seeded-batch"

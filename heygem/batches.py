@@ -17,10 +17,10 @@ from __future__ import annotations
 import errno
 import signal
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -31,12 +31,29 @@ from heygem.media.frames import template_index
 from heygem.runner.exits import OomWatch, describe_exit
 from heygem.runner.faults import inject
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
 # (index, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16]); a batch stacks them:
 # (indices [B], crops [B,S,S,3], mels [B,1,80,16]) as numpy arrays or torch tensors.
 Sample = tuple[int, np.ndarray, np.ndarray]
 # How long to wait for a dead worker's exit code after torch reported the failure: torch
 # may notice the broken queue before the process is reaped (the SIGCHLD race).
 _EXIT_WAIT = 1.0
+# With workers, wait for a batch in slices this long (DataLoader's public ``timeout``), so
+# the load stage can notice a torn-down job instead of sitting in torch's 5 s queue poll.
+LOADER_POLL_SECONDS = 0.25
+
+
+class SampleSource(Protocol):
+    """A generator's per-frame samples: single items for DataLoader workers (a map-style
+    dataset, picklable), whole batches for the in-thread path."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class SharedMemoryFull(RuntimeError):
@@ -110,12 +127,19 @@ class FrameSamples:
         return indices, np.asarray(crops[frames]), windows
 
 
-def in_thread_batches(
-    samples: FrameSamples, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+class InThreadBatches:
     """Batches in the calling thread (no worker processes), the last one partial."""
-    for start in range(0, len(samples), batch_size):
-        yield samples.batch(start, min(start + batch_size, len(samples)))
+
+    def __init__(self, samples: SampleSource, batch_size: int) -> None:
+        self.samples, self.batch_size = samples, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        total = len(self.samples)
+        for start in range(0, total, self.batch_size):
+            yield self.samples.batch(start, min(start + self.batch_size, total))
 
 
 def collate_in_shared_memory(batch: list[Sample]) -> Any:
@@ -135,16 +159,16 @@ def collate_in_shared_memory(batch: list[Sample]) -> Any:
 
 
 def make_loader(
-    samples: FrameSamples, batch_size: int, num_workers: int, start_method: str
-) -> Iterable[Any]:
+    samples: SampleSource, batch_size: int, num_workers: int, start_method: str
+) -> DataLoader[Any] | InThreadBatches:
     """torch's DataLoader with ``num_workers`` spawned workers; without workers, batches
     sliced in the calling thread (what a worker-less DataLoader would do, sample by
     sample, plus torch's import)."""
     if num_workers > 0:
         from torch.utils.data import DataLoader, Dataset
 
-        loader: DataLoader[Sample] = DataLoader(
-            cast("Dataset[Sample]", samples),
+        loader: DataLoader[Any] = DataLoader(
+            cast("Dataset[Any]", samples),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
@@ -154,9 +178,15 @@ def make_loader(
             multiprocessing_context=start_method,
             prefetch_factor=2,
             persistent_workers=False,
+            timeout=LOADER_POLL_SECONDS,
         )
         return loader
-    return in_thread_batches(samples, batch_size)
+    return InThreadBatches(samples, batch_size)
+
+
+def is_poll_timeout(exc: BaseException) -> bool:
+    """torch's "no batch within ``timeout``": the iterator is intact, ask again."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader timed out")
 
 
 def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) -> StageCrashed:
@@ -169,7 +199,7 @@ def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) ->
     """
     if isinstance(exc, SharedMemoryFull):
         return _crash(
-            str(exc),
+            f"stage 'load': {exc}",
             FailureCause.SHM_EXHAUSTED,
             "give the container more shared memory (docker run --shm-size=2g) or use "
             "--num-workers 0",
@@ -179,10 +209,11 @@ def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) ->
     if died:
         pid, code = died[0]
         exit_ = describe_exit(code, oom_killed=oom.killed_since())
-        return _crash(f"DataLoader worker {pid} died: {exit_.what}", exit_.cause, exit_.fix, exc)
+        message = f"stage 'load': worker process {pid} died: {exit_.what}"
+        return _crash(message, exit_.cause, exit_.fix, exc)
     if workers:
         return _crash(
-            f"the data loading code raised in a DataLoader worker: {type(exc).__name__}: {exc}",
+            f"stage 'load': the data loading code raised in a worker: {type(exc).__name__}: {exc}",
             FailureCause.WORKER_RAISED,
             "the worker's traceback above names the failing code; the worker itself is fine",
             exc,

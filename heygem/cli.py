@@ -106,10 +106,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from heygem.config import default_cache_dir
     from heygem.demo import build_demo_inputs
 
-    inputs_dir = args.inputs_dir or (args.cache_dir or default_cache_dir()) / "demo-inputs"
+    cache_dir = GenerateOptions.from_arguments(args).cache_dir
+    inputs_dir = args.inputs_dir or cache_dir / "demo-inputs"
     audio, video = build_demo_inputs(inputs_dir, audio_seconds=args.seconds)
     if not args.quiet and not args.json:
         print(f"demo inputs: {audio} + {video}")

@@ -15,13 +15,13 @@ from heygem.media.frames import Region, paste_bgr
 def feather_mask(width: int, height: int, kind: str) -> np.ndarray:
     """A 0..1 float32 mask that is 1 in the middle and fades to 0 well inside the edges.
 
-    ``mouth``: an ellipse around the mouth. ``face``: the lower two thirds of the face box
+    ``lowerface``: an ellipse on mouth and chin. ``face``: the lower two thirds of the face box
     (Wav2Lip regenerates the lower half; the upper part stays the original).
     """
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     u = (xs + 0.5) / width * 2 - 1
     v = (ys + 0.5) / height * 2 - 1
-    if kind == "mouth":
+    if kind == "lowerface":
         radius = np.sqrt((u / 0.9) ** 2 + (v / 0.9) ** 2)
     else:
         radius = np.sqrt(

@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 
 from heygem.errors import InvalidOption
 
-GeneratorName = Literal["mouthwarp", "wav2lip"]
+GeneratorName = Literal["rewrite", "wav2lip"]
 BackendName = Literal["onnxruntime", "torch"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["fp32", "bf16"]
@@ -120,7 +120,9 @@ class GenerateOptions:
     """Everything that shapes one generation. Defaults are the embedded, download-free setup."""
 
     generator: GeneratorName = option(
-        "mouthwarp", per_job=True, help="mouthwarp (embedded, no weights) or wav2lip"
+        "rewrite",
+        per_job=True,
+        help="rewrite (embedded: the template's own mouths re-timed to the voice) or wav2lip",
     )
     checkpoint: Path | None = option(None, help="Wav2Lip .pth (for --generator wav2lip)")
     backend: BackendName = option("onnxruntime", per_job=True, help="runtime of the generator")

@@ -17,6 +17,7 @@ exit; every child is reaped and the output is only published on success.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import tempfile
@@ -33,7 +34,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from heygem.audio import features
-from heygem.batches import FrameSamples, FrameTiming, loader_failure, make_loader
+from heygem.batches import (
+    FrameTiming,
+    SampleSource,
+    is_poll_timeout,
+    loader_failure,
+    make_loader,
+)
 from heygem.composite import composite
 from heygem.config import PIPELINE_STAGES, FaultInjection, GenerateOptions
 from heygem.errors import (
@@ -48,6 +55,7 @@ from heygem.errors import (
 from heygem.face.template import TemplatePlan, plan_template
 from heygem.generators.loader import PreparedGenerator, prepare_generator, start_runner
 from heygem.generators.runtime import GraphRunner
+from heygem.generators.samples import generator_samples
 from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
@@ -60,6 +68,7 @@ from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
 from heygem.runner.exits import OomWatch
 from heygem.runner.faults import inject
 from heygem.runner.monitor import StageMonitor, StageState
+from heygem.runner.processes import StoppedClock, is_stopped
 from heygem.runner.watchdog import ChildProcess, Watchdog
 
 log = logging.getLogger(__name__)
@@ -142,6 +151,7 @@ class _Job:
     loader_workers: list[Any] = field(default_factory=list)
     # Started with the job: a SIGKILL is blamed on the OOM killer only if this rose.
     oom: OomWatch = field(default_factory=OomWatch)
+    stopped: StoppedClock = field(default_factory=StoppedClock)
     finished: threading.Event = field(default_factory=threading.Event)
     running: int = len(STAGES)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -287,6 +297,7 @@ class Pipeline:
                     job_id,
                     stage=getattr(exc, "stage", None),
                     error_type=type(exc).__name__,
+                    cause=exc.cause.value,
                 )
                 raise
             event(
@@ -424,8 +435,6 @@ class Pipeline:
     ) -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
-        mel_path = workdir / "mel.npy"
-        np.save(mel_path, feats.mel)
         timing = FrameTiming(feats.n_frames, feats.fps, inputs.video.fps, plan.n_frames)
         monitors = {name: StageMonitor(name) for name in STAGES}
         if opts.num_workers and opts.start_method != "fork":
@@ -465,7 +474,9 @@ class Pipeline:
         except BaseException:
             writer.abort()
             raise
-        samples = FrameSamples(plan.crops_path, mel_path, timing, opts.fault)
+        samples = generator_samples(
+            spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
+        )
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
@@ -549,14 +560,14 @@ class Pipeline:
         finally:
             job.stage_ended()
 
-    def _load_stage(self, samples: FrameSamples, out: Channel[Any], job: _Job) -> None:
+    def _load_stage(self, samples: SampleSource, out: Channel[Any], job: _Job) -> None:
         opts = self.options
         loader = make_loader(samples, opts.batch_size, opts.num_workers, opts.start_method)
         iterator = iter(loader)
         job.loader_workers = list(getattr(iterator, "_workers", []))
         monitor = job.monitors["load"]
         try:
-            for batch in _loaded(iterator, job):
+            for batch in _loaded(iterator, job, len(loader)):
                 out.put(batch)
                 monitor.beat(len(batch[0]))
             out.put(END)
@@ -582,6 +593,7 @@ class Pipeline:
                     kind,
                     job.job_id,
                     stage=problem.stage,
+                    cause=problem.cause.value,
                     frames=stuck.items if stuck else None,
                     queue_depth=watchdog.input_depth(problem.stage),
                 )
@@ -636,6 +648,10 @@ def _generate_stage(
             monitor.beat(len(item[0]))
         out.put(END)
         return
+    # Concurrent batches finish in bursts (two results at once, then a whole batch time of
+    # silence), so a pace learned from the gaps between beats would be far too short: this
+    # stage is judged by the configured stall timeout instead.
+    monitor.expect_long(f"running {streams} batches at once")
     with ThreadPoolExecutor(streams, thread_name_prefix="heygem-generate") as pool:
         pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
         batch_number, ended = 0, False
@@ -709,6 +725,7 @@ def _compose_stage(
             )
         if progress is not None:
             progress(index + 1, timing.n_frames)
+    monitor.expect_long("flushing the encoder and closing the MP4")
     writer.finish()
 
 
@@ -720,14 +737,24 @@ def _until_end(channel: Channel[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
 def _children(job: _Job) -> list[ChildProcess]:
     if job.monitors["load"].state.value in ("done", "failed"):
         return []  # workers were shut down on purpose
-    return [ChildProcess("load", p.pid, p.exitcode) for p in job.loader_workers]
+    return [
+        ChildProcess("load", p.pid, p.exitcode, job.stopped.stopped_for(p.pid))
+        for p in job.loader_workers
+    ]
 
 
 def _stop_workers(workers: list[Any]) -> None:
-    """Terminate DataLoader workers the loading thread could not shut down itself."""
+    """Terminate DataLoader workers the loading thread could not shut down itself.
+
+    SIGTERM waits for a stopped (state T) process to be continued; SIGKILL does not, so a
+    stopped worker is killed at once.
+    """
     for proc in workers:
         if proc.is_alive():
-            proc.terminate()
+            if is_stopped(proc.pid):
+                proc.kill()
+            else:
+                proc.terminate()
     for proc in workers:
         proc.join(timeout=2.0)
         if proc.is_alive():
@@ -735,24 +762,39 @@ def _stop_workers(workers: list[Any]) -> None:
             proc.join(timeout=2.0)
 
 
-def _loaded(batches: Iterator[Any], job: _Job) -> Iterator[Any]:
-    """The loader's batches; its failures typed by what the workers' exits show."""
+def _loaded(batches: Iterator[Any], job: _Job, total: int) -> Iterator[Any]:
+    """The loader's batches; its failures typed by what the workers' exits show. Waits in
+    short polls, so a job torn down meanwhile ends this stage at once."""
+    done = 0
     while True:
+        if done == total:
+            # The next call joins the workers (torch shuts them down when exhausted), which
+            # takes as long as it takes: not a pace to judge.
+            job.monitors["load"].expect_long("shutting down the DataLoader workers")
         try:
             batch = next(batches)
         except StopIteration:
             return
         except Exception as exc:
+            if is_poll_timeout(exc) and not job.cancel.is_set():
+                continue
+            if job.cancel.is_set():
+                raise JobCancelled from exc
             raise loader_failure(exc, job.loader_workers, job.oom) from exc
+        done += 1
         yield batch
 
 
 def _stage_error(stage: str, exc: BaseException) -> PipelineError:
     """An unexpected exception out of a thread stage (our errors pass through as they are)."""
+    disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
     error = StageCrashed(
         f"stage '{stage}' failed: {type(exc).__name__}: {exc or repr(exc)}",
         stage=stage,
-        cause=FailureCause.STAGE_RAISED,
+        cause=FailureCause.DISK_FULL if disk_full else FailureCause.STAGE_RAISED,
+        hint="free space where the output (and the temporary directory) is written"
+        if disk_full
+        else None,
     )
     error.__cause__ = exc
     return error

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from heygem.cgroups import usable_cpus
+from heygem.config import GenerateOptions
 
 Workload = Literal["codec-heavy", "model-heavy"]
 
@@ -56,8 +57,10 @@ class ThreadBudget:
         return workload_of(self.generator)
 
     @classmethod
-    def for_machine(cls, cpus: int | None = None, *, generator: str = "mouthwarp") -> ThreadBudget:
-        """The split for ``generator`` on this machine (``cpus`` overrides the count)."""
+    def for_machine(cls, cpus: int | None = None, *, generator: str | None = None) -> ThreadBudget:
+        """The split for ``generator`` (default: the default generator) on this machine
+        (``cpus`` overrides the count)."""
+        generator = generator or GenerateOptions().generator
         cpus = max(1, usable_cpus() if cpus is None else cpus)
         if workload_of(generator) == "model-heavy":
             streams = min(cpus, MAX_MODEL_STREAMS)

@@ -1,6 +1,6 @@
 """A DataLoader load shaped like a HeyGem 512x512 batch, through the pipeline's own loader.
 
-The probe generation runs the mouthwarp generator, whose crops are only 128x128, so its
+The probe generation runs the rewrite generator, whose crops are only 192x192, so its
 DataLoader batches never come near Docker's 64 MB ``/dev/shm``. HeyGem's do: each sample
 is a 512x512 face crop twice (masked + reference, the 6-channel generator input, 1.5 MiB
 as uint8) plus a mel window, and every batch a worker prepares travels through

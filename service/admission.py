@@ -12,33 +12,55 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heygem.config import FaultInjection
-from heygem.errors import InvalidOption
-from service.deps import Services
-from service.errors import QueueFull
+from starlette.requests import Request
+
+from service.deps import Caller, Services, admitting
+from service.errors import CLIENT_NAMES_KEY, QueueFull
 from service.jobs import Job, JobState, NewJob
 from service.media import check_audio, check_video
+from service.options import JobOptions, JobOptionsModel
 
 log = logging.getLogger(__name__)
-
-# Per-job overrides a client may send; everything else is the server's warm pipeline.
-JOB_OPTIONS = ("backend", "batch_size", "fps", "preset", "crf", "stall_timeout", "fault")
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass
+class Submission:
+    """One submission being admitted: its directory and the names its client used."""
+
+    services: Services
+    request: Request
+    caller: Caller
+    job_id: str
+    directory: Path
+    names: dict[str, str] = field(default_factory=dict)  # "audio"/"video" -> client's name
+
+    def input(self, kind: str, path: Path, client_name: str) -> Path:
+        """Record what the client calls ``path`` (error messages use that name only)."""
+        self.names[kind] = client_name
+        known: dict[str, str] = self.request.scope.setdefault(CLIENT_NAMES_KEY, {})
+        known[str(path)] = client_name
+        known[str(self.directory)] = "the job directory"
+        return path
+
+
 @contextmanager
-def job_directory(services: Services, job_id: str) -> Iterator[Path]:
+def submission(services: Services, request: Request, caller: Caller) -> Iterator[Submission]:
     """A fresh directory for one submission; removed again if admission fails."""
+    admitting(services)
+    check_queue(services, caller)
+    job_id = new_id()
     path = services.settings.data_dir / "jobs" / job_id
     path.mkdir(parents=True)
     try:
-        yield path
+        yield Submission(services, request, caller, job_id, path)
     except BaseException as exc:
         shutil.rmtree(path, ignore_errors=True)
         services.metrics.rejected_submission(type(exc).__name__)
@@ -54,40 +76,36 @@ def retry_after(services: Services, queued: int) -> int:
     return max(1, min(3600, math.ceil(mean * max(1, queued) / workers)))
 
 
-def check_queue(services: Services) -> None:
+def check_queue(services: Services, caller: Caller) -> None:
     """Cheap early refusal, before uploads are probed (create() re-checks atomically)."""
+    settings = services.settings
     queued = services.store.counts()[JobState.QUEUED]
-    if queued >= services.settings.max_queue:
+    mine = services.store.queued_by_client().get(caller.name, 0)
+    if queued >= settings.max_queue or mine >= settings.queued_cap_per_client:
         wait = retry_after(services, queued)
         services.metrics.rejected_submission("QueueFull")
-        raise QueueFull(
-            f"the queue is full ({queued} jobs waiting)",
-            retry_after=wait,
-            hint=f"retry after {wait} s",
+        what = (
+            f"the queue is full ({queued} jobs waiting)"
+            if queued >= settings.max_queue
+            else f"you have {mine} jobs waiting, the most one client may have queued"
         )
+        raise QueueFull(what, retry_after=wait, hint=f"retry after {wait} s")
 
 
-def job_overrides(services: Services, given: dict[str, Any]) -> dict[str, Any]:
-    """The client's option overrides, validated against the warm options."""
-    overrides = {k: v for k, v in given.items() if k in JOB_OPTIONS and v is not None}
-    if "fault" in overrides:
-        if not services.settings.allow_fault_injection:
-            raise InvalidOption(
-                "fault injection is disabled on this server", hint="drop the 'fault' option"
-            )
-        fault = FaultInjection.from_env(str(overrides["fault"]))
-        services.settings.base_options().with_changes(
-            **{k: v for k, v in overrides.items() if k != "fault"}, fault=fault
-        )
-    elif overrides:
-        services.settings.base_options().with_changes(**overrides)
-    return overrides
+def job_overrides(services: Services, options: JobOptionsModel) -> dict[str, Any]:
+    """The client's overrides, checked against the warm options (InvalidOption -> 400)."""
+    options.apply(
+        services.settings.base_options(), allow_fault=services.settings.allow_fault_injection
+    )
+    return options.given()
+
+
+def no_overrides() -> JobOptionsModel:
+    return JobOptions()
 
 
 def admit(
-    services: Services,
-    job_id: str,
-    job_dir: Path,
+    sub: Submission,
     audio: Path,
     video: Path,
     *,
@@ -96,24 +114,38 @@ def admit(
     code: str | None = None,
     warnings: tuple[str, ...] = (),
 ) -> Job:
-    settings = services.settings
-    check_audio(audio, settings)
+    services, settings = sub.services, sub.services.settings
+    audio_info = check_audio(audio, settings)
     check_video(video, settings)
+    duration = audio_info.duration or settings.options.max_audio_seconds
     job = NewJob(
-        id=job_id,
+        id=sub.job_id,
         audio_path=str(audio),
         video_path=str(video),
-        output_path=str(job_dir / "result.mp4"),
+        output_path=str(sub.directory / "result.mp4"),
         options=options,
         source=source,
         code=code,
         warnings=warnings,
+        client=sub.caller.name,
+        input_names=dict(sub.names),
+        timeout=settings.job_timeout_for(duration),
     )
     queued = services.store.counts()[JobState.QUEUED]
     created = services.store.create(
-        job, max_queued=settings.max_queue, retry_after=retry_after(services, queued)
+        job,
+        max_queued=settings.max_queue,
+        max_queued_per_client=settings.queued_cap_per_client,
+        retry_after=retry_after(services, queued),
     )
     services.metrics.submitted(source)
-    services.pool.wake()
-    log.info("job %s queued (%s)", job_id, source, extra={"job_id": job_id})
+    services.executor.wake()
+    log.info(
+        "job %s queued (%s, client %s, time limit %g s)",
+        sub.job_id,
+        source,
+        sub.caller.name,
+        job.timeout,
+        extra={"job_id": sub.job_id},
+    )
     return created

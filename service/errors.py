@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 COMPAT_PREFIX = "/easy"
 BODY_TOO_LARGE_KEY = "heygem.body_too_large"
+BODY_TIMEOUT_KEY = "heygem.body_timeout"
+CLIENT_NAMES_KEY = "heygem.client_names"  # server path -> the name the client used
 
 
 class CompatCode:
@@ -89,7 +91,15 @@ class Unauthorized(HeygemError):
 
 
 class ServiceUnavailable(HeygemError):
-    pass
+    """The service is shutting down (or otherwise not taking work): retry later."""
+
+    def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(HeygemError):
+    """The client stopped sending its request body."""
 
 
 # --- why a job failed outside the pipeline --------------------------------------------
@@ -104,9 +114,11 @@ class WorkerStalled(core.PipelineStalled):
 class ServiceRestarted(core.PipelineError):
     """The service stopped while the job was running."""
 
+    default_cause = core.FailureCause.SERVICE_RESTARTED
+
 
 class JobTimedOut(core.PipelineError):
-    pass
+    default_cause = core.FailureCause.TIMED_OUT
 
 
 # Most specific first: the first isinstance match wins.
@@ -126,10 +138,12 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (core.CheckpointError, 500),
     (core.InputError, 422),
     (ServiceUnavailable, 503),
+    (RequestTimeout, 408),
 )
 
 _COMPAT_CODE: tuple[tuple[type[BaseException], int], ...] = (
     (QueueFull, CompatCode.BUSY),
+    (ServiceUnavailable, CompatCode.BUSY),
     (JobNotFound, CompatCode.NOT_FOUND),
     (JobConflict, CompatCode.MISSING_PARAMETER),  # a task code used twice
     (core.OutputNotWritable, CompatCode.SYSTEM_ERROR),
@@ -146,18 +160,6 @@ def compat_code(exc: BaseException) -> int:
     return next(
         (code for cls, code in _COMPAT_CODE if isinstance(exc, cls)), CompatCode.SYSTEM_ERROR
     )
-
-
-def error_body(exc: HeygemError, status: int, details: Any = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "type": type(exc).__name__,
-            "message": exc.message,
-            "hint": exc.hint,
-            "status": status,
-            "details": details,
-        }
-    }
 
 
 def compat_body(code: int, msg: str, data: Any = None) -> dict[str, Any]:
@@ -187,6 +189,11 @@ def _as_heygem(request: Request, exc: Exception) -> tuple[HeygemError, int, Any]
         ]
         return error, 422, details
     if isinstance(exc, StarletteHTTPException):
+        if request.scope.get(BODY_TIMEOUT_KEY):
+            timeout = RequestTimeout(
+                "the request body stopped arriving", hint="send the whole body without pausing"
+            )
+            return timeout, 408, None
         if exc.status_code == 400 and request.scope.get(BODY_TOO_LARGE_KEY):
             too_large = UploadTooLarge(
                 "the request body is larger than the upload limit", hint="send smaller files"
@@ -200,9 +207,7 @@ def _as_heygem(request: Request, exc: Exception) -> tuple[HeygemError, int, Any]
         return HttpError(f"{detail} ({request.method} {request.url.path})"), exc.status_code, None
     log.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
     internal = HeygemError(
-        f"internal error: {type(exc).__name__}: {exc}"
-        if str(exc)
-        else f"internal error: {type(exc).__name__}",
+        f"internal error: {type(exc).__name__}",
         hint="this is a bug in the service; the server log has the details",
     )
     return internal, 500, None
@@ -213,16 +218,33 @@ def _describe_problem(error: Any) -> str:
     return f"{loc or 'body'}: {error.get('msg', 'invalid')}"
 
 
+def _redact(request: Request, text: str | None) -> str | None:
+    redactor = getattr(request.app.state, "redactor", None)
+    if text is None or redactor is None:
+        return text
+    names = request.scope.get(CLIENT_NAMES_KEY) or {}
+    redacted: str = redactor.text(text, names)
+    return redacted
+
+
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
-    """The one exception handler: every error the app raises ends up here."""
+    """The one exception handler: every error the app raises ends up here.
+
+    Messages reach the client without server paths (the log keeps the full text)."""
     error, status, details = _as_heygem(request, exc)
+    message = _redact(request, error.message) or error.message
+    hint = _redact(request, error.hint)
+    if message != error.message:
+        log.info("%s answered as %d: %s", type(error).__name__, status, error.message)
     headers: dict[str, str] = {}
-    if isinstance(error, QueueFull):
+    if isinstance(error, QueueFull | ServiceUnavailable):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{error.size}"
     if isinstance(exc, StarletteHTTPException) and exc.headers:
         headers.update(exc.headers)
+    if isinstance(error, RequestTimeout):
+        headers["Connection"] = "close"
     if request.url.path.startswith(COMPAT_PREFIX):
         code = (
             CompatCode.MISSING_PARAMETER
@@ -230,10 +252,20 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
             else (compat_code(error))
         )
         # HeyGem clients read `code`, not the HTTP status; auth failures stay visible as 401.
-        compat_status = 401 if status == 401 else 200
-        msg = error.message + (f" ({error.hint})" if error.hint else "")
+        compat_status = status if status in (401, 408) else 200
+        msg = message + (f" ({hint})" if hint else "")
         return JSONResponse(compat_body(code, msg), status_code=compat_status, headers=headers)
-    return JSONResponse(error_body(error, status, details), status_code=status, headers=headers)
+    body = {
+        "error": {
+            "type": type(error).__name__,
+            "message": message,
+            "hint": hint,
+            "status": status,
+            "cause": error.cause.value,
+            "details": details,
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handler(app: FastAPI) -> None:

@@ -1,7 +1,11 @@
 """Download compat-API media from allow-listed URLs only, within size and time limits.
 
-Redirects are followed only to URLs that are themselves allow-listed, so an allowed host
-cannot bounce the service to an internal address.
+A URL is judged in its normal form: scheme and host lower-cased, the default port made
+explicit, the path percent-decoded and its dot segments resolved (RFC 3986 5.2.4), then
+compared with an allow-list entry segment by segment (``/ok`` covers ``/ok/a.wav``, not
+``/ok-other/a.wav``, and ``/ok/../private`` is ``/private``). What is fetched is that
+normal form re-encoded, so the server reads the same path that was checked. Redirects are
+judged the same way on every hop, so an allowed host cannot bounce the service elsewhere.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO, Any
@@ -17,35 +22,96 @@ from typing import IO, Any
 from service.errors import DownloadFailed, UploadTooLarge, UrlNotAllowed
 
 CHUNK = 256 * 1024
+_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class NormalUrl:
+    scheme: str
+    host: str
+    port: int
+    segments: tuple[str, ...]  # decoded path segments, dot segments resolved
+    trailing_slash: bool
+    query: str
+
+    def geturl(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        path = "/" + "/".join(urllib.parse.quote(s, safe="!$&'()*+,;=:@~") for s in self.segments)
+        if self.trailing_slash and self.segments:
+            path += "/"
+        return urllib.parse.urlunsplit((self.scheme, f"{host}:{self.port}", path, self.query, ""))
+
+    def covers(self, other: NormalUrl) -> bool:
+        """This allow-list entry admits ``other``: same origin, a path-segment prefix."""
+        if (self.scheme, self.host, self.port) != (other.scheme, other.host, other.port):
+            return False
+        rule = self.segments
+        return other.segments[: len(rule)] == rule and (
+            len(other.segments) > len(rule) or not self.trailing_slash or not rule
+        )
 
 
 def is_url(reference: str) -> bool:
     return reference.lower().startswith(("http://", "https://"))
 
 
-def allowed(url: str, allowlist: tuple[str, ...]) -> bool:
-    """Scheme, host and port must match a prefix exactly; its path must prefix the URL's."""
-    target = urllib.parse.urlsplit(url)
-    if target.username or target.password:
-        return False
+def normalize(url: str) -> NormalUrl:
+    """The normal form of an http(s) URL; ValueError says why there is none."""
+    if any(ord(c) < 0x21 or c == "\\" for c in url):
+        raise ValueError("contains spaces, control characters or backslashes")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _PORTS:
+        raise ValueError("is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("carries a user name or password")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise ValueError("has no host")
+    port = parts.port or _PORTS[scheme]  # raises ValueError for a bad port
+    decoded = urllib.parse.unquote(parts.path, errors="strict")
+    if "\x00" in decoded or "\\" in decoded:
+        raise ValueError("has an encoded NUL or backslash in its path")
+    segments: list[str] = []
+    raw = decoded.split("/")[1:] if decoded.startswith("/") else decoded.split("/")
+    for segment in raw:
+        if segment == "..":
+            if not segments:
+                raise ValueError("climbs above the root with '..'")
+            segments.pop()
+        elif segment not in (".", ""):
+            segments.append(segment)
+    trailing = decoded.endswith("/") or (raw[-1:] in (["."], [".."]))
+    return NormalUrl(scheme, host, port, tuple(segments), trailing, parts.query)
+
+
+def parse_rule(prefix: str) -> NormalUrl:
+    """An allow-list entry (ValueError names the problem: settings report it in one line)."""
+    try:
+        rule = normalize(prefix)
+    except ValueError as exc:
+        raise ValueError(f"url_allowlist entry {prefix!r} {exc}") from None
+    if rule.query:
+        raise ValueError(f"url_allowlist entry {prefix!r} must not have a query string")
+    return rule
+
+
+def allowed(url: str, allowlist: tuple[str, ...]) -> str | None:
+    """The normal form to fetch if ``url`` is on the allow-list, else None."""
+    try:
+        target = normalize(url)
+    except ValueError:
+        return None
     for prefix in allowlist:
-        rule = urllib.parse.urlsplit(prefix)
-        if (target.scheme.lower(), _netloc(target)) != (rule.scheme.lower(), _netloc(rule)):
-            continue
-        if target.path.startswith(rule.path or "/"):
-            return True
-    return False
-
-
-def _netloc(parts: urllib.parse.SplitResult) -> str:
-    host = (parts.hostname or "").lower()
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    return f"{host}:{port}"
+        if parse_rule(prefix).covers(target):
+            return target.geturl()
+    return None
 
 
 class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
-    def __init__(self, allowlist: tuple[str, ...]) -> None:
+    def __init__(self, allowlist: tuple[str, ...], what: str) -> None:
         self.allowlist = allowlist
+        self.what = what
 
     def redirect_request(
         self,
@@ -56,46 +122,49 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
         headers: HTTPMessage,
         newurl: str,
     ) -> urllib.request.Request | None:
-        if not allowed(newurl, self.allowlist):
+        checked = allowed(newurl, self.allowlist)
+        if checked is None:
             raise UrlNotAllowed(
-                f"{req.full_url} redirects to {newurl}, which is not allowed",
+                f"{self.what}: the URL redirects to {newurl[:300]!r}, which is not on the "
+                "URL allow-list",
                 hint="allow-list the final location or link to it directly",
             )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        return super().redirect_request(req, fp, code, msg, headers, checked)
 
 
 def fetch(
     url: str, target: Path, *, allowlist: tuple[str, ...], max_bytes: int, timeout: float, what: str
 ) -> int:
     """Download ``url`` to ``target``; return its size. Raises UrlNotAllowed/UploadTooLarge."""
-    if not allowed(url, allowlist):
+    checked = allowed(url, allowlist)
+    if checked is None:
         raise UrlNotAllowed(
-            f"{what}: {url!r} is not on the URL allow-list",
+            f"{what}: {url[:300]!r} is not on the URL allow-list",
             hint="use a path under the media root, or have the operator add "
             "the URL prefix to HEYGEM_SERVICE_URL_ALLOWLIST",
         )
-    opener = urllib.request.build_opener(_AllowListRedirects(allowlist))
+    opener = urllib.request.build_opener(_AllowListRedirects(allowlist, what))
     deadline = time.monotonic() + timeout
     size = 0
     try:
-        response: Any = opener.open(url, timeout=timeout)
+        response: Any = opener.open(checked, timeout=timeout)
         with response, target.open("wb") as out:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise UploadTooLarge(
-                    f"{what}: {url} is {declared} bytes, above the {max_bytes} byte limit",
+                    f"{what} is {declared} bytes, above the {max_bytes} byte limit",
                     hint="use a smaller file",
                 )
             while chunk := response.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise UploadTooLarge(
-                        f"{what}: {url} is larger than the {max_bytes} byte limit",
+                        f"{what} is larger than the {max_bytes} byte limit",
                         hint="use a smaller file",
                     )
                 if time.monotonic() > deadline:
                     raise DownloadFailed(
-                        f"{what}: downloading {url} took longer than {timeout:g} s",
+                        f"{what}: the download took longer than {timeout:g} s",
                         hint="use a faster source",
                     )
                 out.write(chunk)
@@ -108,7 +177,7 @@ def fetch(
         if isinstance(exc, urllib.error.HTTPError):
             reason = f"HTTP {exc.code} {exc.reason}"
         raise DownloadFailed(
-            f"{what}: could not download {url}: {reason}",
+            f"{what}: could not download it: {reason}",
             hint="check that the URL is reachable from the server",
         ) from exc
     return size

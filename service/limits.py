@@ -1,20 +1,28 @@
-"""Refuse oversized request bodies before they are read (ASGI middleware)."""
+"""Request bodies: refuse oversized ones before they are read, and stop waiting for a
+client that stalls mid-body (ASGI middleware).
+
+Both limits end the body early (an ``http.disconnect`` to the app) and mark the scope; the
+framework then fails the parse and the error handler answers 413 or 408.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BODY_TOO_LARGE_KEY, UploadTooLarge, handle_error
+from service.errors import BODY_TIMEOUT_KEY, BODY_TOO_LARGE_KEY, UploadTooLarge, handle_error
 
 
-class BodySizeLimit:
+class BodyLimits:
     """413 at once when Content-Length is too big; for chunked bodies, stop reading at the
-    limit (the framework then fails the parse and the error handler reports 413)."""
+    limit. 408 when no part of the body arrives for ``read_timeout`` seconds."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,14 +38,24 @@ class BodySizeLimit:
             await response(scope, receive, send)
             return
         seen = 0
+        complete = False
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body: only the disconnect watch, no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except TimeoutError:
+                scope[BODY_TIMEOUT_KEY] = True
+                complete = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     scope[BODY_TOO_LARGE_KEY] = True
+                    complete = True
                     return {"type": "http.disconnect"}
             return message
 

@@ -113,13 +113,14 @@ def _inside(path: Path, base: Path) -> bool:
 
 
 def check_audio(path: Path, settings: ServiceSettings) -> AudioInfo:
-    info = probe_audio(path, max_seconds=settings.max_audio_seconds)
+    info = probe_audio(path, max_seconds=settings.options.max_audio_seconds)
     _decode_first(path, "audio", "audio")
     return info
 
 
 def check_video(path: Path, settings: ServiceSettings) -> VideoInfo:
-    info = probe_video(path, max_width=settings.max_width, max_height=settings.max_height)
+    limits = settings.options
+    info = probe_video(path, max_width=limits.max_width, max_height=limits.max_height)
     seconds = 0.0 if info.is_still_image else info.estimated_frames / info.fps
     if seconds > settings.max_video_seconds:
         raise InputTooLarge(

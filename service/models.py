@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.jobs import Job, JobState
+from heygem.errors import FailureCause
+from service.jobs import Job, JobError, JobState, Phase
 
 
 class ErrorInfo(BaseModel):
@@ -15,6 +16,7 @@ class ErrorInfo(BaseModel):
     message: str = Field(description="What happened and what was expected (never empty)")
     hint: str | None = Field(default=None, description="What to do about it")
     status: int
+    cause: str = Field(description="FailureCause, e.g. invalid-option, media-unreadable")
     details: Any = None
 
 
@@ -25,24 +27,43 @@ class ErrorResponse(BaseModel):
 
 
 class JobErrorInfo(BaseModel):
-    type: str
+    type: str = Field(description="Error class, e.g. PipelineStalled, WorkerCrashed")
     message: str
     hint: str | None = None
-    stage: str | None = None
+    cause: str = Field(description="FailureCause: no-progress, oom-killed, killed, timed-out...")
+    cause_description: str = Field(description="The cause in plain words")
+    phase: str | None = Field(default=None, description="The job's phase when it ended")
+    stage: str | None = Field(default=None, description="The pipeline stage, where known")
+
+    @classmethod
+    def of(cls, error: JobError) -> JobErrorInfo:
+        cause = FailureCause(error.cause)
+        return cls(**error.to_dict(), cause_description=cause.description)
 
 
 class GenerationStatus(BaseModel):
     id: str
     state: JobState
-    stage: str = Field(description="queued, starting, preparing, generating or done")
+    phase: Phase = Field(description="queued, starting, preparing, generating or done")
+    stage: str | None = Field(
+        default=None, description="The pipeline stage (decode/load/generate/compose), where known"
+    )
     progress: int = Field(ge=0, le=100)
+    frames_done: int | None = Field(default=None, description="Frames written so far")
+    frames_total: int | None = Field(default=None, description="Frames the output will have")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     queue_position: int | None = Field(default=None, description="1 = next to run (queued jobs)")
     attempts: int
     cancel_requested: bool
+    timeout_seconds: float | None = Field(
+        default=None, description="Running time after which the job is stopped"
+    )
     options: dict[str, Any]
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="The audio and video as the client named them"
+    )
     timings: dict[str, float] = Field(description="Seconds per job step (queued wait included)")
     stage_seconds: dict[str, float] = Field(
         default_factory=dict, description="Busy seconds per pipeline stage"
@@ -54,12 +75,15 @@ class GenerationStatus(BaseModel):
     fps: float | None = None
     duration: float | None = None
     error: JobErrorInfo | None = None
-    worker_pid: int | None = None
+    client: str | None = Field(default=None, description="The owning client (admin view)")
+    worker: str | None = Field(default=None, description="The worker that ran it (admin view)")
     code: str | None = Field(default=None, description="HeyGem task code (compat API jobs)")
     result_url: str | None = None
 
     @classmethod
-    def of(cls, job: Job, queue_position: int | None = None) -> GenerationStatus:
+    def of(
+        cls, job: Job, queue_position: int | None = None, admin: bool = False
+    ) -> GenerationStatus:
         result = job.result
         timings = {
             k: float(v)
@@ -71,15 +95,20 @@ class GenerationStatus(BaseModel):
         return cls(
             id=job.id,
             state=job.state,
+            phase=Phase(job.phase),
             stage=job.stage,
             progress=job.progress,
+            frames_done=job.frames_done,
+            frames_total=job.frames_total,
             created_at=datetime.fromtimestamp(job.created_at, UTC),
             started_at=_time(job.started_at),
             finished_at=_time(job.finished_at),
             queue_position=queue_position,
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
+            timeout_seconds=job.timeout,
             options=job.options,
+            inputs=job.input_names,
             timings=timings,
             stage_seconds={
                 k: float(v)
@@ -92,8 +121,9 @@ class GenerationStatus(BaseModel):
             frames=result.get("frames"),
             fps=result.get("fps"),
             duration=result.get("duration"),
-            error=JobErrorInfo(**job.error.__dict__) if job.error else None,
-            worker_pid=job.worker_pid,
+            error=JobErrorInfo.of(job.error) if job.error else None,
+            client=job.client if admin else None,
+            worker=job.worker if admin else None,
             code=job.code,
             result_url=f"/v1/generations/{job.id}/result"
             if job.state is JobState.SUCCEEDED
@@ -160,10 +190,23 @@ class Check(BaseModel):
     detail: str
 
 
+class WorkerStatus(BaseModel):
+    name: str
+    state: str
+    pid: int | None = None
+    job_id: str | None = None
+    seconds_since_heartbeat: float | None = None
+    rss_bytes: int | None = None
+    jobs_done: int = 0
+    last_start_error: str | None = None
+
+
 class Readiness(BaseModel):
+    """Anyone sees ready and the checks' verdicts; details need an admin key."""
+
     ready: bool
     checks: dict[str, Check]
-    workers: list[dict[str, Any]]
+    workers: list[WorkerStatus] = Field(default_factory=list, description="admin view only")
 
 
 def _time(value: float | None) -> datetime | None:

@@ -1,9 +1,11 @@
-"""Worker processes and the supervisor thread that owns them.
+"""The local executor: worker processes and the supervisor thread that owns them.
 
-Only the supervisor thread touches worker slots: it dispatches queued jobs to idle
-workers, relays their progress into the store, notices deaths (decoded exit codes),
-silence (no heartbeat), cancellations and timeouts, kills what must die and starts
-replacements. Request threads talk to it through the store plus a wake-up pipe.
+Only the supervisor thread touches worker slots: it claims queued jobs for idle workers,
+relays their progress, notices deaths (decoded exit codes), silence (no heartbeat),
+cancellations and time limits, kills what must die, recycles workers that ran many jobs
+or grew too large, and starts replacements. Every job transition goes through
+``JobLifecycle``; request threads talk to the supervisor through the store plus a
+wake-up pipe.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import psutil
+
 from heygem.cgroups import usable_cpus
 from heygem.config import GenerateOptions
-from heygem.errors import Cancelled, HeygemError
+from heygem.errors import Cancelled, FailureCause, HeygemError
 from heygem.runner.exits import OomWatch, describe_exit
-from service.errors import JobNotFound, JobTimedOut, WorkerCrashed, WorkerStalled
+from service.errors import WorkerCrashed, WorkerStalled
 from service.jobs import Job, JobError
+from service.lifecycle import JobLifecycle, WorkerInfo
 from service.metrics import Metrics
 from service.protocol import (
     CancelJob,
@@ -40,13 +44,13 @@ from service.protocol import (
     StartFailed,
     Stop,
 )
-from service.store import JobStore
 from service.worker import WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
 
 TICK = 0.25  # seconds between supervisor checks when nothing happens
 MAX_BACKOFF = 30.0
+MiB = 1024 * 1024
 
 
 class SlotState(StrEnum):
@@ -61,10 +65,11 @@ class PoolConfig:
     workers: int
     options: GenerateOptions
     heartbeat_interval: float
-    stall_timeout: float
+    stall_timeout: float  # a silent worker process is killed after this (last resort)
     start_timeout: float
     cancel_grace: float
-    job_timeout: float | None
+    max_jobs: int | None = None  # recycle a worker after this many jobs
+    max_rss_bytes: int | None = None  # ... or when it holds more memory than this
     log_level: str = "info"
 
 
@@ -79,8 +84,11 @@ class _Slot:
     started: float = 0.0
     last_seen: float = 0.0
     job_started: float = 0.0
+    silence_limit: float = 0.0
+    jobs_done: int = 0
+    oom: OomWatch | None = None
     cancel_sent: float | None = None
-    cancel_error: HeygemError | None = None  # set when the cancel is a timeout
+    cancel_error: HeygemError | None = None  # set when the cancel is a time limit
     kill_error: HeygemError | None = None  # why we killed it (instead of a decoded exit)
     kill_reason: str = ""  # the restart reason metrics see
     retiring: str | None = None
@@ -90,19 +98,18 @@ class _Slot:
     restart_reason: str = "start"
     start_error: str | None = None  # why the last start failed, for /readyz
 
+    @property
+    def name(self) -> str:
+        return f"local-{self.index} (pid {self.pid})"
+
 
 class WorkerPool:
-    def __init__(
-        self,
-        config: PoolConfig,
-        store: JobStore,
-        metrics: Metrics,
-        on_success: Callable[[Job], str | None] = lambda job: None,
-    ) -> None:
+    """The ``local`` executor (see ``service.lifecycle.Executor``)."""
+
+    def __init__(self, config: PoolConfig, lifecycle: JobLifecycle, metrics: Metrics) -> None:
         self.config = config
-        self._store = store
+        self._lifecycle = lifecycle
         self._metrics = metrics
-        self._on_success = on_success
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(config.workers)]
         self._stopping = threading.Event()
@@ -111,9 +118,8 @@ class WorkerPool:
         os.set_blocking(self._wake_w, False)
         self.last_tick = time.monotonic()
         self._cpus = max(1, usable_cpus() // max(1, config.workers))
-        self._oom = OomWatch()
 
-    # -- API for the request side --------------------------------------------------------
+    # -- Executor ------------------------------------------------------------------------
     def start(self) -> None:
         now = time.monotonic()
         for slot in self._slots:
@@ -122,25 +128,26 @@ class WorkerPool:
         self._thread.start()
 
     def wake(self) -> None:
-        """Have the supervisor look at the store now (a job was queued or cancelled)."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"!")
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerInfo]:
         now = time.monotonic()
         return [
-            {
-                "index": s.index,
-                "state": s.state.value,
-                "pid": s.pid,
-                "job_id": s.job.id if s.job else None,
-                "seconds_since_heartbeat": round(now - s.last_seen, 2) if s.pid else None,
-                "last_start_error": s.start_error,
-            }
+            WorkerInfo(
+                name=str(s.index),
+                state=s.state.value,
+                pid=s.pid,
+                job_id=s.job.id if s.job else None,
+                seconds_since_heartbeat=round(now - s.last_seen, 2) if s.pid else None,
+                rss_bytes=_rss(s.pid),
+                jobs_done=s.jobs_done,
+                last_start_error=s.start_error,
+            )
             for s in self._slots
         ]
 
-    def supervisor_healthy(self) -> bool:
+    def healthy(self) -> bool:
         alive = self._thread is not None and self._thread.is_alive()
         return alive and time.monotonic() - self.last_tick < 10 * TICK + 5.0
 
@@ -219,19 +226,24 @@ class WorkerPool:
         elif isinstance(message, Heartbeat):
             pass
         elif isinstance(message, Progress) and self._owns(slot, message.job_id):
-            self._store.set_progress(message.job_id, message.stage, message.percent)
+            self._lifecycle.progress(
+                message.job_id,
+                message.phase,
+                message.percent,
+                frames_done=message.frames_done,
+                frames_total=message.frames_total,
+            )
         elif isinstance(message, JobDone) and self._owns(slot, message.job_id):
             assert slot.job is not None
-            self._succeed(slot.job, message.result)
+            self._lifecycle.succeed(slot.job, message.result)
             self._job_ended(slot)
         elif isinstance(message, JobFailed) and self._owns(slot, message.job_id):
             assert slot.job is not None
-            error = JobError.from_dict(message.error)
-            if message.cancelled and slot.cancel_error is not None:
-                error = _job_error(slot.cancel_error)
-                self._fail(slot.job, error)
+            if message.cancelled and slot.cancel_error is not None:  # the time limit
+                self._lifecycle.fail(slot.job.id, slot.cancel_error)
             else:
-                self._fail(slot.job, error, cancelled=message.cancelled)
+                error = JobError.from_dict(message.error)
+                self._lifecycle.fail(slot.job.id, error, cancelled=message.cancelled)
             self._job_ended(slot)
         elif isinstance(message, Retiring):
             slot.retiring, slot.retiring_since = message.reason, time.monotonic()
@@ -241,8 +253,25 @@ class WorkerPool:
 
     def _job_ended(self, slot: _Slot) -> None:
         slot.job, slot.cancel_sent, slot.cancel_error = None, None, None
+        slot.jobs_done += 1
         if slot.state is SlotState.BUSY:
             slot.state = SlotState.IDLE
+        reason = self._recycle_reason(slot)
+        if reason and not slot.retiring:
+            log.info("recycling worker %d (pid %s): %s", slot.index, slot.pid, reason)
+            slot.retiring, slot.retiring_since = reason, time.monotonic()
+            self._send(slot, Stop())
+
+    def _recycle_reason(self, slot: _Slot) -> str | None:
+        cfg = self.config
+        if cfg.max_jobs is not None and slot.jobs_done >= cfg.max_jobs:
+            return f"ran {slot.jobs_done} jobs (limit {cfg.max_jobs})"
+        rss = _rss(slot.pid)
+        if cfg.max_rss_bytes is not None and rss is not None and rss > cfg.max_rss_bytes:
+            return (
+                f"resident memory {rss // MiB} MiB above the {cfg.max_rss_bytes // MiB} MiB limit"
+            )
+        return None
 
     def _check(self, slot: _Slot, now: float) -> None:
         cfg = self.config
@@ -268,25 +297,24 @@ class WorkerPool:
             if now - slot.retiring_since > cfg.cancel_grace:  # it said it would leave
                 self._kill(
                     slot,
-                    WorkerCrashed(
-                        f"worker {slot.pid} did not exit after retiring ({slot.retiring})"
-                    ),
+                    WorkerCrashed(f"worker {slot.index} did not exit after retiring"),
                     reason="recycled",
                 )
             return
-        if slot.state in (SlotState.IDLE, SlotState.BUSY) and (
-            now - slot.last_seen > cfg.stall_timeout
-        ):
+        limit = slot.silence_limit if slot.job is not None else cfg.stall_timeout
+        if slot.state in (SlotState.IDLE, SlotState.BUSY) and now - slot.last_seen > limit:
             self._metrics.worker_stalled()
-            doing = f"while running job {slot.job.id}" if slot.job else "while idle"
+            doing = "while running this job" if slot.job else "while idle"
             self._kill(
                 slot,
                 WorkerStalled(
-                    f"worker process {slot.pid} sent no heartbeat for {now - slot.last_seen:.1f} s "
-                    f"{doing} (stall timeout {cfg.stall_timeout:g} s); it was killed and replaced",
-                    stage=slot.job.stage if slot.job else None,
-                    hint="the worker was stuck (native code holding the GIL, or stopped); "
+                    f"the worker process sent no heartbeat for {now - slot.last_seen:.1f} s "
+                    f"{doing} (limit {limit:g} s): it was stuck, so it was killed and replaced",
+                    hint="the worker was stopped or native code held it; "
                     "`heygem-diagnose ps` inspects a live worker",
+                    cause=FailureCause.PROCESS_STOPPED
+                    if _stopped(slot.pid)
+                    else FailureCause.NO_PROGRESS,
                 ),
                 reason="stalled",
             )
@@ -296,26 +324,19 @@ class WorkerPool:
 
     def _check_cancel(self, slot: _Slot, now: float) -> None:
         assert slot.job is not None
-        cfg = self.config
+        job = slot.job
         if slot.cancel_sent is None:
-            timed_out = cfg.job_timeout is not None and now - slot.job_started > cfg.job_timeout
+            timed_out = job.timeout is not None and now - slot.job_started > job.timeout
             if timed_out:
-                slot.cancel_error = JobTimedOut(
-                    f"the job ran longer than the {cfg.job_timeout:g} s job timeout",
-                    stage=slot.job.stage,
-                    hint="use shorter inputs or raise the timeout",
-                )
-            try:
-                requested = self._store.get(slot.job.id).cancel_requested
-            except JobNotFound:
-                requested = True
-            if timed_out or requested:
-                self._send(slot, CancelJob(slot.job.id))
+                assert job.timeout is not None
+                slot.cancel_error = self._lifecycle.timed_out(job, job.timeout)
+            if timed_out or self._lifecycle.cancel_requested(job.id):
+                self._send(slot, CancelJob(job.id))
                 slot.cancel_sent = now
-        elif now - slot.cancel_sent > cfg.cancel_grace:
+        elif now - slot.cancel_sent > self.config.cancel_grace:
+            grace = self.config.cancel_grace
             error = slot.cancel_error or Cancelled(
-                f"cancelled; the worker did not stop within {cfg.cancel_grace:g} s, so its "
-                "process was killed"
+                f"cancelled; the worker did not stop within {grace:g} s, so its process was killed"
             )
             self._kill(slot, error, reason="cancel_timeout", cancelled=slot.cancel_error is None)
 
@@ -323,15 +344,22 @@ class WorkerPool:
         if slot.state is not SlotState.IDLE or slot.retiring or self._stopping.is_set():
             return
         assert slot.pid is not None
-        job = self._store.claim_next(slot.pid)
+        job = self._lifecycle.claim(slot.name)
         if job is None:
             return
         task = RunJob(job.id, job.audio_path, job.video_path, job.output_path, job.options)
         if not self._send(slot, task):
-            self._store.requeue(job.id)
+            self._lifecycle.requeue(job.id)
             return
         slot.state, slot.job, slot.job_started = SlotState.BUSY, job, now
-        log.info("job %s -> worker %d (pid %d)", job.id, slot.index, slot.pid)
+        slot.silence_limit = self._silence_limit(job)
+        slot.oom = OomWatch()
+
+    def _silence_limit(self, job: Job) -> float:
+        """A job that allows its stages more silence gives its worker as much, plus margin."""
+        stall = job.options.get("stall_timeout")
+        job_limit = float(stall) + 2 * self.config.heartbeat_interval + 5.0 if stall else 0.0
+        return max(self.config.stall_timeout, job_limit)
 
     # -- life and death ------------------------------------------------------------------
     def _spawn(self, slot: _Slot, now: float) -> None:
@@ -358,8 +386,8 @@ class WorkerPool:
         child.close()
         slot.process, slot.conn, slot.pid = process, parent, process.pid
         slot.state, slot.started, slot.last_seen = SlotState.STARTING, now, now
-        slot.retiring = None
-        slot.kill_error = None
+        slot.retiring, slot.kill_error, slot.jobs_done = None, None, 0
+        slot.oom = OomWatch()
         if slot.restart_reason != "start":
             self._metrics.worker_restarted(slot.restart_reason)
         log.info("worker %d starting (pid %s, %s)", slot.index, process.pid, slot.restart_reason)
@@ -378,27 +406,27 @@ class WorkerPool:
         )
 
     def _died(self, slot: _Slot, exitcode: int, now: float, *, cancelled: bool = False) -> None:
-        exit_ = describe_exit(exitcode, oom_killed=self._oom.killed_since())
-        what, fix = exit_.what, exit_.fix
+        oom = slot.oom.killed_since() if slot.oom is not None else None
+        exit_ = describe_exit(exitcode, oom_killed=oom)
         reason: str
         if slot.kill_error is not None:
             error, reason = slot.kill_error, slot.kill_reason
         elif slot.retiring:
             reason = "recycled"
-            error = WorkerCrashed(f"worker process {slot.pid} left ({slot.retiring})", hint=fix)
+            error = WorkerCrashed(f"the worker process left ({slot.retiring})")
         else:
             reason = "crashed" if exitcode != 0 else "exited"
+            doing = "while running this job" if slot.job else "while idle"
             error = WorkerCrashed(
-                f"worker process {slot.pid} died while running this job: {what}",
-                stage=slot.job.stage if slot.job else None,
-                hint=fix,
-                cause=exit_.cause,
+                f"the worker process died {doing}: {exit_.what}", hint=exit_.fix, cause=exit_.cause
             )
         if slot.job is not None:
-            self._fail(slot.job, _job_error(error), cancelled=cancelled)
+            self._lifecycle.fail(slot.job.id, error, cancelled=cancelled)
         if slot.state is SlotState.STARTING:
             slot.failed_starts += 1
-            log.error("worker %d (pid %s) died while starting: %s", slot.index, slot.pid, what)
+            log.error(
+                "worker %d (pid %s) died while starting: %s", slot.index, slot.pid, exit_.what
+            )
         elif reason != "recycled":
             log.error("worker %d (pid %s) is gone: %s", slot.index, slot.pid, error.message)
         if slot.process is not None:
@@ -424,24 +452,18 @@ class WorkerPool:
         except (OSError, EOFError, ValueError):
             return False
 
-    # -- job outcomes --------------------------------------------------------------------
-    def _succeed(self, job: Job, result: dict[str, Any]) -> None:
-        published = None
-        try:
-            published = self._on_success(job)
-        except (OSError, HeygemError) as exc:
-            log.warning("job %s: could not publish its result: %s", job.id, exc)
-            result = result | {
-                "warnings": [*result.get("warnings", []), f"result not published: {exc}"]
-            }
-        self._store.succeed(job.id, result, published)
-        queued = (job.started_at - job.created_at) if job.started_at else None
-        self._metrics.job_succeeded(result, queued)
 
-    def _fail(self, job: Job, error: JobError, *, cancelled: bool = False) -> None:
-        self._store.finish_unsuccessfully(job.id, error, cancelled=cancelled)
-        self._metrics.job_ended("cancelled" if cancelled else "failed", error.type)
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
 
 
-def _job_error(exc: HeygemError) -> JobError:
-    return JobError(type(exc).__name__, exc.message, exc.hint, getattr(exc, "stage", None))
+def _stopped(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except (psutil.Error, OSError):
+        return False

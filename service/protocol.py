@@ -54,8 +54,10 @@ class Heartbeat:
 @dataclass(frozen=True)
 class Progress:
     job_id: str
-    stage: str
+    phase: str  # service.jobs.Phase
     percent: int
+    frames_done: int | None = None
+    frames_total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class JobDone:
 @dataclass(frozen=True)
 class JobFailed:
     job_id: str
-    error: dict[str, Any]  # HeygemError.to_dict(): type, message, hint, stage
+    error: dict[str, Any]  # HeygemError.to_dict(): type, message, hint, cause, stage
     cancelled: bool = False
 
 

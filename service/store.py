@@ -1,8 +1,12 @@
 """Durable job state in SQLite (WAL): a restart loses no job.
 
-One connection shared by the request threads and the supervisor thread, serialised by a
+One connection shared by the request threads and the executor's thread, serialised by a
 lock; multi-statement changes run inside ``BEGIN IMMEDIATE`` so admission (count + insert)
-and claiming (select + update) are atomic.
+and claiming (select + update) are atomic. Every transition a job makes is a method here,
+called by ``service.lifecycle`` (never by an executor directly).
+
+Reads take ``client``: a client only ever finds its own jobs and uploads (``None`` is an
+admin's view of all of them); someone else's job is "not found", not "forbidden".
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.errors import JobConflict, JobNotFound, QueueFull, ServiceRestarted
-from service.jobs import Job, JobError, JobState, NewJob, Stage
+from service.errors import JobConflict, JobNotFound, QueueFull
+from service.jobs import Job, JobError, JobState, NewJob, Phase
 
 _ID = re.compile(r"^[0-9a-f]{32}$")  # ids are uuid4 hex; anything else cannot exist
 CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # compat task codes (file names)
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
-    stage TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    stage TEXT,
     progress INTEGER NOT NULL DEFAULT 0,
+    frames_done INTEGER,
+    frames_total INTEGER,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -37,24 +45,50 @@ CREATE TABLE IF NOT EXISTS jobs (
     options TEXT NOT NULL,
     source TEXT NOT NULL,
     code TEXT UNIQUE,
+    client TEXT NOT NULL DEFAULT 'anonymous',
+    input_names TEXT NOT NULL DEFAULT '{}',
+    timeout REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    worker_pid INTEGER,
+    cancel_reason TEXT,
+    worker TEXT,
     result TEXT NOT NULL DEFAULT '{}',
     warnings TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     published_path TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_client_state ON jobs (client, state);
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY,
     path TEXT NOT NULL,
     filename TEXT NOT NULL,
     size INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    info TEXT NOT NULL
+    info TEXT NOT NULL,
+    client TEXT NOT NULL DEFAULT 'anonymous',
+    last_used_at REAL
 );
 """
+# Version 1 (no user_version) had `stage` where the phase is now and worker_pid for worker.
+_MIGRATE_FROM_1 = """
+ALTER TABLE jobs RENAME TO jobs_v1;
+ALTER TABLE uploads RENAME TO uploads_v1;
+DROP INDEX IF EXISTS jobs_state_created;
+{schema}
+INSERT INTO jobs (id, state, phase, progress, created_at, started_at, finished_at, audio_path,
+    video_path, output_path, options, source, code, attempts, cancel_requested, worker, result,
+    warnings, error, published_path)
+SELECT id, state, stage, progress, created_at, started_at, finished_at, audio_path, video_path,
+    output_path, options, source, code, attempts, cancel_requested,
+    CASE WHEN worker_pid IS NULL THEN NULL ELSE 'pid ' || worker_pid END, result, warnings,
+    error, published_path FROM jobs_v1;
+INSERT INTO uploads (id, path, filename, size, created_at, info)
+SELECT id, path, filename, size, created_at, info FROM uploads_v1;
+DROP TABLE jobs_v1;
+DROP TABLE uploads_v1;
+"""
+_ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 
 
 class JobStore:
@@ -68,7 +102,20 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        ).fetchone()
+        if old and version < SCHEMA_VERSION:
+            self._db.executescript(
+                "BEGIN IMMEDIATE;" + _MIGRATE_FROM_1.format(schema=_SCHEMA) + "COMMIT;"
+            )
+        else:
+            self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -86,33 +133,37 @@ class JobStore:
             self._db.execute("COMMIT")
 
     # -- admission -----------------------------------------------------------------------
-    def create(self, job: NewJob, *, max_queued: int, retry_after: int) -> Job:
+    def create(
+        self, job: NewJob, *, max_queued: int, max_queued_per_client: int, retry_after: int
+    ) -> Job:
         with self._tx() as db:
-            queued = db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
-            ).fetchone()[0]
+            queued = _count(db, "state = ?", JobState.QUEUED.value)
             if queued >= max_queued:
                 raise QueueFull(
                     f"the queue is full ({queued} jobs waiting)",
                     retry_after=retry_after,
                     hint=f"retry after {retry_after} s",
                 )
-            if (
-                job.code is not None
-                and db.execute("SELECT 1 FROM jobs WHERE code = ?", (job.code,)).fetchone()
-            ):
+            mine = _count(db, "state = ? AND client = ?", JobState.QUEUED.value, job.client)
+            if mine >= max_queued_per_client:
+                raise QueueFull(
+                    f"you have {mine} jobs waiting, the most one client may have queued",
+                    retry_after=retry_after,
+                    hint=f"wait for your jobs to start, retry after {retry_after} s",
+                )
+            if job.code is not None and _count(db, "code = ?", job.code):
                 raise JobConflict(
                     f"a task with code {job.code!r} already exists",
                     hint="query it with /easy/query or submit with a new code",
                 )
             db.execute(
-                "INSERT INTO jobs (id, state, stage, created_at, audio_path, video_path, "
-                "output_path, options, source, code, warnings) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, state, phase, created_at, audio_path, video_path, "
+                "output_path, options, source, code, warnings, client, input_names, timeout) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     JobState.QUEUED.value,
-                    Stage.QUEUED.value,
+                    Phase.QUEUED.value,
                     time.time(),
                     job.audio_path,
                     job.video_path,
@@ -121,32 +172,47 @@ class JobStore:
                     job.source,
                     job.code,
                     json.dumps(list(job.warnings)),
+                    job.client,
+                    json.dumps(job.input_names),
+                    job.timeout,
                 ),
             )
             return self._get(db, job.id)
 
     # -- reads ---------------------------------------------------------------------------
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, client: str | None = None) -> Job:
         with self._lock:
-            return self._get(self._db, job_id)
+            return self._get(self._db, job_id, client)
 
-    def get_by_code(self, code: str) -> Job:
+    def get_by_code(self, code: str, client: str | None = None) -> Job:
         with self._lock:
             row = (
                 self._db.execute("SELECT * FROM jobs WHERE code = ?", (code,)).fetchone()
-                if (CODE.match(code))
+                if CODE.match(code)
                 else None
             )
-        if row is None:
+        if row is None or (client is not None and row["client"] != client):
             raise JobNotFound(
                 f"no task with code {code!r}", hint="submit it first with /easy/submit"
             )
         return _job(row)
 
     def page(
-        self, *, limit: int, offset: int, state: JobState | None = None
+        self,
+        *,
+        limit: int,
+        offset: int,
+        state: JobState | None = None,
+        client: str | None = None,
     ) -> tuple[list[Job], int]:
-        where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
+        conditions, args = [], []
+        if state is not None:
+            conditions.append("state = ?")
+            args.append(state.value)
+        if client is not None:
+            conditions.append("client = ?")
+            args.append(client)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
             rows = self._db.execute(
@@ -162,6 +228,14 @@ class JobStore:
         counts.update({JobState(r[0]): int(r[1]) for r in rows})
         return counts
 
+    def queued_by_client(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client, COUNT(*) FROM jobs WHERE state = ? GROUP BY client",
+                (JobState.QUEUED.value,),
+            ).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def queue_position(self, job: Job) -> int:
         """1-based place in the queue (1 = next to run)."""
         with self._lock:
@@ -172,8 +246,15 @@ class JobStore:
             ).fetchone()[0]
         return int(ahead) + 1
 
-    # -- the supervisor's transitions ----------------------------------------------------
-    def claim_next(self, worker_pid: int) -> Job | None:
+    def running(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    # -- transitions (called by service.lifecycle) ---------------------------------------
+    def claim_next(self, worker: str) -> Job | None:
         """Move the oldest queued job to running on this worker."""
         with self._tx() as db:
             row = db.execute(
@@ -183,9 +264,9 @@ class JobStore:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = ?, stage = ?, progress = 0, started_at = ?, "
-                "attempts = attempts + 1, worker_pid = ? WHERE id = ?",
-                (JobState.RUNNING.value, Stage.STARTING.value, time.time(), worker_pid, row[0]),
+                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                "started_at = ?, attempts = attempts + 1, worker = ? WHERE id = ?",
+                (JobState.RUNNING.value, Phase.STARTING.value, time.time(), worker, row[0]),
             )
             return self._get(db, row[0])
 
@@ -193,32 +274,48 @@ class JobStore:
         """Give back a claimed job that never reached its worker."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state = ?, stage = ?, progress = 0, "
-                "attempts = MAX(attempts - 1, 0), worker_pid = NULL "
+                "UPDATE jobs SET state = ?, phase = ?, progress = 0, "
+                "attempts = MAX(attempts - 1, 0), worker = NULL "
                 "WHERE id = ? AND state = ?",
-                (JobState.QUEUED.value, Stage.QUEUED.value, job_id, JobState.RUNNING.value),
+                (JobState.QUEUED.value, Phase.QUEUED.value, job_id, JobState.RUNNING.value),
             )
 
-    def set_progress(self, job_id: str, stage: str, progress: int) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND state = ?",
-                (stage, max(0, min(99, progress)), job_id, JobState.RUNNING.value),
-            )
-
-    def succeed(
-        self, job_id: str, result: dict[str, Any], published_path: str | None = None
+    def set_progress(
+        self,
+        job_id: str,
+        phase: str,
+        progress: int,
+        *,
+        frames_done: int | None = None,
+        frames_total: int | None = None,
     ) -> None:
         with self._lock:
-            row = self._db.execute("SELECT warnings FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            self._db.execute(
+                "UPDATE jobs SET phase = ?, progress = ?, "
+                "frames_done = COALESCE(?, frames_done), frames_total = COALESCE(?, frames_total) "
+                "WHERE id = ? AND state = ?",
+                (
+                    phase,
+                    max(0, min(99, progress)),
+                    frames_done,
+                    frames_total,
+                    job_id,
+                    JobState.RUNNING.value,
+                ),
+            )
+
+    def succeed(self, job_id: str, result: dict[str, Any], published_path: str | None) -> bool:
+        """Record a success; False if the job was no longer running (a late report)."""
+        with self._tx() as db:
+            row = db.execute("SELECT warnings FROM jobs WHERE id = ?", (job_id,)).fetchone()
             warnings = json.loads(row[0]) if row else []
             warnings += [w for w in result.get("warnings", []) if w not in warnings]
-            self._db.execute(
-                "UPDATE jobs SET state = ?, stage = ?, progress = 100, finished_at = ?, "
+            changed = db.execute(
+                "UPDATE jobs SET state = ?, phase = ?, progress = 100, finished_at = ?, "
                 "result = ?, warnings = ?, published_path = ? WHERE id = ? AND state = ?",
                 (
                     JobState.SUCCEEDED.value,
-                    Stage.DONE.value,
+                    Phase.DONE.value,
                     time.time(),
                     json.dumps(result),
                     json.dumps(warnings),
@@ -226,118 +323,158 @@ class JobStore:
                     job_id,
                     JobState.RUNNING.value,
                 ),
-            )
+            ).rowcount
+        return bool(changed)
 
     def finish_unsuccessfully(
         self, job_id: str, error: JobError, *, cancelled: bool = False
-    ) -> None:
-        state = JobState.CANCELLED if cancelled else JobState.FAILED
-        with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, error = ? "
-                "WHERE id = ? AND state IN (?, ?)",
-                (
-                    state.value,
-                    time.time(),
-                    json.dumps(error.__dict__),
-                    job_id,
-                    JobState.QUEUED.value,
-                    JobState.RUNNING.value,
-                ),
-            )
+    ) -> Job | None:
+        """Fail or cancel a queued/running job; the error records the phase it was in then.
 
-    def request_cancel(self, job_id: str) -> Job:
-        """Cancel a queued job now; flag a running one (its worker is told by the caller)."""
+        Returns the finished job, or None when it had already finished.
+        """
+        state = JobState.CANCELLED if cancelled else JobState.FAILED
         with self._tx() as db:
-            job = self._get(db, job_id)
+            row = db.execute(
+                f"SELECT phase FROM jobs WHERE id = ? AND state IN {_ACTIVE!r}", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if error.phase is None:
+                error = JobError(**{**error.to_dict(), "phase": row["phase"]})
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, stage = ? WHERE id = ?",
+                (state.value, time.time(), json.dumps(error.to_dict()), error.stage, job_id),
+            )
+            return self._get(db, job_id)
+
+    def request_cancel(self, job_id: str, error: JobError, client: str | None = None) -> Job:
+        """Cancel a queued job now (with ``error``); flag a running one for its executor."""
+        with self._tx() as db:
+            job = self._get(db, job_id, client)
             if job.state.finished:
                 raise JobConflict(
                     f"job {job_id} already {job.state.value}",
                     hint="only queued or running jobs can be cancelled",
                 )
             if job.state is JobState.QUEUED:
-                error = JobError("Cancelled", "cancelled by request before it started")
+                error = JobError(**{**error.to_dict(), "phase": job.phase})
                 db.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, error = ?, "
-                    "cancel_requested = 1 WHERE id = ?",
-                    (JobState.CANCELLED.value, time.time(), json.dumps(error.__dict__), job_id),
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ?, cancel_requested = 1, "
+                    "cancel_reason = ? WHERE id = ?",
+                    (
+                        JobState.CANCELLED.value,
+                        time.time(),
+                        json.dumps(error.to_dict()),
+                        error.message,
+                        job_id,
+                    ),
                 )
             else:
-                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                db.execute(
+                    "UPDATE jobs SET cancel_requested = 1, "
+                    "cancel_reason = COALESCE(cancel_reason, ?) WHERE id = ?",
+                    (error.message, job_id),
+                )
             return self._get(db, job_id)
 
-    def running(self) -> list[Job]:
+    def recover(self) -> list[Job]:
+        """The jobs a previous process left running (the lifecycle decides their fate)."""
+        return self.running()
+
+    def requeue_after_restart(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                "worker = NULL WHERE id = ? AND state = ?",
+                (JobState.QUEUED.value, Phase.QUEUED.value, job_id, JobState.RUNNING.value),
+            )
+
+    # -- retention -----------------------------------------------------------------------
+    def finished_before(self, cutoff: float) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
+                f"SELECT * FROM jobs WHERE state NOT IN {_ACTIVE!r} AND finished_at < ?",
+                (cutoff,),
             ).fetchall()
         return [_job(r) for r in rows]
 
-    def recover(self, policy: str, max_attempts: int) -> dict[str, int]:
-        """At start-up: jobs left running by a previous process fail, or go back to the queue."""
-        requeued = failed = 0
+    def delete_finished(self, job_id: str, client: str | None = None) -> Job:
+        """Remove a finished job's row (its files are the caller's)."""
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
-            ).fetchall()
-            for row in rows:
-                job = _job(row)
-                if policy == "retry" and job.attempts < max_attempts and not job.cancel_requested:
-                    db.execute(
-                        "UPDATE jobs SET state = ?, stage = ?, progress = 0, "
-                        "worker_pid = NULL WHERE id = ?",
-                        (JobState.QUEUED.value, Stage.QUEUED.value, job.id),
-                    )
-                    requeued += 1
-                    continue
-                exc = ServiceRestarted(
-                    f"the service stopped while this job was running (attempt {job.attempts}, "
-                    f"worker pid {job.worker_pid}, stage {job.stage})",
-                    stage=job.stage,
-                    hint="submit the job again",
+            job = self._get(db, job_id, client)
+            if not job.state.finished:
+                raise JobConflict(
+                    f"job {job_id} is {job.state.value}", hint="cancel it first, then delete it"
                 )
-                error = JobError(type(exc).__name__, exc.message, exc.hint, exc.stage)
-                state = JobState.CANCELLED if job.cancel_requested else JobState.FAILED
-                db.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                    (state.value, time.time(), json.dumps(error.__dict__), job.id),
-                )
-                failed += 1
-        return {"requeued": requeued, "failed": failed}
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return job
 
     # -- uploads -------------------------------------------------------------------------
     def add_upload(
-        self, upload_id: str, path: str, filename: str, size: int, info: dict[str, Any]
-    ) -> float:
+        self,
+        upload_id: str,
+        path: str,
+        filename: str,
+        size: int,
+        info: dict[str, Any],
+        client: str,
+    ) -> None:
         created = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
-                (upload_id, path, filename, size, created, json.dumps(info)),
+                "INSERT INTO uploads (id, path, filename, size, created_at, info, client, "
+                "last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (upload_id, path, filename, size, created, json.dumps(info), client, created),
             )
-        return created
 
-    def get_upload(self, upload_id: str) -> dict[str, Any] | None:
+    def get_upload(self, upload_id: str, client: str | None = None) -> dict[str, Any] | None:
         if not _ID.match(upload_id):
             return None
         with self._lock:
             row = self._db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
-        if row is None:
+        if row is None or (client is not None and row["client"] != client):
             return None
         return {**dict(row), "info": json.loads(row["info"])}
 
+    def touch_upload(self, upload_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE uploads SET last_used_at = ? WHERE id = ?", (time.time(), upload_id)
+            )
+
+    def uploads_unused_since(self, cutoff: float) -> list[dict[str, Any]]:
+        """Uploads last used before ``cutoff`` that no queued or running job reads."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM uploads u WHERE COALESCE(last_used_at, created_at) < ? AND "
+                f"NOT EXISTS (SELECT 1 FROM jobs j WHERE j.state IN {_ACTIVE!r} AND "
+                "(j.audio_path = u.path OR j.video_path = u.path))",
+                (cutoff,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
     @staticmethod
-    def _get(db: sqlite3.Connection, job_id: str) -> Job:
+    def _get(db: sqlite3.Connection, job_id: str, client: str | None = None) -> Job:
         row = (
             db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if (_ID.match(job_id))
+            if _ID.match(job_id)
             else None
         )
-        if row is None:
+        if row is None or (client is not None and row["client"] != client):
             raise JobNotFound(
-                f"no generation job with id {job_id!r}", hint="list jobs with GET /v1/generations"
+                f"no generation job with id {job_id[:64]!r}",
+                hint="list your jobs with GET /v1/generations",
             )
         return _job(row)
+
+
+def _count(db: sqlite3.Connection, where: str, *args: Any) -> int:
+    return int(db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0])
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -345,8 +482,11 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         state=JobState(row["state"]),
+        phase=row["phase"],
         stage=row["stage"],
         progress=int(row["progress"]),
+        frames_done=row["frames_done"],
+        frames_total=row["frames_total"],
         created_at=row["created_at"],
         audio_path=row["audio_path"],
         video_path=row["video_path"],
@@ -354,11 +494,15 @@ def _job(row: sqlite3.Row) -> Job:
         options=json.loads(row["options"]),
         source=row["source"],
         code=row["code"],
+        client=row["client"],
+        input_names=json.loads(row["input_names"]),
+        timeout=row["timeout"],
         attempts=int(row["attempts"]),
         cancel_requested=bool(row["cancel_requested"]),
+        cancel_reason=row["cancel_reason"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
-        worker_pid=row["worker_pid"],
+        worker=row["worker"],
         result=json.loads(row["result"]),
         warnings=tuple(json.loads(row["warnings"])),
         error=JobError.from_dict(error) if error else None,

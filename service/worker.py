@@ -4,10 +4,18 @@ Started with the ``spawn`` method (no inherited locks or CUDA state). Heavy impo
 here, after the thread limits are in the environment, so every library sees them. The
 worker leaves (and the supervisor starts a fresh one) whenever a job left stage threads
 behind: a stage stuck in native code cannot be stopped, only its process can.
+
+Memory: the frames a job streams are allocated by its stage threads in glibc's per-thread
+arenas and stay mapped after the job unless they are handed back, so the worker limits
+the number of arenas and trims the heap after every job (measured in the README); the
+supervisor recycles a worker that still grows past its limit.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import os
 import queue
@@ -18,11 +26,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from heygem.config import FaultInjection, GenerateOptions
-from heygem.errors import Cancelled, HeygemError, PipelineStalled
-from service.jobs import Stage
+from heygem.config import GenerateOptions
+from heygem.errors import Cancelled, FailureCause, HeygemError, PipelineStalled
+from service.jobs import Phase
+from service.observe import ContextFilter
+from service.observe import job_id as current_job
+from service.options import job_options
 from service.protocol import (
     CancelJob,
     FromWorker,
@@ -46,7 +57,9 @@ log = logging.getLogger("service.worker")
 # Progress a client sees: preparation is a small slice, streaming the rest (100 = done).
 PREPARING_PERCENT = 5
 STREAM_START, STREAM_SPAN = 10, 89
-_WARM_PIPELINES = 3  # distinct option sets kept loaded per worker
+_WARM_PIPELINES = 2  # distinct option sets kept loaded per worker (each holds a model)
+_M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
+_ARENAS = 2
 
 
 @dataclass(frozen=True)
@@ -115,10 +128,16 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     # Ctrl-C in a terminal signals the whole group; the service stops workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(config.cpus)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(levelname)s worker-{config.index}[%(process)d] %(name)s: %(message)s",
+    _limit_arenas()
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(levelname)s worker-{config.index}[%(process)d] %(name)s [job=%(job_id)s]: "
+            "%(message)s"
+        )
     )
+    handler.addFilter(ContextFilter())
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     sender = _Sender(conn)
     stop = threading.Event()
     threading.Thread(
@@ -160,10 +179,15 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     ).start()
     while (task := jobs.get()) is not None and not stop.is_set():
         cancel = control.begin(task.job_id)
-        retire = _run(task, pipelines, config.options, sender, cancel)
+        token = current_job.set(task.job_id)  # every log line of this job names it
+        outcome, retire = _run(task, pipelines, config.options, sender, cancel)
+        current_job.reset(token)
         control.end()
-        if retire:
+        if retire:  # said first, so the supervisor sends no new job to a leaving worker
             sender.send(Retiring(retire))
+        sender.send(outcome)
+        release_memory()
+        if retire:
             log.warning("leaving after job %s: %s", task.job_id, retire)
             conn.close()
             logging.shutdown()
@@ -180,25 +204,31 @@ def _run(
     base: GenerateOptions,
     sender: _Sender,
     cancel: threading.Event,
-) -> str | None:
-    """Run one job; report how it ended; return why this worker must leave, if it must."""
+) -> tuple[JobDone | JobFailed, str | None]:
+    """Run one job: how it ended, and why this worker must leave (if it must)."""
     jlog = logging.LoggerAdapter(log, {"job_id": task.job_id})
-    sender.send(Progress(task.job_id, Stage.PREPARING.value, PREPARING_PERCENT))
+    sender.send(Progress(task.job_id, Phase.PREPARING.value, PREPARING_PERCENT))
     last = [-1]
 
     def progress(done: int, total: int) -> None:
         percent = STREAM_START + (STREAM_SPAN * done) // max(total, 1)
         if percent != last[0]:  # one message per percent, not per frame
             last[0] = percent
-            sender.send(Progress(task.job_id, Stage.GENERATING.value, percent))
+            sender.send(Progress(task.job_id, Phase.GENERATING.value, percent, done, total))
 
     stalled = False
+    outcome: JobDone | JobFailed
     try:
         pipeline = pipelines.get(job_options(base, task.options))
         result = pipeline.generate(
-            Path(task.audio), Path(task.video), Path(task.output), progress=progress, cancel=cancel
+            Path(task.audio),
+            Path(task.video),
+            Path(task.output),
+            progress=progress,
+            cancel=cancel,
+            job_id=task.job_id,
         )
-        sender.send(JobDone(task.job_id, result.to_dict() | {"output": task.output}))
+        outcome = JobDone(task.job_id, result.to_dict() | {"output": task.output})
         jlog.info(
             "job %s done: %d frames in %.2f s",
             task.job_id,
@@ -206,39 +236,30 @@ def _run(
             result.timings.get("total", 0.0),
         )
     except Cancelled as exc:
-        sender.send(JobFailed(task.job_id, exc.to_dict(), cancelled=True))
+        outcome = JobFailed(task.job_id, exc.to_dict(), cancelled=True)
         jlog.info("job %s cancelled", task.job_id)
     except HeygemError as exc:
         stalled = isinstance(exc, PipelineStalled)
-        sender.send(JobFailed(task.job_id, exc.to_dict(), cancelled=cancel.is_set()))
+        outcome = JobFailed(task.job_id, exc.to_dict(), cancelled=cancel.is_set())
         jlog.warning("job %s failed: %s", task.job_id, exc)
     except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
         jlog.exception("job %s raised", task.job_id)
-        sender.send(
-            JobFailed(
-                task.job_id,
-                {
-                    "type": "InternalError",
-                    "message": f"{type(exc).__name__}: {exc}",
-                    "hint": "this is a bug; the worker log has the traceback",
-                    "stage": None,
-                },
-            )
+        outcome = JobFailed(
+            task.job_id,
+            {
+                "type": "InternalError",
+                "message": f"{type(exc).__name__}: {exc}",
+                "hint": "this is a bug; the worker log has the traceback",
+                "cause": FailureCause.INTERNAL.value,
+                "stage": None,
+            },
         )
     stray = [t.name for t in threading.enumerate() if t.name.startswith("heygem-") and t.is_alive()]
     if stray:
-        return f"stage threads still running after the job: {', '.join(stray)}"
+        return outcome, f"stage threads still running after the job: {', '.join(stray)}"
     if stalled:
-        return "the pipeline stalled; a fresh process is the only sure reset"
-    return None
-
-
-def job_options(base: GenerateOptions, overrides: dict[str, Any]) -> GenerateOptions:
-    """The warm options with a job's overrides (validated; raises InvalidOption)."""
-    changes = dict(overrides)
-    if "fault" in changes:
-        changes["fault"] = FaultInjection.from_env(str(changes["fault"] or ""))
-    return base.with_changes(**changes) if changes else base
+        return outcome, "the pipeline stalled; a fresh process is the only sure reset"
+    return outcome, None
 
 
 class _WarmPipelines:
@@ -296,6 +317,31 @@ def _limit_threads(cpus: int) -> None:
         "NUMEXPR_NUM_THREADS",
     ):
         os.environ.setdefault(var, str(max(1, cpus)))
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def _limit_arenas() -> None:
+    """Few malloc arenas: every stage thread of every job would otherwise get its own,
+    and memory freed in an arena is rarely returned (glibc only; elsewhere a no-op)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, _ARENAS)
+
+
+def release_memory() -> None:
+    """After a job: collect cycles and hand the free heap back to the system (glibc)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _budget(cpus: int) -> ThreadBudget:

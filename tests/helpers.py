@@ -44,3 +44,33 @@ def stream_summary(path: Path) -> dict[str, float]:
         # The stream duration honours the MP4 edit list (AAC priming), as players do.
         audio_seconds = float(audio.duration * audio.time_base) if audio and audio.duration else 0.0
     return {"frames": frames, "fps": fps, "audio_seconds": audio_seconds}
+
+
+def espeak_wav(path: Path, text: str, *, speed: int = 150, pitch: int = 50) -> Path:
+    """Real speech from espeak-ng (Debian's espeak-ng package); skips the test when the
+    binary is absent, naming the package to install."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no real speech")
+    subprocess.run(
+        [binary, "-w", str(path), "-s", str(speed), "-p", str(pitch), text],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
+
+
+SENTENCE_A = (
+    "The quick brown fox jumps over the lazy dog. Maybe we should meet at the park, "
+    "before the big parade begins."
+)
+SENTENCE_B = (
+    "Please bring my papers back by Monday morning. I would like to read them again, "
+    "and then we can talk about the budget."
+)

@@ -1,18 +1,30 @@
-"""Weight-free face detection with the Haar cascade OpenCV ships (no downloads).
+"""Face detection with dlib's HOG detector (shipped inside the dlib wheel: no downloads).
 
-Detection runs on a downscaled luma plane: the Y plane of a yuv420p frame is already a
-grey image, so no colour conversion is spent on it.
+dlib's frontal HOG detector finds faces from ~80 px wide at the scale it runs on. Large
+frames are searched downscaled (cheap); when nothing is found there, the frame is searched
+again upsampled (dlib's image pyramid upsampling), which finds faces down to ~24 px wide
+(a 37 px face in a 548x342 still, a thumbnail-sized talking head). In videos the face is
+tracked: the next frame is searched in a window around the previous box, resampled so
+the face is ~100 px wide there, which costs a fraction of a full pass at any face size.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-DETECT_WIDTH = 320
-DETECTOR_VERSION = f"haar-frontalface-default-w{DETECT_WIDTH}-v3"
+SEARCH_WIDTH = 640  # a full search runs at most this wide (faces >= ~80 px at that scale)
+# Upsampled passes stop before the image grows past this many pixels (~1.5 s for a 720p
+# frame searched at 4x), and a video gets at most a few of them: after that many frames
+# without any face, the video's faces are not tiny, there are none.
+MAX_UPSAMPLED_PIXELS = 15_000_000
+MAX_UPSAMPLED_SEARCHES = 3
+TRACK_FACE_WIDTH = 100.0  # px: the face's width in the tracking window
+DETECTOR_VERSION = f"dlib-hog-w{SEARCH_WIDTH}-up-v1"
 
 
 @dataclass(frozen=True)
@@ -32,81 +44,89 @@ class Box:
         return inter / union if union > 0 else 0.0
 
 
-class HaarFaceDetector:
-    """Frontal-face Haar cascade; picks the face that continues the previous one."""
+@functools.cache
+def _hog_detector() -> tuple[object, threading.Lock]:
+    """The one detector of the process (it takes 0.5 s to build) and the lock that keeps
+    threads from using it at once: concurrent calls corrupt its results or abort."""
+    import dlib
 
-    def __init__(self, detect_width: int = DETECT_WIDTH) -> None:
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
-        self._cascade = cv2.CascadeClassifier(path)
-        if self._cascade.empty():
-            raise RuntimeError(f"OpenCV's Haar cascade is missing at {path}")
-        self._detect_width = detect_width
+    return dlib.get_frontal_face_detector(), threading.Lock()
 
-    def detect(self, luma: np.ndarray, previous: Box | None = None) -> Box | None:
-        """Track near ``previous`` first (a small window, sizes close to it), then fall
-        back to a full-frame search: faces in talking-head templates barely move, and the
-        window costs a fraction of a full pass."""
+
+class FaceDetector:
+    """Finds the face that continues the previous one (or the most confident one)."""
+
+    def __init__(self, search_width: int = SEARCH_WIDTH) -> None:
+        self._detector, self._lock = _hog_detector()
+        self._search_width = search_width
+        self._upsampled_searches = 0
+
+    def detect(self, gray: np.ndarray, previous: Box | None = None) -> Box | None:
+        """``gray``: a uint8 luma plane. Tracks near ``previous`` first, then searches the
+        whole frame; upsampled passes only while no face was ever seen (``previous`` is
+        None) and only on the first frames, so a video whose face leaves for a while, or
+        that has none, is not searched at 4x per frame. One detector per video."""
         if previous is not None:
-            tracked = self._detect_near(luma, previous)
+            tracked = self._detect_near(gray, previous)
             if tracked is not None:
                 return tracked
-        return self._detect_full(luma, previous)
+        upsample = previous is None and self._upsampled_searches < MAX_UPSAMPLED_SEARCHES
+        return self._search(gray, previous, upsample=upsample)
 
-    def _scaled(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        width = image.shape[1]
-        scale = min(1.0, self._detect_width / width)
-        if scale == 1.0:
-            return image, 1.0
-        size = (round(width * scale), round(image.shape[0] * scale))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+    def _run(self, image: np.ndarray, upsample: int) -> list[tuple[Box, float]]:
+        with self._lock:
+            rects, scores, _ = self._detector.run(image, upsample, 0.0)  # type: ignore[attr-defined]
+        return [
+            (Box(r.left(), r.top(), r.right() - r.left() + 1, r.bottom() - r.top() + 1), s)
+            for r, s in zip(rects, scores, strict=True)
+        ]
 
-    def _detect_full(self, luma: np.ndarray, previous: Box | None) -> Box | None:
-        small, scale = self._scaled(luma)
-        min_side = max(20, small.shape[1] // 16)
-        found, _, weights = self._cascade.detectMultiScale3(
-            small,
-            scaleFactor=1.1,
-            minNeighbors=5,
-            minSize=(min_side, min_side),
-            outputRejectLevels=True,
-        )
-        boxes = [Box(*(float(v) / scale for v in row)) for row in found]
-        if not boxes:
+    def _search(self, gray: np.ndarray, previous: Box | None, upsample: bool) -> Box | None:
+        height, width = gray.shape[:2]
+        scale = min(1.0, self._search_width / width)
+        image = gray if scale == 1.0 else _resize(gray, scale)
+        found = [(_scaled(b, 1 / scale), s) for b, s in self._run(image, 0)]
+        if not found and upsample:
+            # Upsample the full-resolution frame (each level doubles it) while it stays small.
+            levels = 0
+            while (4 ** (levels + 1)) * width * height <= MAX_UPSAMPLED_PIXELS and levels < 2:
+                levels += 1
+            if levels:
+                self._upsampled_searches += 1
+                found = self._run(np.ascontiguousarray(gray), levels)
+        if not found:
             return None
         if previous is not None:
-            best = max(boxes, key=previous.iou)
+            best = max(found, key=lambda item: previous.iou(item[0]))[0]
             if best.iou(previous) > 0.1:
                 return best
-        # The cascade's confidence, not the size: a larger false positive on a textured
-        # background must not win over the real face.
-        confidence = np.asarray(weights, dtype=np.float64).reshape(-1)
-        return boxes[int(np.argmax(confidence))]
+        return max(found, key=lambda item: item[1])[0]
 
-    def _detect_near(self, luma: np.ndarray, previous: Box) -> Box | None:
-        height, width = luma.shape[:2]
+    def _detect_near(self, gray: np.ndarray, previous: Box) -> Box | None:
+        height, width = gray.shape[:2]
         margin = 0.5 * previous.w
         x0, y0 = max(0, int(previous.x - margin)), max(0, int(previous.y - margin))
         x1 = min(width, int(previous.x + previous.w + margin))
         y1 = min(height, int(previous.y + previous.h + margin))
-        window = luma[y0:y1, x0:x1]
-        # Same pixel scale as the full search, so boxes agree between the two paths.
-        scale = min(1.0, self._detect_width / width)
-        if scale < 1.0:
-            window = cv2.resize(
-                window,
-                (max(1, round(window.shape[1] * scale)), max(1, round(window.shape[0] * scale))),
-                interpolation=cv2.INTER_AREA,
-            )
-        side = previous.w * scale
-        found = self._cascade.detectMultiScale(
-            window,
-            scaleFactor=1.1,
-            minNeighbors=5,
-            minSize=(max(20, int(side * 0.75)),) * 2,
-            maxSize=(int(side * 1.35) + 1,) * 2,
-        )
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None
+        scale = TRACK_FACE_WIDTH / max(previous.w, 1.0)
+        window = _resize(gray[y0:y1, x0:x1], scale)
         boxes = [
-            Box(x0 + r[0] / scale, y0 + r[1] / scale, r[2] / scale, r[3] / scale) for r in found
+            Box(x0 + b.x / scale, y0 + b.y / scale, b.w / scale, b.h / scale)
+            for b, _ in self._run(window, 0)
         ]
         best = max(boxes, key=previous.iou, default=None)
         return best if best is not None and best.iou(previous) > 0.3 else None
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    if abs(scale - 1.0) < 1e-3:
+        return np.ascontiguousarray(image)
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def _scaled(box: Box, factor: float) -> Box:
+    return Box(box.x * factor, box.y * factor, box.w * factor, box.h * factor)

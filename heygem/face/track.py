@@ -65,3 +65,45 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     padded = np.pad(values, ((half, half), (0, 0)), mode="edge")
     kernel = np.ones(window) / window
     return np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(4)], axis=1)
+
+
+STABLE_WINDOW = 7  # nose and eyes: smoothed harder than the moving mouth and jaw
+MOVING_WINDOW = 3
+
+
+def smooth_landmarks(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``raw``: (N, 68, 2) with NaN where no face was measured; ``valid``: the frames the
+    box track kept. Fills those frames' gaps by interpolation and smooths each run over
+    time (nose and eyes harder than the mouth, whose motion is the signal)."""
+    from heygem.face.landmarks import STABLE
+
+    points = raw.reshape(len(raw), -1).astype(np.float64)
+    measured = ~np.isnan(points).any(axis=1) & valid
+    filled = points.copy()
+    idx = np.flatnonzero(measured)
+    for before, after in itertools.pairwise(idx):
+        gap = after - before - 1
+        if gap > 0 and valid[before + 1 : after].all():
+            weights = np.linspace(0, 1, gap + 2)[1:-1, None]
+            filled[before + 1 : after] = points[before] * (1 - weights) + points[after] * weights
+    usable = valid & ~np.isnan(filled).any(axis=1)
+    stable_cols = np.zeros(68 * 2, dtype=bool)
+    stable_cols[[2 * i + c for i in STABLE for c in (0, 1)]] = True
+    for start, stop in _runs(usable):
+        run = filled[start:stop]
+        filled[start:stop, stable_cols] = _smooth_columns(run[:, stable_cols], STABLE_WINDOW)
+        filled[start:stop, ~stable_cols] = _smooth_columns(run[:, ~stable_cols], MOVING_WINDOW)
+    filled[~usable] = np.nan
+    return filled.reshape(raw.shape).astype(np.float32)
+
+
+def _smooth_columns(values: np.ndarray, window: int) -> np.ndarray:
+    if len(values) < 3:
+        return values
+    window = min(window, len(values) if len(values) % 2 else len(values) - 1)
+    half = window // 2
+    padded = np.pad(values, ((half, half), (0, 0)), mode="edge")
+    kernel = np.ones(window) / window
+    return np.stack(
+        [np.convolve(padded[:, c], kernel, mode="valid") for c in range(values.shape[1])], axis=1
+    )

@@ -29,13 +29,25 @@ MAX_IR_VERSION = 9
 PARITY_TOLERANCE = 2e-4
 
 
-def example_inputs(size: int, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(
+    size: int, batch: int = 2, seed: int = 0, graph: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded (face, condition) batch: a mel window, or the graph's own example
+    condition when it has one (``example_condition``)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     face = torch.rand(batch, 3, size, size, generator=gen)
+    example_condition = getattr(graph, "example_condition", None)
+    if example_condition is not None:
+        return face, example_condition(batch, gen)
     mel = torch.rand(batch, 1, 80, 16, generator=gen) * 8.0 - 4.0
     return face, mel
+
+
+def condition_name(graph: nn.Module) -> str:
+    """The graph's second input's name: ``mel`` unless the graph names another."""
+    return str(getattr(graph, "condition_name", "mel"))
 
 
 def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET) -> Path:
@@ -56,7 +68,8 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
             hint="choose a writable output path",
         ) from exc
     try:
-        face, mel = example_inputs(size)
+        face, mel = example_inputs(size, graph=graph)
+        second = condition_name(graph)
         # torch >= 2.5 defaults towards the dynamo exporter; torch 2.1-2.4 has no `dynamo`
         # argument and always uses the legacy one.
         legacy_only = "dynamo" in inspect.signature(torch.onnx.export).parameters
@@ -65,8 +78,8 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
             warnings.simplefilter("ignore")  # legacy-exporter deprecation notices
             torch.onnx.export(
                 graph.eval(), (face, mel), tmp_name,
-                input_names=["face", "mel"], output_names=["face_out"],
-                dynamic_axes={"face": {0: "batch"}, "mel": {0: "batch"},
+                input_names=["face", second], output_names=["face_out"],
+                dynamic_axes={"face": {0: "batch"}, second: {0: "batch"},
                               "face_out": {0: "batch"}},
                 opset_version=opset, do_constant_folding=True, **legacy,
             )  # fmt: skip
@@ -98,11 +111,11 @@ def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
     import onnxruntime as ort
     import torch
 
-    face, mel = example_inputs(size, batch=3, seed=1)
+    face, mel = example_inputs(size, batch=3, seed=1, graph=graph)
     with torch.inference_mode():
         expected = graph.eval()(face, mel).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"face": face.numpy(), "mel": mel.numpy()})[0]
+    got = session.run(None, {"face": face.numpy(), condition_name(graph): mel.numpy()})[0]
     diff = float(np.max(np.abs(expected - got)))
     if not diff <= PARITY_TOLERANCE:
         raise PipelineError(

@@ -1,7 +1,8 @@
 """Every generator behind one graph signature, so back-ends and export treat them alike.
 
-Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop), ``mel`` [B,1,80,16] float32 ->
-``face_out`` [B,3,S,S] float32 0..1.
+Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop) and a condition -> ``face_out``
+[B,3,S,S] float32 0..1. The condition is ``mel`` [B,1,80,16] for Wav2Lip and ``control``
+[B,CONTROL] (the mouth's geometry and extra opening) for the embedded ``rewrite``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from heygem.face.geometry import CropSpec
-from heygem.generators import mouthwarp
+from heygem.generators import rewrite
 from heygem.generators.spec import GeneratorSpec
 from heygem.generators.wav2lip import FACE_SIZE, Wav2Lip, load_wav2lip_checkpoint
 from heygem.hashing import content_hash
@@ -36,14 +37,16 @@ class Wav2LipGraph(nn.Module):
 
 
 def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:
-    if name == "mouthwarp":
+    if name == "rewrite":
         spec = GeneratorSpec(
             name,
-            CropSpec("mouth", mouthwarp.CROP_SIZE),
-            True,
-            f"mouthwarp-{mouthwarp.CROP_SIZE}-v1",
+            CropSpec("lowerface", rewrite.CROP_SIZE),
+            # Silence shows a closed mouth, which a talking template's frame may not have.
+            False,
+            f"rewrite-{rewrite.CROP_SIZE}-v1",
+            condition="mouth",
         )
-        return mouthwarp.MouthWarp().eval(), spec
+        return rewrite.MouthRenderer().eval(), spec
     if name == "wav2lip":
         assert checkpoint is not None  # enforced by GenerateOptions.validated
         model = load_wav2lip_checkpoint(checkpoint)

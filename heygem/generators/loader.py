@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from heygem.errors import OutputNotWritable
+from heygem.generators.control import OpeningRowsRunner
 from heygem.generators.export import OPSET
 from heygem.generators.runtime import GraphRunner, OrtRunner, TorchRunner
 from heygem.generators.spec import GeneratorSpec
@@ -101,11 +102,16 @@ def start_runner(
     on_step: StepCallback | None = None,
 ) -> GraphRunner:
     """The session (ONNX Runtime, exporting first if needed) or module (torch)."""
+    runner: GraphRunner
     if prepared.onnx is None:
-        return TorchRunner(prepared.graph, device, threads, require_gpu, precision=precision)
-    if prepared.needs_export:
-        _export(prepared, on_step)
-    return OrtRunner(prepared.onnx.onnx, device, threads, require_gpu)
+        runner = TorchRunner(prepared.graph, device, threads, require_gpu, precision=precision)
+    else:
+        if prepared.needs_export:
+            _export(prepared, on_step)
+        runner = OrtRunner(prepared.onnx.onnx, device, threads, require_gpu)
+    if prepared.spec.name == "rewrite":
+        runner = OpeningRowsRunner(runner)
+    return runner
 
 
 def load_generator(

@@ -104,6 +104,8 @@ class OrtRunner:
         requested = (CUDA_EP, CPU_EP) if wants_cuda else (CPU_EP,)
         options = ort_session_options(threads)
         self._session = ort.InferenceSession(str(onnx_path), options, providers=list(requested))
+        # (face, condition) by position: the condition is "mel" or "control".
+        self._inputs = [i.name for i in self._session.get_inputs()]
         used = tuple(self._session.get_providers())
         warnings: tuple[str, ...] = ()
         if wants_cuda and used[0] != CUDA_EP:
@@ -115,7 +117,7 @@ class OrtRunner:
         self.info = BackendInfo("onnxruntime", requested, used, warnings)
 
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        out = self._session.run(None, {"face": face, "mel": mel})[0]
+        out = self._session.run(None, dict(zip(self._inputs, (face, mel), strict=True)))[0]
         return np.asarray(out)
 
 

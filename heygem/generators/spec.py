@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from heygem.face.geometry import CropSpec
 
@@ -21,6 +21,9 @@ class GeneratorSpec:
     identity_when_silent: bool
     # Identifies the weights, for the ONNX export cache.
     fingerprint: str
+    # What the graph's second input is: a mel window per frame, or the control vector of
+    # the mouth chosen for the frame (heygem.generators.samples builds either).
+    condition: Literal["mel", "mouth"] = "mel"
 
     def to_json(self) -> str:
         return json.dumps(
@@ -29,6 +32,7 @@ class GeneratorSpec:
                 "crop": {"kind": self.crop.kind, "size": self.crop.size},
                 "identity_when_silent": self.identity_when_silent,
                 "fingerprint": self.fingerprint,
+                "condition": self.condition,
             }
         )
 
@@ -41,4 +45,5 @@ class GeneratorSpec:
             crop=CropSpec(crop["kind"], int(crop["size"])),
             identity_when_silent=bool(data["identity_when_silent"]),
             fingerprint=str(data["fingerprint"]),
+            condition=cast(Literal["mel", "mouth"], data["condition"]),
         )

@@ -17,7 +17,7 @@ from typing import Any
 from heygem.errors import FailureCause, PipelineError, PipelineStalled, StageCrashed
 from heygem.runner.channels import Channel
 from heygem.runner.exits import OomWatch, describe_exit
-from heygem.runner.monitor import StageMonitor, StageState
+from heygem.runner.monitor import PACE_FACTOR, StageMonitor, StageState
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class ChildProcess:
     stage: str
     pid: int | None
     exitcode: int | None
+    stopped_for: float = 0.0  # seconds seen in state T (SIGSTOP, a debugger)
+
+
+# A child seen stopped this long fails the job (a moment in T can be a debugger's step).
+STOPPED_GRACE = 0.5
 
 
 class Watchdog:
@@ -53,7 +58,19 @@ class Watchdog:
         return max(depths) if depths else None
 
     def _dead_child(self) -> PipelineError | None:
-        for child in self._children():
+        children = self._children()
+        for child in children:
+            if child.exitcode is None and child.stopped_for >= STOPPED_GRACE:
+                return PipelineStalled(
+                    f"stage '{child.stage}': worker process {child.pid} is stopped (state T, "
+                    f"for {child.stopped_for:.1f} s): SIGSTOP, SIGTSTP or a debugger; the stage "
+                    "waits on it",
+                    stage=child.stage,
+                    hint=f"find who stopped pid {child.pid} (a debugger, Ctrl-Z, a container "
+                    "pause); `heygem-diagnose ps` shows process states",
+                    cause=FailureCause.PROCESS_STOPPED,
+                )
+        for child in children:
             if child.exitcode is not None and child.exitcode != 0:
                 exit_ = describe_exit(child.exitcode, oom_killed=self._oom.killed_since())
                 return StageCrashed(
@@ -68,10 +85,10 @@ class Watchdog:
         for monitor in self._monitors.values():
             if monitor.state in (StageState.DONE, StageState.FAILED):
                 continue
-            if monitor.silent_for > self._timeout + monitor.deadline:
+            if monitor.silent_for > monitor.allowed_silence(self._timeout):
                 culprit = self._blame(monitor)
                 # A neighbour still inside its start-up allowance is slow, not stuck.
-                if culprit.silent_for > self._timeout + culprit.deadline:
+                if culprit.silent_for > culprit.allowed_silence(self._timeout):
                     return self._report(culprit, monitor)
         return None
 
@@ -90,8 +107,14 @@ class Watchdog:
 
     def _report(self, culprit: StageMonitor, noticed: StageMonitor) -> PipelineStalled:
         silent = culprit.silent_for
+        allowed = culprit.allowed_silence(self._timeout)
+        rule = (
+            f"{allowed:.1f} s allowed: {PACE_FACTOR:g}x its longest pause so far"
+            if allowed < self._timeout and culprit.items
+            else f"stall timeout {self._timeout:g} s"
+        )
         lines = [
-            f"stage '{culprit.name}' made no progress for {silent:.1f} s "
+            f"stage '{culprit.name}' made no progress for {silent:.1f} s ({rule}) "
             f"(state: {culprit.state.value}; last action: {culprit.last_action}; "
             f"{culprit.items} items done)"
         ]

@@ -10,18 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from service.admission import admit, check_queue, job_directory, new_id
-from service.deps import Authorized, Services, ServicesDep
+from service.admission import Submission, admit, submission
+from service.deps import ClientDep, Services, ServicesDep
 from service.errors import CompatCode, MissingParameter, compat_body
 from service.fetch import fetch, is_url
 from service.jobs import Job, JobState
 from service.media import confined, copy_into, safe_suffix
 from service.models import CompatResponse, CompatSubmit
+from service.observe import JOB_ID_HEADER
 from service.store import CODE
 
-router = APIRouter(prefix="/easy", tags=["heygem-compatible"], dependencies=[Authorized])
+router = APIRouter(prefix="/easy", tags=["heygem-compatible"])
 
 _STATUS = {
     JobState.QUEUED: 1,
@@ -37,10 +38,11 @@ _IGNORED = {
 }
 
 
-def _media(services: Services, reference: str, name: str, job_dir: Path) -> Path:
-    settings = services.settings
+def _media(sub: Submission, kind: str, reference: str, name: str) -> Path:
+    settings = sub.services.settings
     if is_url(reference):
-        target = job_dir / f"{name}{safe_suffix(reference.split('?')[0])}"
+        target = sub.directory / f"{name}{safe_suffix(reference.split('?')[0])}"
+        sub.input(kind, target, name)
         fetch(
             reference,
             target,
@@ -50,11 +52,17 @@ def _media(services: Services, reference: str, name: str, job_dir: Path) -> Path
             what=name,
         )
         return target
-    return confined(settings.media_root, reference, name)
+    return sub.input(kind, confined(settings.media_root, reference, name), reference)
 
 
 @router.post("/submit", response_model=CompatResponse, summary="Submit a task (HeyGem API)")
-def submit(services: ServicesDep, body: CompatSubmit, response: Response) -> dict[str, Any]:
+def submit(
+    services: ServicesDep,
+    caller: ClientDep,
+    request: Request,
+    body: CompatSubmit,
+    response: Response,
+) -> dict[str, Any]:
     missing = [n for n in ("audio_url", "video_url", "code") if not getattr(body, n)]
     if missing:
         raise MissingParameter(
@@ -66,37 +74,30 @@ def submit(services: ServicesDep, body: CompatSubmit, response: Response) -> dic
             f"code {body.code!r} is not a valid task code",
             hint="use letters, digits, '.', '_' or '-' (a UUID is fine)",
         )
-    check_queue(services)
     warnings = tuple(
         f"{what} requested but not supported; ignored"
         for key, what in _IGNORED.items()
         if getattr(body, key)
     )
-    job_id = new_id()
-    with job_directory(services, job_id) as job_dir:
-        audio = _media(services, body.audio_url, "audio_url", job_dir)
-        video = _media(services, body.video_url, "video_url", job_dir)
-        job = admit(
-            services,
-            job_id,
-            job_dir,
-            audio,
-            video,
-            options={},
-            source="easy",
-            code=body.code,
-            warnings=warnings,
-        )
+    with submission(services, request, caller) as sub:
+        audio = _media(sub, "audio", body.audio_url, "audio_url")
+        video = _media(sub, "video", body.video_url, "video_url")
+        job = admit(sub, audio, video, options={}, source="easy", code=body.code, warnings=warnings)
+    response.headers[JOB_ID_HEADER] = job.id
     return compat_body(CompatCode.OK, "", {"code": body.code, "job_id": job.id})
 
 
 @router.get("/query", response_model=CompatResponse, summary="Query a task (HeyGem API)")
 def query(
-    services: ServicesDep, code: Annotated[str | None, Query(description="the task code")] = None
+    services: ServicesDep,
+    caller: ClientDep,
+    response: Response,
+    code: Annotated[str | None, Query(description="the task code")] = None,
 ) -> dict[str, Any]:
     if not code:
         raise MissingParameter("missing parameter: code", hint="send ?code=<task code>")
-    job = services.store.get_by_code(code)
+    job = services.store.get_by_code(code, caller.scope)
+    response.headers[JOB_ID_HEADER] = job.id
     data = {
         "code": code,
         "status": _STATUS[job.state],
@@ -128,7 +129,7 @@ def _message(services: Services, job: Job) -> str:
     if job.state is JobState.QUEUED:
         return f"queued (position {services.store.queue_position(job)})"
     if job.state is JobState.RUNNING:
-        return "cancelling" if job.cancel_requested else job.stage
+        return "cancelling" if job.cancel_requested else job.phase
     error = job.error
     text = error.message if error else job.state.value
     if error and error.hint:

@@ -1,4 +1,7 @@
-"""The native API: submit, status, result download, cancel, list."""
+"""The native API: submit, status, result download, cancel or delete, list.
+
+A client sees only its own jobs (an admin key sees all); another client's job is 404.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
+from pydantic import ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
-from service.admission import admit, check_queue, job_directory, job_overrides, new_id
-from service.deps import Authorized, Services, ServicesDep
+from service.admission import Submission, admit, job_overrides, submission
+from service.deps import ClientDep, ServicesDep
 from service.errors import (
     JobConflict,
     MissingParameter,
@@ -21,23 +26,30 @@ from service.errors import (
 from service.jobs import JobState
 from service.media import confined, safe_suffix, store_stream
 from service.models import ErrorResponse, GenerationList, GenerationStatus
+from service.observe import JOB_ID_HEADER
+from service.options import JobOptions
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422, 429)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 
-def _status(services: Services, job_id: str) -> GenerationStatus:
-    job = services.store.get(job_id)
-    position = services.store.queue_position(job) if job.state is JobState.QUEUED else None
-    return GenerationStatus.of(job, position)
+class SubmitForm(JobOptions):  # type: ignore[misc, valid-type]
+    """The form fields of a submission: where the inputs are, and the per-job options."""
+
+    # The file fields arrive in the same form; they are File parameters, not options.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    audio_upload_id: str | None = Field(None, description="an id from POST /v1/uploads")
+    video_upload_id: str | None = Field(None, description="an id from POST /v1/uploads")
+    audio_path: str | None = Field(None, description="a path under the media root")
+    video_path: str | None = Field(None, description="a path under the media root")
 
 
 def _input(
-    services: Services,
-    job_dir: Path,
+    sub: Submission,
     kind: str,
     upload: UploadFile | None,
     upload_id: str | None,
@@ -60,23 +72,30 @@ def _input(
             hint=f"send exactly one of: a file field '{kind}', '{kind}_upload_id' (from "
             f"POST /v1/uploads) or '{kind}_path' (under the media root)",
         )
+    services = sub.services
     settings = services.settings
     if upload is not None:
-        target = job_dir / f"{kind}{safe_suffix(upload.filename)}"
-        store_stream(
-            upload.file, target, max_bytes=settings.max_upload_bytes, what=f"the {kind} upload"
-        )
+        name = _client_name(upload.filename, kind)
+        target = sub.input(kind, sub.directory / f"{kind}{safe_suffix(upload.filename)}", name)
+        store_stream(upload.file, target, max_bytes=settings.max_upload_bytes, what=name)
         return target
     if upload_id:
-        record = services.store.get_upload(upload_id)
+        record = services.store.get_upload(upload_id, sub.caller.scope)
         if record is None or not Path(record["path"]).is_file():
             raise UploadNotFound(
-                f"no upload with id {upload_id!r}",
+                f"no upload with id {upload_id[:64]!r}",
                 hint="upload the file with POST /v1/uploads first",
             )
-        return Path(record["path"])
+        services.store.touch_upload(upload_id)
+        return sub.input(kind, Path(record["path"]), record["filename"])
     assert path is not None
-    return confined(settings.media_root, path, f"{kind}_path")
+    resolved = confined(settings.media_root, path, f"{kind}_path")
+    return sub.input(kind, resolved, path)
+
+
+def _client_name(filename: str | None, kind: str) -> str:
+    name = Path(filename or "").name[:200]
+    return name or f"the {kind} upload"
 
 
 @router.post(
@@ -88,54 +107,33 @@ def _input(
 )
 def submit(
     services: ServicesDep,
+    caller: ClientDep,
+    request: Request,
     response: Response,
+    form: Annotated[SubmitForm, Form()],
     audio: Annotated[UploadFile | None, File(description="speech audio (any format)")] = None,
     video: Annotated[UploadFile | None, File(description="template video or still image")] = None,
-    audio_upload_id: Annotated[str | None, Form()] = None,
-    video_upload_id: Annotated[str | None, Form()] = None,
-    audio_path: Annotated[str | None, Form(description="path under the media root")] = None,
-    video_path: Annotated[str | None, Form(description="path under the media root")] = None,
-    backend: Annotated[str | None, Form()] = None,
-    batch_size: Annotated[int | None, Form()] = None,
-    fps: Annotated[float | None, Form()] = None,
-    preset: Annotated[str | None, Form()] = None,
-    crf: Annotated[int | None, Form()] = None,
-    stall_timeout: Annotated[float | None, Form()] = None,
-    fault: Annotated[
-        str | None, Form(description="STAGE:KIND[:SECONDS], test servers only")
-    ] = None,
 ) -> GenerationStatus:
-    check_queue(services)
-    options = job_overrides(
-        services,
-        {
-            "backend": backend,
-            "batch_size": batch_size,
-            "fps": fps,
-            "preset": preset,
-            "crf": crf,
-            "stall_timeout": stall_timeout,
-            "fault": fault,
-        },
-    )
-    job_id = new_id()
-    with job_directory(services, job_id) as job_dir:
-        audio_file = _input(services, job_dir, "audio", audio, audio_upload_id, audio_path)
-        video_file = _input(services, job_dir, "video", video, video_upload_id, video_path)
-        job = admit(services, job_id, job_dir, audio_file, video_file, options=options)
+    options = job_overrides(services, form)
+    with submission(services, request, caller) as sub:
+        audio_file = _input(sub, "audio", audio, form.audio_upload_id, form.audio_path)
+        video_file = _input(sub, "video", video, form.video_upload_id, form.video_path)
+        job = admit(sub, audio_file, video_file, options=options)
     response.headers["Location"] = f"/v1/generations/{job.id}"
-    return GenerationStatus.of(job, services.store.queue_position(job))
+    response.headers[JOB_ID_HEADER] = job.id
+    return GenerationStatus.of(job, services.store.queue_position(job), caller.admin)
 
 
-@router.get("", response_model=GenerationList, responses=_ERRORS, summary="List jobs")
+@router.get("", response_model=GenerationList, responses=_ERRORS, summary="List your jobs")
 def list_generations(
     services: ServicesDep,
+    caller: ClientDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     state: Annotated[JobState | None, Query()] = None,
 ) -> GenerationList:
-    jobs, total = services.store.page(limit=limit, offset=offset, state=state)
-    items = [GenerationStatus.of(job) for job in jobs]
+    jobs, total = services.store.page(limit=limit, offset=offset, state=state, client=caller.scope)
+    items = [GenerationStatus.of(job, admin=caller.admin) for job in jobs]
     following = offset + len(items)
     return GenerationList(
         items=items,
@@ -149,8 +147,22 @@ def list_generations(
 @router.get(
     "/{job_id}", response_model=GenerationStatus, responses=_ERRORS, summary="Status of a job"
 )
-def get_generation(services: ServicesDep, job_id: str) -> GenerationStatus:
-    return _status(services, job_id)
+def get_generation(
+    services: ServicesDep, caller: ClientDep, job_id: str, response: Response
+) -> GenerationStatus:
+    job = services.store.get(job_id, caller.scope)
+    response.headers[JOB_ID_HEADER] = job.id
+    position = services.store.queue_position(job) if job.state is JobState.QUEUED else None
+    return GenerationStatus.of(job, position, caller.admin)
+
+
+class _WholeFile(FileResponse):
+    """The whole file, whatever Range the request carried (RFC 9110 14.2: a Range header
+    that does not parse is ignored)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 
 @router.get(
@@ -165,9 +177,9 @@ def get_generation(services: ServicesDep, job_id: str) -> GenerationStatus:
     summary="Download the MP4 (range requests supported)",
 )
 def get_result(
-    services: ServicesDep, job_id: str, range_: Annotated[str | None, Header(alias="range")] = None
+    services: ServicesDep, caller: ClientDep, job_id: str, request: Request
 ) -> FileResponse:
-    job = services.store.get(job_id)
+    job = services.store.get(job_id, caller.scope)
     if job.state is not JobState.SUCCEEDED:
         raise ResultNotReady(
             f"job {job_id} has no result: it is {job.state.value}",
@@ -180,43 +192,58 @@ def get_result(
         raise JobConflict(
             f"the result of job {job_id} is no longer on disk", hint="submit the job again"
         )
-    if range_ is not None:
-        _check_range(range_, path.stat().st_size)
-    return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+    headers = {JOB_ID_HEADER: job.id}
+    ranged = _wanted_range(request.headers.get("range"), path.stat().st_size)
+    kind = FileResponse if ranged else _WholeFile
+    return kind(path, media_type="video/mp4", filename=f"{job_id}.mp4", headers=headers)
 
 
 @router.delete(
     "/{job_id}",
     response_model=GenerationStatus,
-    responses=_ERRORS,
-    summary="Cancel a queued or running job",
+    responses={**_ERRORS, 204: {"description": "the finished job and its files were removed"}},
+    summary="Cancel a queued or running job; delete a finished one",
 )
-def cancel_generation(services: ServicesDep, job_id: str, response: Response) -> GenerationStatus:
-    job = services.store.request_cancel(job_id)
+def cancel_or_delete(
+    services: ServicesDep, caller: ClientDep, job_id: str, response: Response
+) -> Any:
+    job = services.store.get(job_id, caller.scope)
+    if job.state.finished:
+        services.lifecycle.delete(job_id, caller.scope)
+        return Response(status_code=204, headers={JOB_ID_HEADER: job.id})
+    job = services.lifecycle.cancel(job_id, caller.scope)
+    response.headers[JOB_ID_HEADER] = job.id
     if job.state is JobState.RUNNING:
-        services.pool.wake()  # the supervisor tells the worker; it reports when stopped
+        services.executor.wake()  # the executor tells the worker; it reports when stopped
         response.status_code = 202
-    return _status(services, job_id)
+    return GenerationStatus.of(job, admin=caller.admin)
 
 
-_RANGE = re.compile(r"^bytes=\s*(\d*)-(\d*)\s*(,\s*\d*-\d*\s*)*$")
+# RFC 9110 14.1.2: ranges-specifier = "bytes=" 1#( first-last / first- / -suffix ).
+_RANGE_SPEC = re.compile(r"^\s*(?:(\d+)-(\d*)|-(\d+))\s*$")
 
 
-def _check_range(header: str, size: int) -> None:
-    """Refuse malformed or unsatisfiable ranges in our error shape (the rest: Starlette)."""
-    match = _RANGE.match(header)
-    if match is None:
+def _wanted_range(header: str | None, size: int) -> bool:
+    """Whether to answer a part: False for no or a malformed Range header (ignored, so the
+    whole file is sent), RangeNotSatisfiable (416) when no range overlaps the file."""
+    if header is None:
+        return False
+    unit, sep, specs = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return False
+    satisfiable = False
+    for spec in specs.split(","):
+        match = _RANGE_SPEC.match(spec)
+        if match is None:
+            return False
+        first, last, suffix = match.groups()
+        if first is not None and last and int(last) < int(first):
+            return False
+        satisfiable |= int(first) < size if first is not None else int(suffix) > 0
+    if not satisfiable:
         raise RangeNotSatisfiable(
-            f"Range header {header!r} is malformed", size=size, hint="use e.g. 'bytes=0-1023'"
-        )
-    start, end = match.group(1), match.group(2)
-    if not start and not end:
-        raise RangeNotSatisfiable(
-            f"Range header {header!r} names no bytes", size=size, hint="use e.g. 'bytes=0-1023'"
-        )
-    if start and (int(start) >= size or (end and int(end) < int(start))):
-        raise RangeNotSatisfiable(
-            f"range {header!r} is outside the {size} byte file",
+            f"range {header[:100]!r} is outside the {size} byte file",
             size=size,
             hint=f"ask for bytes 0-{size - 1}",
         )
+    return True

@@ -1,17 +1,21 @@
-"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers)."""
+"""Liveness, readiness and Prometheus metrics (no API key needed: probes and scrapers).
+
+``/readyz`` tells anyone whether the service is ready and which check failed; the details
+(data directory, free space, worker processes, start errors) only go to an admin key.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import asdict
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 
-from service.deps import Services, ServicesDep
-from service.jobs import JobState
-from service.metrics import gauge
-from service.models import Check, Readiness
+from service.deps import OptionalClientDep, Services, ServicesDep
+from service.metrics import CONTENT_TYPE
+from service.models import Check, Readiness, WorkerStatus
 
 router = APIRouter(tags=["health"])
 
@@ -25,74 +29,68 @@ def healthz() -> dict[str, str]:
     "/readyz",
     response_model=Readiness,
     responses={503: {"model": Readiness}},
-    summary="Workers warm, supervisor healthy, disk writable",
+    summary="Workers warm, supervisor healthy, disk writable, not shutting down",
 )
-def readyz(services: ServicesDep) -> JSONResponse:
-    workers = services.pool.snapshot()
-    warm = [w for w in workers if w["state"] in ("idle", "busy")]
+def readyz(services: ServicesDep, caller: OptionalClientDep) -> JSONResponse:
+    admin = caller is not None and caller.admin
+    workers = services.executor.workers()
+    warm = [w for w in workers if w.warm]
     detail = (
         f"{len(warm)} of {len(workers)} workers warm"
         if workers
-        else ("no workers configured (HEYGEM_SERVICE_WORKERS=0)")
+        else "no workers configured (HEYGEM_SERVICE_WORKERS=0)"
     )
-    start_errors = {w["last_start_error"] for w in workers if w["last_start_error"]}
+    start_errors = sorted({w.last_start_error for w in workers if w.last_start_error})
     if start_errors:
-        detail += "; workers fail to start: " + "; ".join(sorted(start_errors))
+        detail += "; workers fail to start" + (": " + "; ".join(start_errors) if admin else "")
+    healthy = services.executor.healthy()
+    draining = services.lifecycle.draining.is_set()
     checks = {
         "workers": Check(ok=bool(warm), detail=detail),
         "watchdog": Check(
-            ok=services.pool.supervisor_healthy(),
+            ok=healthy,
             detail="supervisor thread ticking"
-            if services.pool.supervisor_healthy()
+            if healthy
             else "supervisor thread is not running or stuck",
         ),
-        "disk": _disk(services),
+        "disk": _disk(services, admin),
+        "accepting": Check(
+            ok=not draining,
+            detail="shutting down: no new work" if draining else "accepting new jobs",
+        ),
     }
     ready = all(c.ok for c in checks.values())
-    body = Readiness(ready=ready, checks=checks, workers=workers)
+    body = Readiness(
+        ready=ready,
+        checks=checks,
+        workers=[WorkerStatus(**asdict(w)) for w in workers] if admin else [],
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
 
-def _disk(services: Services) -> Check:
+def _disk(services: Services, admin: bool) -> Check:
     data_dir = services.settings.data_dir
+    where = str(data_dir) if admin else "the data directory"
     try:
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".ready-") as probe:
             probe.write(b"ok")
             probe.flush()
         free = shutil.disk_usage(data_dir).free
     except OSError as exc:
-        return Check(ok=False, detail=f"{data_dir} is not writable: {exc}")
+        return Check(ok=False, detail=f"{where} is not writable" + (f": {exc}" if admin else ""))
     needed = services.settings.min_free_disk_bytes
     if free < needed:
-        return Check(ok=False, detail=f"{free} bytes free in {data_dir}, below {needed}")
-    return Check(ok=True, detail=f"{data_dir} writable, {free // 2**20} MiB free")
+        room = f": {free} bytes free, below {needed}" if admin else ""
+        return Check(ok=False, detail=f"{where} is low on space{room}")
+    room = f", {free // 2**20} MiB free" if admin else ""
+    return Check(ok=True, detail=f"{where} writable{room}")
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-def metrics(services: ServicesDep) -> PlainTextResponse:
-    counts = services.store.counts()
-    workers = services.pool.snapshot()
-    by_state: dict[str, int] = {}
-    for worker in workers:
-        by_state[worker["state"]] = by_state.get(worker["state"], 0) + 1
-    extra: list[str] = []
-    extra += gauge(
-        "heygem_jobs",
-        "Jobs in the store, by state.",
-        {(("state", s.value),): float(n) for s, n in counts.items()},
-    )
-    extra += gauge(
-        "heygem_queue_depth", "Jobs waiting for a worker.", {(): float(counts[JobState.QUEUED])}
-    )
-    extra += gauge(
-        "heygem_queue_capacity",
-        "Maximum queued jobs before 429.",
-        {(): float(services.settings.max_queue)},
-    )
-    extra += gauge(
-        "heygem_workers",
-        "Worker processes, by state.",
-        {(("state", s),): float(n) for s, n in by_state.items()},
-    )
-    text = services.metrics.render(extra)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}}},
+    response_class=Response,
+)
+def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)

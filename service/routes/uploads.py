@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 
 from service.admission import new_id
-from service.deps import Authorized, ServicesDep
-from service.errors import UploadNotFound
+from service.deps import ClientDep, ServicesDep, admitting
+from service.errors import CLIENT_NAMES_KEY, UploadNotFound
 from service.media import safe_suffix, store_stream, summarize
 from service.models import ErrorResponse, UploadInfo
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)
 }
 
 
@@ -39,22 +40,27 @@ def _info(record: dict[str, Any]) -> UploadInfo:
     summary="Upload an audio or template video for later jobs",
 )
 def upload(
-    services: ServicesDep, file: Annotated[UploadFile, File(description="audio or video")]
+    services: ServicesDep,
+    caller: ClientDep,
+    request: Request,
+    file: Annotated[UploadFile, File(description="audio or video")],
 ) -> UploadInfo:
+    admitting(services)
     upload_id = new_id()
     directory = services.settings.data_dir / "uploads" / upload_id
     directory.mkdir(parents=True)
+    filename = Path(file.filename or "").name[:255] or "the upload"
+    path = directory / f"media{safe_suffix(file.filename)}"
+    request.scope[CLIENT_NAMES_KEY] = {str(path): filename, str(directory): "the upload"}
     try:
-        path = directory / f"media{safe_suffix(file.filename)}"
         size = store_stream(
-            file.file, path, max_bytes=services.settings.max_upload_bytes, what="the upload"
+            file.file, path, max_bytes=services.settings.max_upload_bytes, what=filename
         )
         summary = summarize(path)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    filename = (file.filename or path.name)[:255]
-    services.store.add_upload(upload_id, str(path), filename, size, summary.__dict__)
+    services.store.add_upload(upload_id, str(path), filename, size, summary.__dict__, caller.name)
     record = services.store.get_upload(upload_id)
     assert record is not None
     return _info(record)
@@ -63,10 +69,10 @@ def upload(
 @router.get(
     "/{upload_id}", response_model=UploadInfo, responses=_ERRORS, summary="Describe an upload"
 )
-def get_upload(services: ServicesDep, upload_id: str) -> UploadInfo:
-    record = services.store.get_upload(upload_id)
+def get_upload(services: ServicesDep, caller: ClientDep, upload_id: str) -> UploadInfo:
+    record = services.store.get_upload(upload_id, caller.scope)
     if record is None:
         raise UploadNotFound(
-            f"no upload with id {upload_id!r}", hint="upload the file with POST /v1/uploads"
+            f"no upload with id {upload_id[:64]!r}", hint="upload the file with POST /v1/uploads"
         )
     return _info(record)

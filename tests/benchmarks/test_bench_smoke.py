@@ -36,7 +36,7 @@ def test_stage_benchmarks_run_on_tiny_inputs(tmp_path: Path) -> None:
         "--basetemp",
         str(tmp_path / "bt"),
         # wav2lip's 36M-parameter export alone takes ~10 s; the code path is the same
-        # as mouthwarp's and the export has tests of its own.
+        # as rewrite's and the export has tests of its own.
         "-k",
         "not wav2lip",
     ]
@@ -102,10 +102,10 @@ def _results(path: Path, scale: float, e2e_720: float) -> Path:
             share_of_floor=0.25,
         ),
         _bench(
-            "test_generator_batch[mouthwarp-torch-b8]",
+            "test_generator_batch[rewrite-torch-b8]",
             0.02 * scale,
             kind="generator",
-            generator="mouthwarp",
+            generator="rewrite",
             backend="torch",
             batch=8,
             fps=400.0,

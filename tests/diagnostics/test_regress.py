@@ -146,7 +146,9 @@ def test_a_changed_composite_frame_fails_by_psnr(golden: dict[str, Any]) -> None
     mouth = decode_png(frame["mouth"]["png"])
     frame["mouth"]["png"] = encode_png(np.clip(mouth.astype(int) + 12, 0, 255).astype(np.uint8))
     bad = {f.metric: f for f in compare_records(edited, golden) if not f.ok}
-    assert set(bad) == {"frames.mouth_psnr"}
+    # Only the edited mouth crop fails (a +12 offset on its dark mouth interior moves SSIM's
+    # luminance term too).
+    assert "frames.mouth_psnr" in bad and set(bad) <= {"frames.mouth_psnr", "frames.mouth_ssim"}
     assert bad["frames.mouth_psnr"].difference is not None
     assert bad["frames.mouth_psnr"].difference < 40.0
 

@@ -37,14 +37,15 @@ def make_settings(
     tmp_path: Path, shared_cache: Path, media_root: Path
 ) -> Callable[..., ServiceSettings]:
     def make(**overrides: Any) -> ServiceSettings:
+        """Test settings; ``pipeline`` overrides merge into the test pipeline's options."""
+        pipeline = {"cache_dir": shared_cache, "batch_size": 8} | overrides.pop("pipeline", {})
         values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
-            "cache_dir": shared_cache,
             "media_root": media_root,
             "workers": 0,
-            "batch_size": 8,
             "allow_fault_injection": True,
             "publish_compat_results": False,
+            "pipeline": pipeline,
         }
         values.update(overrides)
         return ServiceSettings(**values)

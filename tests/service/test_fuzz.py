@@ -18,7 +18,7 @@ _ROOT = Path(_DATA.name)
 APP = create_app(
     ServiceSettings(
         data_dir=_ROOT / "data",
-        cache_dir=_ROOT / "cache",
+        pipeline={"cache_dir": _ROOT / "cache"},
         media_root=_ROOT / "media",
         workers=0,
         max_queue=1000,

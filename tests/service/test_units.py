@@ -1,13 +1,24 @@
-"""Small pieces: worker cancel bookkeeping, job options, Prometheus text."""
+"""Small pieces: worker cancel bookkeeping, job options, metrics, redaction, the cache cap."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from heygem.config import FaultInjection, GenerateOptions
 from heygem.errors import InvalidOption
-from service.metrics import Counter, Histogram, Metrics
-from service.worker import _Control, job_options
+from service.metrics import Metrics
+from service.options import JobOptions, job_options
+from service.redact import HIDDEN, Redactor
+from service.retention import tree_bytes, trim_cache
+from service.settings import ServiceSettings
+from service.worker import _Control
+from tests.service.helpers import metric
 
 
 def test_cancel_before_the_job_starts_is_not_lost() -> None:
@@ -22,44 +33,103 @@ def test_cancel_before_the_job_starts_is_not_lost() -> None:
     assert running.is_set()
 
 
-def test_job_options_apply_overrides_and_parse_faults(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_job_options_apply_overrides_and_parse_faults(tmp_path: Path) -> None:
     base = GenerateOptions(cache_dir=tmp_path)
     assert job_options(base, {}) is base
     options = job_options(base, {"preset": "ultrafast", "fault": "generate:slow:0.5"})
     assert options.preset == "ultrafast"
     assert options.fault == FaultInjection("generate", "slow", 0.5)
-    with pytest.raises(InvalidOption):
+    with pytest.raises(ValueError, match="crf 99 is out of range"):
         job_options(base, {"crf": 99})
+    with pytest.raises(ValueError, match="Extra inputs"):
+        job_options(base, {"checkpoint": "/etc/passwd"})  # never a per-job option
+    with pytest.raises(InvalidOption, match="checkpoint"):
+        JobOptions(generator="wav2lip").apply(base)
+    with_checkpoint = GenerateOptions(cache_dir=tmp_path, checkpoint=tmp_path / "w.pth")
+    assert JobOptions(generator="wav2lip").apply(with_checkpoint).generator == "wav2lip"
+    with pytest.raises(InvalidOption, match="disabled"):
+        JobOptions(fault="generate:hang").apply(base, allow_fault=False)
 
 
-def test_prometheus_text() -> None:
-    counter = Counter("x_total", "help")
-    counter.inc(reason='a"b\\c\nd')
-    assert list(counter.render())[-1] == 'x_total{reason="a\\"b\\\\c\\nd"} 1'
-    hist = Histogram("h_seconds", "help", buckets=(1.0, 2.0))
-    for value in (0.5, 1.5, 3.0):
-        hist.observe(value, stage="s")
-    lines = list(hist.render())
-    assert 'h_seconds_bucket{stage="s",le="1"} 1' in lines
-    assert 'h_seconds_bucket{stage="s",le="2"} 2' in lines
-    assert 'h_seconds_bucket{stage="s",le="+Inf"} 3' in lines
-    assert 'h_seconds_sum{stage="s"} 5' in lines and 'h_seconds_count{stage="s"} 3' in lines
+def test_pipeline_settings_come_from_generate_options(tmp_path: Path) -> None:
+    settings = ServiceSettings(data_dir=tmp_path, pipeline={"batch_size": 4, "preset": "fast"})
+    options = settings.options
+    assert (options.batch_size, options.preset) == (4, "fast")
+    assert options.cache_dir == tmp_path / "cache"  # under --data-dir when serving
+    assert options.max_audio_seconds == 600.0  # the service's own default
+    defaults = GenerateOptions()
+    assert (options.crf, options.backend, options.stall_timeout) == (
+        defaults.crf,
+        defaults.backend,
+        defaults.stall_timeout,
+    )
+
+
+def test_the_worker_stall_limit_follows_the_pipeline_watchdog(tmp_path: Path) -> None:
+    """Item 10: the pipeline names a stalled stage within its stall_timeout; the pool's
+    own heartbeat limit is derived from it (the last resort), not a fixed 60 s."""
+    settings = ServiceSettings(data_dir=tmp_path, pipeline={"stall_timeout": 4.0})
+    assert settings.effective_worker_stall_timeout == 4.0 + 2 * 1.0 + 5.0
+    fixed = ServiceSettings(data_dir=tmp_path, worker_stall_timeout=30.0)
+    assert fixed.effective_worker_stall_timeout == 30.0
 
 
 def test_cpu_fallback_and_fps_are_counted() -> None:
     metrics = Metrics()
     metrics.job_succeeded(
         {
-            "timings": {"total": 2.0, "stream": 1.5},
+            "timings": {"total": 2.0, "stream": 1.0},
             "stage_seconds": {"generate": 1.0},
-            "cpu_fallback": True,
             "frames": 50,
             "providers_requested": ["CUDAExecutionProvider"],
             "providers_used": ["CPUExecutionProvider"],
+            "cpu_fallback": True,
         },
         queued_seconds=0.1,
     )
-    text = metrics.render()
-    assert "heygem_cpu_fallbacks_total 1" in text
-    assert 'heygem_generation_fps_bucket{le="25"} 1' in text
+    text = metrics.render().decode()
+    assert metric(text, "heygem_cpu_fallbacks_total") == 1
+    assert metric(text, "heygem_generation_fps_bucket", le="25.0") == 1
+    assert metric(text, "heygem_stage_seconds_count", stage="generate") == 1
+    assert metric(text, "heygem_step_seconds_count", step="stream") == 1
     assert metrics.mean_job_seconds() == 2.0
+    metrics.job_ended("failed", "no-progress")
+    text = metrics.render().decode()
+    assert metric(text, "heygem_stalls_total", kind="pipeline") == 1
+    assert metric(text, "heygem_job_failures_total", cause="no-progress") == 1
+    assert Metrics().render() != b""  # a registry per instance, nothing shared
+
+
+def test_redaction_replaces_known_paths_and_hides_server_ones(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    redactor = Redactor([data])
+    upload = data / "jobs" / "abc" / "audio.wav"
+    message = f"'{upload}' could not be decoded: Invalid data found: '{data}/jobs/abc/x.npy'"
+    shown = redactor.text(message, {str(upload): "my voice.wav"})
+    assert shown == f"'my voice.wav' could not be decoded: Invalid data found: '{HIDDEN}'"
+    assert redactor.text("see /v1/generations/{id}") == "see /v1/generations/{id}"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_no_server_path_survives_redaction(tail: str) -> None:
+    root = Path("/srv/heygem-data")
+    shown = Redactor([root]).text(f"error at {root}/jobs/{tail} and '{root}'")
+    assert "/srv/heygem-data" not in shown
+
+
+def test_cache_trim_removes_least_recently_used_entries_first(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    now = time.time()
+    for n, age in enumerate((500, 100, 300, 5)):  # seconds since last use
+        entry = templates / f"entry-{n}"
+        entry.mkdir(parents=True)
+        (entry / "crops.npy").write_bytes(b"\0" * 1000)
+        os.utime(entry, (now - age, now - age))
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"\0" * 5000)  # never trimmed
+    removed = trim_cache(tmp_path, 2500, keep_newer_than=now - 60)
+    assert [p.name for p in removed] == ["entry-0", "entry-2"]  # oldest use first
+    assert sorted(p.name for p in templates.iterdir()) == ["entry-1", "entry-3"]
+    # A recently used entry stays even when the cap is still exceeded.
+    assert [p.name for p in trim_cache(tmp_path, 0, keep_newer_than=now - 60)] == ["entry-1"]
+    assert tree_bytes(templates) == 1000

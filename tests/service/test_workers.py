@@ -9,9 +9,11 @@ queued and one running, so the restart is real.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +25,13 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.service.helpers import SPEECH_SECONDS, wait_final, wait_for
+from service.store import JobStore
+from tests.helpers import wait_for
+from tests.service.helpers import KEYS, SPEECH_SECONDS, metric, wait_final
 
 REFS = {"audio_path": "speech.wav", "video_path": "template.mp4"}
 SLOW = "generate:slow:0.4"  # 7 batches of 8 frames at 0.4 s: ~3 s of generating
+ADMIN = {"X-API-Key": KEYS["ops"]}
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +41,20 @@ def previous_life(
     """A service process that queued jobs and died while its worker ran the first one."""
     settings = ServiceSettings(
         data_dir=tmp_path_factory.mktemp("live"),
-        cache_dir=shared_cache,
         media_root=media_root,
         workers=0,
-        batch_size=8,
+        api_key=KEYS["ops"],
+        pipeline={"cache_dir": shared_cache, "batch_size": 8},
     )
-    with TestClient(create_app(settings)) as first:
+    with TestClient(create_app(settings), headers=ADMIN) as first:
         interrupted, waiting = (
             first.post("/v1/generations", data=REFS).json()["id"] for _ in range(2)
         )
-        store = first.app.state.services.store  # type: ignore[attr-defined]
-        claimed = store.claim_next(worker_pid=4242)  # as the supervisor does for a worker
-        assert claimed is not None and claimed.id == interrupted
+    # What a crash (kill -9 of the service) leaves behind: a job claimed by a worker.
+    store = JobStore(settings.database)
+    claimed = store.claim_next("pid 4242")  # as the supervisor does for a worker
+    assert claimed is not None and claimed.id == interrupted
+    store.close()
     return {"settings": settings, "interrupted": interrupted, "waiting": waiting}
 
 
@@ -62,7 +69,7 @@ def live(previous_life: dict[str, Any]) -> Iterator[TestClient]:
             "cancel_grace": 5.0,
         }
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=120)
         yield client
 
@@ -74,19 +81,20 @@ def _submit(client: TestClient, **options: Any) -> str:
     return job_id
 
 
-def _worker_pid(client: TestClient) -> int:
-    def idle_pid() -> int | None:
-        workers = client.get("/readyz").json()["workers"]
-        return workers[0]["pid"] if workers[0]["state"] == "idle" else None
+def _idle_pid(client: TestClient) -> int | None:
+    workers = client.get("/readyz").json()["workers"]  # details: the admin key
+    return workers[0]["pid"] if workers[0]["state"] == "idle" else None
 
-    pid: int = wait_for(idle_pid, timeout=60)
+
+def _worker_pid(client: TestClient) -> int:
+    pid: int = wait_for(lambda: _idle_pid(client), timeout=60)
     return pid
 
 
 def _generating(client: TestClient, job_id: str) -> dict[str, Any]:
     def status() -> dict[str, Any] | None:
         body = client.get(f"/v1/generations/{job_id}").json()
-        return body if body["stage"] == "generating" and body["progress"] > 10 else None
+        return body if body["phase"] == "generating" and body["progress"] > 10 else None
 
     result: dict[str, Any] = wait_for(status, timeout=30)
     return result
@@ -103,19 +111,21 @@ def test_restart_fails_interrupted_jobs_and_runs_queued_ones(
 ) -> None:
     failed = live.get(f"/v1/generations/{previous_life['interrupted']}").json()
     assert failed["state"] == "failed" and failed["error"]["type"] == "ServiceRestarted"
-    assert "worker pid 4242" in failed["error"]["message"] and failed["error"]["hint"]
+    assert failed["error"]["cause"] == "service-restarted" and failed["error"]["hint"]
+    assert failed["error"]["phase"] == "starting" and failed["worker"] == "pid 4242"
     assert wait_final(live, previous_life["waiting"])["state"] == "succeeded"
 
 
 def test_full_job_status_and_download(live: TestClient) -> None:
     status = wait_final(live, _submit(live))
     assert status["state"] == "succeeded", status
-    assert status["progress"] == 100 and status["stage"] == "done" and status["error"] is None
+    assert status["progress"] == 100 and status["phase"] == "done" and status["error"] is None
+    assert status["frames_done"] == status["frames_total"] == status["frames"]
     assert status["frames"] == math.ceil(SPEECH_SECONDS * 25) and status["fps"] == 25
     assert status["providers_used"] == ["CPUExecutionProvider"]
     assert {"queued", "audio_features", "face_track", "stream", "total"} <= set(status["timings"])
     assert set(status["stage_seconds"]) == {"decode", "load", "generate", "compose"}
-    assert status["worker_pid"] and status["result_url"].endswith("/result")
+    assert status["worker"] and status["result_url"].endswith("/result")
 
     full = live.get(status["result_url"])
     assert full.status_code == 200 and full.headers["content-type"] == "video/mp4"
@@ -147,22 +157,43 @@ def test_cancel_stops_the_running_job_and_frees_the_worker(live: TestClient) -> 
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
     status = wait_final(live, job_id, timeout=15)
     assert status["state"] == "cancelled" and status["error"]["type"] == "Cancelled"
+    assert status["error"]["message"] == "cancelled by request"
+    assert status["error"]["cause"] == "cancelled" and status["error"]["phase"] == "generating"
     assert status["progress"] < 100
     # The same worker process (not a replacement) is free again and runs the next job.
     assert _worker_pid(live) == pid
-    assert _next_job_succeeds(live)["worker_pid"] == pid
+    assert _next_job_succeeds(live)["worker"] == f"local-0 (pid {pid})"
 
 
 def test_killed_worker_fails_only_its_job_and_is_replaced(live: TestClient) -> None:
+    """Items 4 and 5: the error names the phase the job was in (not the claim-time
+    'starting'), and a kill -9 is a kill, not "most likely the OOM killer"."""
     pid = _worker_pid(live)
     job_id = _submit(live, fault=SLOW)
     _generating(live, job_id)
-    os.kill(pid, signal.SIGKILL)  # what the OOM killer does
+    os.kill(pid, signal.SIGKILL)  # what a person (or the OOM killer) does
     status = wait_final(live, job_id)
-    assert status["state"] == "failed" and status["error"]["type"] == "WorkerCrashed"
-    assert "SIGKILL" in status["error"]["message"] and status["error"]["hint"]
-    assert _next_job_succeeds(live)["worker_pid"] != pid
-    assert 'heygem_worker_restarts_total{reason="crashed"} 1' in live.get("/metrics").text
+    error = status["error"]
+    assert status["state"] == "failed" and error["type"] == "WorkerCrashed"
+    assert error["phase"] == "generating", error
+    assert error["cause"] == "killed" and "SIGKILL" in error["message"] and error["hint"]
+    assert "most likely" not in error["message"]
+    assert "the kernel recorded no OOM kill" in error["message"]  # the counter is readable here
+    assert _next_job_succeeds(live)["worker"] != f"local-0 (pid {pid})"
+    assert metric(live.get("/metrics").text, "heygem_worker_restarts_total", reason="crashed") == 1
+
+
+def test_killed_idle_worker_is_not_said_to_have_run_a_job(
+    live: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid = _worker_pid(live)
+    with caplog.at_level(logging.ERROR, logger="service.pool"):
+        os.kill(pid, signal.SIGKILL)
+        new_pid = wait_for(lambda: (now := _idle_pid(live)) != pid and now, timeout=60)
+    gone = [r.getMessage() for r in caplog.records if str(pid) in r.getMessage()]
+    assert gone and all("while idle" in m for m in gone), gone
+    assert not any("running this job" in m or "OOM killer" in m.split(":")[0] for m in gone)
+    assert new_pid != pid
 
 
 def test_stalled_worker_is_killed_and_replaced(live: TestClient) -> None:
@@ -175,26 +206,30 @@ def test_stalled_worker_is_killed_and_replaced(live: TestClient) -> None:
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    assert status["state"] == "failed" and status["error"]["type"] == "WorkerStalled"
-    assert "no heartbeat" in status["error"]["message"]
-    assert _next_job_succeeds(live)["worker_pid"] != pid
+    error = status["error"]
+    assert status["state"] == "failed" and error["type"] == "WorkerStalled"
+    assert "no heartbeat" in error["message"] and error["cause"] == "process-stopped"
+    assert error["phase"] == "generating"
+    assert _next_job_succeeds(live)["worker"] != f"local-0 (pid {pid})"
     metrics = live.get("/metrics").text
-    assert 'heygem_stalls_total{kind="worker"} 1' in metrics
-    assert 'heygem_worker_restarts_total{reason="stalled"} 1' in metrics
+    assert metric(metrics, "heygem_stalls_total", kind="worker") == 1
+    assert metric(metrics, "heygem_worker_restarts_total", reason="stalled") == 1
 
 
 def test_stalled_pipeline_names_the_stage_and_recycles_the_worker(live: TestClient) -> None:
     pid = _worker_pid(live)
     job_id = _submit(live, fault="generate:hang:20", stall_timeout="1")
     status = wait_final(live, job_id)
-    assert status["state"] == "failed" and status["error"]["type"] == "PipelineStalled"
-    assert status["error"]["stage"] == "generate"
-    assert "made no progress" in status["error"]["message"]
+    error = status["error"]
+    assert status["state"] == "failed" and error["type"] == "PipelineStalled"
+    assert error["stage"] == "generate" and error["phase"] == "generating"
+    assert error["cause"] == "no-progress" and "made no progress" in error["message"]
+    assert status["stage"] == "generate"
     # The hung stage thread cannot be stopped, so its process is replaced.
-    assert _next_job_succeeds(live)["worker_pid"] != pid
+    assert _next_job_succeeds(live)["worker"] != f"local-0 (pid {pid})"
     metrics = live.get("/metrics").text
-    assert 'heygem_stalls_total{kind="pipeline"} 1' in metrics
-    assert 'heygem_worker_restarts_total{reason="recycled"} 1' in metrics
+    assert metric(metrics, "heygem_stalls_total", kind="pipeline") == 1
+    assert metric(metrics, "heygem_worker_restarts_total", reason="recycled") == 1
 
 
 def test_heygem_compatible_flow(live: TestClient, media_root: Path) -> None:
@@ -232,3 +267,36 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_job_errors_name_the_clients_file_not_the_server_path(
+    live: TestClient, faceless_mp4: Path, media_root: Path
+) -> None:
+    """Item 3: a worker's error used to carry '/…/jobs/<id>/video.mp4'."""
+    with (media_root / "speech.wav").open("rb") as audio, faceless_mp4.open("rb") as video:
+        response = live.post(
+            "/v1/generations",
+            files={"audio": ("speech.wav", audio), "video": ("empty room.mp4", video)},
+        )
+    assert response.status_code == 202, response.text
+    status = wait_final(live, response.json()["id"])
+    error = status["error"]
+    assert status["state"] == "failed" and error["type"] == "NoFaceFound", status
+    assert error["cause"] == "no-face" and "'empty room.mp4'" in error["message"], error
+    settings = live.app.state.services.settings  # type: ignore[attr-defined]
+    text = f"{error['message']} {error['hint']}"
+    assert str(settings.data_dir) not in text and "/jobs/" not in text
+
+
+def test_a_template_cache_hit_marks_its_entry_as_recently_used(
+    live: TestClient, shared_cache: Path
+) -> None:
+    """The cache is trimmed least recently used first: a hit must count as a use."""
+    _next_job_succeeds(live)  # the template is analysed and cached (or already was)
+    entries = list((shared_cache / "templates").iterdir())
+    past = time.time() - 3600
+    for entry in entries:
+        os.utime(entry, (past, past))
+    _next_job_succeeds(live)
+    used = [e for e in entries if e.stat().st_mtime > past + 1800]
+    assert len(used) == 1, [(e.name, e.stat().st_mtime) for e in entries]

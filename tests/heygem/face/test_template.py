@@ -10,14 +10,14 @@ from heygem.errors import NoFaceFound
 from heygem.face.geometry import CropSpec
 from heygem.face.template import plan_template
 
-SPEC = CropSpec("mouth", 128)
+SPEC = CropSpec("lowerface", 192)
 
 
 def test_plan_finds_the_face_in_every_frame(template_mp4: Path, tmp_path: Path) -> None:
     plan = plan_template(template_mp4, 480, 360, SPEC, cache_dir=tmp_path, max_frames=1000)
     assert plan.n_frames == 50 and plan.valid.all()
     crops = np.load(plan.crops_path, mmap_mode="r")
-    assert crops.shape == (50, 128, 128, 3)
+    assert crops.shape == (50, 192, 192, 3)
     x0, y0, x1, y1 = plan.regions[0]
     assert x0 % 2 == y0 % 2 == 0 and 170 < (x0 + x1) / 2 < 250 and 120 < (y0 + y1) / 2 < 180
 

@@ -13,7 +13,7 @@ import torch
 from heygem.config import GenerateOptions
 from heygem.generators.export import MAX_IR_VERSION, OPSET, export_onnx, verify_parity
 from heygem.generators.graphs import build_graph
-from heygem.generators.mouthwarp import MouthWarp
+from heygem.generators.rewrite import Control, MouthRenderer
 from heygem.generators.runtime import OrtRunner, TorchRunner
 from heygem.generators.wav2lip import Wav2Lip, save_wav2lip_checkpoint
 from heygem.pipeline import Pipeline
@@ -33,9 +33,9 @@ def _assert_loadable_by_old_ort(path: Path) -> None:
     assert max(i.version for i in model.opset_import if i.domain in ("", "ai.onnx")) <= OPSET
 
 
-def test_mouthwarp_export_matches_torch(tmp_path: Path) -> None:
-    graph, spec = build_graph("mouthwarp", None)
-    path = export_onnx(graph, spec.crop.size, tmp_path / "mw.onnx")
+def test_rewrite_renderer_export_matches_torch(tmp_path: Path) -> None:
+    graph, spec = build_graph("rewrite", None)
+    path = export_onnx(graph, spec.crop.size, tmp_path / "rw.onnx")
     _assert_loadable_by_old_ort(path)
     assert verify_parity(graph, path, spec.crop.size) < 2e-4
 
@@ -56,13 +56,14 @@ def test_wav2lip_checkpoint_exports_and_runs_on_both_backends(
     np.testing.assert_allclose(via_ort, via_torch, atol=2e-4)
 
 
-def test_silence_leaves_mouthwarp_unchanged() -> None:
-    face = torch.rand(1, 3, 128, 128)
-    silent = torch.full((1, 1, 80, 16), -4.0)
-    loud = torch.full((1, 1, 80, 16), 0.0)
-    model = MouthWarp()
-    assert torch.allclose(model(face, silent), face, atol=1e-4)  # float rounding of the grid
-    assert (model(face, loud) - face).abs().mean() > 0.01
+def test_renderer_is_the_identity_without_extra_opening() -> None:
+    model = MouthRenderer()
+    face = torch.rand(2, 3, model.size, model.size)
+    control = model.example_condition(2, torch.Generator().manual_seed(0))
+    closed = control.clone()
+    closed[:, Control.OPEN] = 0.0
+    assert torch.equal(model(face, closed), face)
+    assert (model(face, control) - face).abs().mean() > 0.005
 
 
 def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None:
@@ -72,8 +73,8 @@ def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None
 
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
         pytest.skip("a working GPU is present")
-    graph, spec = build_graph("mouthwarp", None)
-    path = export_onnx(graph, spec.crop.size, tmp_path / "mw.onnx")
+    graph, spec = build_graph("rewrite", None)
+    path = export_onnx(graph, spec.crop.size, tmp_path / "rw.onnx")
     runner = OrtRunner(path, "cuda", 1, require_gpu=False)
     assert runner.info.cpu_fallback and "CPU fallback" in runner.info.warnings[0]
     from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs

@@ -1,0 +1,114 @@
+"""68-point face landmarks (iBUG 300-W layout) from dlib's shape predictor.
+
+The model file ships inside the ``face-recognition-models`` package (no download at run
+time). That package's ``__init__`` imports ``pkg_resources``, which current setuptools no
+longer provides, so the file is located through the import system without importing it.
+
+Point indices used here: 0-16 jaw (8 = chin), 27-35 nose, 36-47 eyes, 48-59 outer lips
+(48/54 = mouth corners), 60-67 inner lips (61-63 upper, 65-67 lower).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from heygem.errors import HeygemError
+from heygem.face.detect import Box
+
+MODEL_PACKAGE = "face-recognition-models"
+MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
+LANDMARKS_VERSION = "dlib68-v1"
+# The predictor is most accurate on faces of the size it was trained on; tiny faces are
+# resampled up to this width before it runs (cheap: it reads ~500 pixels either way).
+MIN_FACE_WIDTH = 160.0
+
+UPPER_INNER = (61, 62, 63)
+LOWER_INNER = (67, 66, 65)  # paired with UPPER_INNER, left to right
+EYE_OUTER = (36, 45)
+# Points that do not move when the mouth opens: nose and eye corners.
+STABLE = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+
+
+class LandmarkModelMissing(HeygemError):
+    """The packaged landmark model is not installed."""
+
+
+def model_path() -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "models" / MODEL_FILE
+        if path.is_file():
+            return path
+    raise LandmarkModelMissing(
+        f"the face landmark model {MODEL_FILE} was not found",
+        hint=f"install it: pip install {MODEL_PACKAGE} (it ships the model file)",
+    )
+
+
+@functools.cache
+def _predictor() -> tuple[object, threading.Lock]:
+    """The one predictor of the process (100 MB, 0.7 s to load) and its lock: dlib's
+    objects must not be used by two threads at once."""
+    import dlib
+
+    return dlib.shape_predictor(str(model_path())), threading.Lock()
+
+
+def landmarks(gray: np.ndarray, box: Box) -> np.ndarray:
+    """(68, 2) float32 full-frame coordinates of the face in ``box`` (uint8 luma)."""
+    import dlib
+
+    predictor, lock = _predictor()
+    scale = max(1.0, MIN_FACE_WIDTH / max(box.w, 1.0))
+    if scale == 1.0:
+        image, origin = np.ascontiguousarray(gray), (0.0, 0.0)
+        rect = dlib.rectangle(
+            round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h)
+        )
+    else:
+        # Resample a generous window around the face, not the whole frame.
+        height, width = gray.shape[:2]
+        margin = 0.6 * box.w
+        x0, y0 = max(0, int(box.x - margin)), max(0, int(box.y - margin))
+        x1, y1 = min(width, int(box.x + box.w + margin)), min(height, int(box.y + box.h + margin))
+        window = gray[y0:y1, x0:x1]
+        size = (round(window.shape[1] * scale), round(window.shape[0] * scale))
+        image = cv2.resize(window, size, interpolation=cv2.INTER_CUBIC)
+        origin = (float(x0), float(y0))
+        rect = dlib.rectangle(
+            round((box.x - x0) * scale),
+            round((box.y - y0) * scale),
+            round((box.x + box.w - x0) * scale),
+            round((box.y + box.h - y0) * scale),
+        )
+    with lock:
+        shape = predictor(image, rect)  # type: ignore[operator]
+        points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    return (points / scale + np.array(origin, dtype=np.float32)).astype(np.float32)
+
+
+def interocular(points: np.ndarray) -> np.ndarray:
+    """Distance between the outer eye corners: the face's scale, unmoved by speech.
+    ``points`` is (..., 68, 2); the result has the leading shape."""
+    a, b = points[..., EYE_OUTER[0], :], points[..., EYE_OUTER[1], :]
+    return np.asarray(np.linalg.norm(a - b, axis=-1))
+
+
+def inner_lip_gap(points: np.ndarray) -> np.ndarray:
+    """Mean vertical gap between the inner lips, in pixels (..., 68, 2) -> (...)."""
+    upper = points[..., list(UPPER_INNER), 1]
+    lower = points[..., list(LOWER_INNER), 1]
+    return np.asarray(np.clip(lower - upper, 0.0, None).mean(axis=-1))
+
+
+def mouth_opening(points: np.ndarray) -> np.ndarray:
+    """Inner-lip gap in units of the interocular distance: comparable across frames,
+    face sizes and videos (0 closed, ~0.25 wide open)."""
+    return np.asarray(inner_lip_gap(points) / np.maximum(interocular(points), 1e-6))
