@@ -28,6 +28,12 @@ from heygem.progress import StepCallback, StepProgress
 log = logging.getLogger(__name__)
 
 _GENERATORS_DIR = Path(__file__).resolve().parent
+# Modules of the generators package that only run graphs or feed them: a change there
+# does not change an exported graph (every other module may, and re-exports).
+_RUNTIME_MODULES = frozenset(
+    {"__init__.py", "cuda_libs.py", "loader.py", "mouths.py", "runtime.py", "samples.py",
+     "spec.py"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,8 @@ def export_paths(name: str, checkpoint: Path | None, cache_dir: Path) -> ExportP
     """Where the export of ``name`` with ``checkpoint`` lives in ``cache_dir``.
 
     The key covers everything the exported graph depends on: the generator, the weights'
-    content, the code of the generators package (a change there re-exports rather than
-    serve a stale graph), the torch version that traced it and the opset.
+    content, the graph-side code of the generators package (a change there re-exports
+    rather than serve a stale graph), the torch version that traced it and the opset.
     """
     digest = hashlib.blake2b(digest_size=10)
     for part in (
@@ -210,5 +216,6 @@ def _torch_version() -> str:
 def _generators_code_digest() -> str:
     digest = hashlib.blake2b(digest_size=10)
     for source in sorted(_GENERATORS_DIR.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+        if source.name not in _RUNTIME_MODULES:
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()

@@ -76,12 +76,13 @@ def _why_no_cuda_provider() -> str:
 
 
 def ort_session_options(threads: int, *, spinning: bool = True) -> Any:
-    """The CPU session settings the runners use, chosen by ``benchmarks/test_tuning.py``:
-    all graph optimisations (Conv+BN+ReLU fusion and NCHWc layouts: the disabled level is
-    ~2x slower), ``threads`` intra-op threads from the thread budget, one inter-op thread
-    (the graphs are a single chain), the default memory arena (turning it off only added
-    allocation time). I/O binding measured no gain on CPU (inputs are already host
-    arrays; outputs are ~0.1 MB a frame), so plain ``run`` is used."""
+    """The CPU session settings the runners use, chosen by ``benchmarks/test_tuning.py``
+    (2 cores): all graph optimisations (Conv+BN+ReLU fusion, NCHWc layouts), ``threads``
+    intra-op threads from the thread budget, one inter-op thread (the graphs are a single
+    chain), the memory arena and memory pattern on (off, the rewrite renderer ran 2.2x and
+    1.2x slower; Wav2Lip did not care), plain ``run`` (I/O binding ran the renderer 1.6x
+    slower and Wav2Lip no faster: inputs are host arrays already). Spinning matters only
+    with several intra-op threads, which the budget no longer gives the model."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
