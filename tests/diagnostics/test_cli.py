@@ -16,13 +16,14 @@ import pytest
 
 from diagnostics.cli import main
 from diagnostics.probe import (
-    OUTCOME_OF_CAUSE,
+    OUTCOME_OF_KIND,
     Outcome,
     ProbeDeadlineExceeded,
     classify_error,
     leftover_children,
 )
 from heygem.errors import (
+    CAUSES,
     FailureCause,
     NoFaceFound,
     PipelineStalled,
@@ -144,10 +145,10 @@ def test_ps_unknown_pid_and_nothing_found(capsys: pytest.CaptureFixture[str]) ->
 
 
 # --- run-probe ------------------------------------------------------------------------
-def test_every_failure_cause_has_an_outcome_and_a_description() -> None:
-    # Adding a FailureCause means saying what it is and what it means for a run.
-    assert set(OUTCOME_OF_CAUSE) == set(FailureCause)
-    assert all(cause.description for cause in FailureCause)
+def test_every_failure_cause_has_a_description_and_a_kind_with_an_outcome() -> None:
+    # Adding a FailureCause means saying what it is and what kind it is, in one row.
+    assert set(CAUSES) == set(FailureCause)
+    assert all(cause.description and cause.kind in OUTCOME_OF_KIND for cause in FailureCause)
 
 
 def test_classification_is_a_lookup_of_the_cause_not_of_the_message() -> None:
