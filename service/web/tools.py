@@ -29,6 +29,7 @@ from heygem.errors import HeygemError
 log = logging.getLogger(__name__)
 
 DOCTOR_SECONDS = 180.0
+DOCTOR_FRESH = 10.0
 SYNC_SCORE_SECONDS = 600.0
 SYNC_SCORE_FILE = "sync-score.json"  # beside the result: removed with the job
 
@@ -105,11 +106,15 @@ class Tools:
     def doctor(self, refresh: bool = False) -> DoctorRun:
         """The last doctor report, run now if there is none or ``refresh`` asks for it.
 
-        Concurrent callers wait for the one run in progress rather than start another."""
+        Concurrent callers wait for the one run in progress rather than start another, and
+        a report younger than ``DOCTOR_FRESH`` seconds counts as fresh (clicks and scripts
+        cannot keep a core busy with doctors)."""
         asked = time.time()
         with self._doctor_lock:
             last = self._doctor
-            if last is not None and (not refresh or last.finished_at >= asked):
+            if last is not None and (
+                not refresh or last.finished_at >= min(asked, time.time() - DOCTOR_FRESH)
+            ):
                 return last
             started = time.perf_counter()
             report = self.run(["env"], DOCTOR_SECONDS)
