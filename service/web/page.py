@@ -48,7 +48,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def index(request: Request, services: ServicesDep) -> HTMLResponse:
     settings = services.settings
     return templates.TemplateResponse(

@@ -76,6 +76,10 @@ def running_server(
     """``python -m service.cli`` on a free loopback port until the block ends (SIGTERM)."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_SERVICE_")}
+    # opencv, imported by this test process, adds itself to LD_LIBRARY_PATH: not the server's.
+    libraries = [p for p in environ.pop("LD_LIBRARY_PATH", "").split(":") if p and "cv2" not in p]
+    if libraries:
+        environ["LD_LIBRARY_PATH"] = ":".join(libraries)
     environ |= {
         "HEYGEM_SERVICE_PIPELINE__CACHE_DIR": str(cache),
         "HEYGEM_SERVICE_PIPELINE__BATCH_SIZE": "8",
@@ -140,6 +144,16 @@ class Browser:
         )
         return str(found)
 
+    def texts(self, selector: str) -> list[str]:
+        found = self.js(
+            "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)",
+            selector,
+        )
+        return [str(t) for t in found]
+
+    def count(self, selector: str) -> int:
+        return int(self.js("return document.querySelectorAll(arguments[0]).length", selector))
+
     def wait_text(self, selector: str, timeout: float = 30.0) -> str:
         return str(self.wait(lambda: self.text(selector).strip(), timeout, f"text in {selector}"))
 
@@ -150,14 +164,17 @@ class Browser:
         self.driver.find_element("css selector", selector).click()
 
     def screenshot(self, name: str) -> Path:
-        """The whole page (the window grows to the document's height for the shot)."""
+        """The whole page, beyond the window's height (Chromium's own capture)."""
+        import base64
+
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        size = self.driver.get_window_size()
-        height = int(self.js("return document.documentElement.scrollHeight"))
-        self.driver.set_window_size(size["width"], max(size["height"], height))
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
         path = ARTIFACTS / f"{name}.png"
-        self.driver.save_screenshot(str(path))
-        self.driver.set_window_size(size["width"], size["height"])
+        path.write_bytes(base64.b64decode(shot["data"]))
         return path
 
     def console_errors(self) -> list[str]:

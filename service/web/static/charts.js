@@ -31,6 +31,7 @@ function ticks(max, count = 6) {
 }
 
 function fmt(v) {
+  if (v === 0 || Number.isInteger(v)) return String(v);
   return v >= 10 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toFixed(2);
 }
 
@@ -75,7 +76,7 @@ export function timelineChart(timings, stageSeconds) {
   }));
   const width = 760;
   const left = 170;
-  const plot = width - left - 20;
+  const plot = width - left - 56; // room for the seconds written after a bar
   const rowH = 26;
   const stageH = 18;
   const top = 8;
@@ -142,7 +143,7 @@ export function sendsTakesChart(task, timed) {
   const origin = timed ? 0 : events[0].line;
   const failures = events.filter((e) => FAILURES.has(e.kind));
   const last = Math.max(...[...wanted, ...failures].map(pos));
-  const xMax = Math.max(last, origin + (timed ? 1 : 1)) - origin;
+  const xMax = Math.max(last - origin, 1);
 
   let sends = 0;
   let takes = 0;
@@ -163,10 +164,10 @@ export function sendsTakesChart(task, timed) {
   takePts.push([xMax, takes]);
 
   const width = 760;
-  const height = 260;
+  const height = 270;
   const left = 50;
-  const right = 110;
-  const top = 14;
+  const right = 20;
+  const top = 34; // the legend's row
   const bottom = 40;
   const yMax = Math.max(sends, takes, 1);
   const x = (v) => left + (v / xMax) * (width - left - right);
@@ -175,7 +176,7 @@ export function sendsTakesChart(task, timed) {
   const root = svg(width, height, `task ${task.label}: ${sends} sends and ${takes} takes`);
   root.classList.add("sends-takes");
 
-  for (const t of ticks(yMax, 5)) {
+  for (const t of ticks(yMax, 5).filter((v) => Number.isInteger(v))) {
     root.append(s("line", { x1: left, x2: width - right, y1: y(t), y2: y(t), class: "grid" }));
     root.append(s("text", { x: left - 6, y: y(t) + 4, class: "tick", "text-anchor": "end" }, fmt(t)));
   }
@@ -185,17 +186,19 @@ export function sendsTakesChart(task, timed) {
   root.append(s("path", { d: path(takePts), class: "takes" }));
   for (const e of failures) {
     const fx = x(pos(e) - origin);
+    const nearEnd = fx > width - right - 90; // label to the left of a line at the right edge
     root.append(tooltip(s("line", { x1: fx, x2: fx, y1: top, y2: height - bottom, class: "failure" }), e.detail));
-    root.append(s("text", { x: fx + 3, y: top + 10, class: "failure-label" }, e.kind.replaceAll("_", " ")));
+    root.append(s("text", { x: nearEnd ? fx - 4 : fx + 4, y: top + 12, class: "failure-label",
+      "text-anchor": nearEnd ? "end" : "start" }, e.kind.replaceAll("_", " ")));
   }
   xAxis(root, x, xMax, height - bottom, timed ? " s" : "");
   root.append(s("text", { x: (left + width - right) / 2, y: height - 4, class: "tick", "text-anchor": "middle" },
     timed ? "seconds since the task's first line" : "log line (no timestamps in this log)"));
   const legend = [["sends", `sends (${sends})`], ["takes", `takes (${takes})`], ["queued", `in queue (max ${deepest})`]];
   legend.forEach(([kind, text], i) => {
-    const ly = top + 8 + i * 18;
-    root.append(s("rect", { x: width - right + 10, y: ly - 8, width: 12, height: 8, class: `key ${kind}` }));
-    root.append(s("text", { x: width - right + 26, y: ly, class: "tick" }, text));
+    const lx = left + i * 150;
+    root.append(s("rect", { x: lx, y: 8, width: 12, height: 8, class: `key ${kind}` }));
+    root.append(s("text", { x: lx + 18, y: 16, class: "tick" }, text));
   });
   return root;
 }

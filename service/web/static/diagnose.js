@@ -37,8 +37,16 @@ export function findingList(findings, { sort = true } = {}) {
     h("li", { class: `finding ${f.severity}`, "data-finding": f.id },
       h("div", { class: "finding-head" }, badge(f.severity), " ", h("strong", { text: f.title }),
         f.subject ? h("span", { class: "muted", text: ` [${f.subject}]` }) : null),
-      f.evidence.length ? h("pre", { class: "evidence", text: f.evidence.join("\n") }) : null,
+      evidence(f),
       f.fix ? h("p", { class: "fix" }, h("strong", { text: "What to do: " }), f.fix) : null)));
+}
+
+// A problem shows its evidence; a check that passed keeps it one click away.
+function evidence(finding) {
+  if (!finding.evidence.length) return null;
+  const lines = h("pre", { class: "evidence", text: finding.evidence.join("\n") });
+  if (finding.severity === "warn" || finding.severity === "fail") return lines;
+  return h("details", {}, h("summary", { text: "evidence" }), lines);
 }
 
 // --- log analysis ------------------------------------------------------------------------
@@ -84,7 +92,7 @@ function taskCard(task, report) {
     pace.length ? h("p", { class: "muted", text: pace.join(", ") }) : null,
     chart ? h("div", { class: "chart" }, chart) : h("p", { class: "muted", text: "No sends or takes in this task." }),
     findingList(findings),
-    h("details", {}, h("summary", { text: `Timeline (${task.events.length} events)` }),
+    h("details", { class: "timeline" }, h("summary", { text: `Timeline (${task.events.length} events)` }),
       h("table", { class: "events" },
         h("thead", {}, h("tr", {}, ["time", "line", "event", "log line"].map((t) => h("th", { text: t })))),
         h("tbody", {}, task.events.slice(0, EVENT_ROWS).map((e) =>
@@ -99,7 +107,10 @@ async function loadProcesses(root) {
   const { workers, report } = await api("/v1/diagnose/processes");
   const tree = (report.reports || [])[0];
   const roles = new Map(workers.filter((w) => w.pid).map((w) => [w.pid, w.name]));
-  const role = (p) => (tree && p.pid === tree.root_pid ? "service" : roles.get(p.pid) || `child of ${p.ppid}`);
+  const role = (p) => {
+    if (tree && p.pid === tree.root_pid) return "service";
+    return roles.has(p.pid) ? `worker ${roles.get(p.pid)}` : `child of ${p.ppid}`;
+  };
   const rows = tree ? [...tree.processes, ...tree.orphans] : [];
   clear(box,
     h("table", { class: "workers" },
@@ -149,8 +160,9 @@ async function loadReports(root) {
   try {
     const answer = await api("/v1/diagnose/reports");
     const part = (title, report, how) => report
-      ? h("div", { class: "report" }, h("h3", { text: title }),
-          h("p", { class: "muted small", text: `${report.name}, written ${new Date(report.modified).toLocaleString()}${report.truncated ? " (cut short)" : ""}` }),
+      ? h("details", { class: "report" },
+          h("summary", {}, h("strong", { text: title }),
+            h("span", { class: "muted small", text: ` ${report.name}, written ${new Date(report.modified).toLocaleString()}${report.truncated ? " (cut short)" : ""}` })),
           markdown(report.markdown))
       : h("div", { class: "report" }, h("h3", { text: title }),
           h("p", { class: "muted", text: `None found in ${answer.looked_in} (${how}).` }));

@@ -65,9 +65,12 @@ export function seconds(s) {
   if (s === null || s === undefined || Number.isNaN(s)) return "?";
   if (s < 10) return `${s.toFixed(2)} s`;
   if (s < 120) return `${s.toFixed(1)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 120) return `${m} min ${Math.round(s - m * 60)} s`;
-  return `${Math.floor(m / 60)} h ${m % 60} min`;
+  const parts = (big, small, a, b) => (small ? `${big} ${a} ${small} ${b}` : `${big} ${a}`);
+  const m = Math.round(s / 60);
+  if (m < 120) return parts(Math.floor(s / 60), Math.round(s % 60), "min", "s");
+  if (m < 48 * 60) return parts(Math.floor(m / 60), m % 60, "h", "min");
+  const d = Math.round(s / 86400);
+  return `${d} days`;
 }
 
 export function age(iso, now = Date.now()) {

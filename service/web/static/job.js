@@ -80,7 +80,8 @@ async function cancel(root, id) {
 
 async function finish(root, job, stops) {
   if (job.error) showDiagnosis(root, job);
-  if (Object.keys(job.timings).length) {
+  // A timeline once the pipeline ran (a job refused before it started has only its wait).
+  if (Object.keys(job.timings).some((step) => step !== "queued" && step !== "total")) {
     const chart = timelineChart(job.timings, job.stage_seconds);
     if (chart) {
       clear(field(root, "timeline"), chart);
