@@ -15,6 +15,7 @@ from service.models import ErrorResponse
 from service.web.avatars import describe
 
 router = APIRouter(prefix="/v1/avatars", tags=["web"])
+SCAN = 4  # uploads looked at per avatar shown (re-uploads of one template are skipped)
 
 
 class Avatar(BaseModel):
@@ -53,13 +54,22 @@ def list_avatars(
 ) -> AvatarList:
     settings = services.settings
     limits = (settings.options.max_width, settings.options.max_height)
-    items = []
-    for record in services.store.recent_uploads(caller.scope, limit, video=True):
+    items: list[Avatar] = []
+    seen: set[str] = set()
+    # The same template uploaded again is one avatar (its most recent upload).
+    for record in services.store.recent_uploads(caller.scope, SCAN * limit, video=True):
         avatar: dict[str, Any] = describe(record, settings.cache_dir, limits)
+        digest = avatar.pop("content_hash", None)
+        if digest in seen:
+            continue
+        if digest is not None:
+            seen.add(digest)
         if avatar.get("error"):
             names = {record["path"]: record["filename"], str(Path(record["path"]).parent): ""}
             avatar["error"] = services.redactor.text(avatar["error"], names)
         items.append(Avatar(**avatar | _times(avatar)))
+        if len(items) == limit:
+            break
     return AvatarList(items=items, kept_seconds=settings.upload_ttl)
 
 

@@ -24,8 +24,6 @@ def install_web(app: FastAPI) -> None:
     from service.web.page import STATIC_PREFIX, PageHeaders, router, static_files
     from service.web.state import WebServices
 
-    web = WebServices()
-    app.state.web = web
     for module in (avatars, diagnose, options, results):
         app.include_router(module.router)
     app.include_router(router)
@@ -37,6 +35,7 @@ def install_web(app: FastAPI) -> None:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
         async with inner(app) as state:
+            web = app.state.web = WebServices()  # per start: the app may be started again
             try:
                 yield state
             finally:

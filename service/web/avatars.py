@@ -127,6 +127,7 @@ def describe(record: dict[str, Any], cache_dir: Path, limits: tuple[int, int]) -
         return base | {"error": message}
     analysis = cached_analysis(cache_dir, facts.content_hash)
     return base | {
+        "content_hash": facts.content_hash,
         "still": facts.still,
         "thumbnail": facts.thumbnail,
         "analysed": analysis is not None,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from heygem.errors import HeygemError
+from service.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Tools:
         command = [sys.executable, "-m", "diagnostics.cli", *args, "--json"]
         with self._lock:
             if self._closed:
-                raise ToolFailed("the server is shutting down", hint="retry once it is back")
+                raise _stopping()
             child = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
@@ -133,7 +134,7 @@ class Tools:
             return report
         with self._lock:
             if self._closed:
-                raise ToolFailed("the server is shutting down", hint="retry once it is back")
+                raise _stopping()
             running = self._scores.get(job_id)
             if running is not None and running.done():
                 del self._scores[job_id]
@@ -148,3 +149,9 @@ class Tools:
         partial = cached.with_name(f".{cached.name}.part")
         partial.write_text(json.dumps(report))
         partial.replace(cached)
+
+
+def _stopping() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the server is shutting down", retry_after=10, hint="retry once it is back"
+    )

@@ -14,7 +14,7 @@ from heygem.audio.synth import synth_speech
 from heygem.demo import write_wav
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.web.browser import Browser, Server, chromium, running_server
+from tests.web.browser import Browser, Server, browser_binaries, chromium, running_server
 
 SPEECH_SECONDS = 2.0
 # A file name that would run script if a page ever put it into HTML (no '/': it is a file).
@@ -39,6 +39,7 @@ def web_server(
     tmp_path_factory: pytest.TempPathFactory, web_media: Path, shared_cache: Path
 ) -> Iterator[Server]:
     """``heygem serve`` with one worker and no key (the new user's first run)."""
+    browser_binaries()  # skip before starting a server nobody would browse
     with running_server(
         tmp_path_factory.mktemp("web-server"),
         web_media,

@@ -135,11 +135,12 @@ def test_avatars_are_a_clients_template_uploads_with_a_thumbnail(
     alice, bob = ({"X-API-Key": KEYS[n]} for n in ("alice", "bob"))
     with TestClient(create_app(settings)) as client:
         _upload(client, web_media / "speech.wav", headers=alice)  # audio: not an avatar
+        _upload(client, web_media / "template.mp4", "old name.mp4", headers=alice)
         video = _upload(client, web_media / "template.mp4", "my face.mp4", headers=alice)
         _upload(client, web_media / "no-face.mp4", headers=bob)
         mine = client.get("/v1/avatars", headers=alice).json()
         theirs = client.get("/v1/avatars", headers=bob).json()
-    assert [a["upload_id"] for a in mine["items"]] == [video["id"]]
+    assert [a["upload_id"] for a in mine["items"]] == [video["id"]]  # one per template content
     assert [a["filename"] for a in theirs["items"]] == ["no-face.mp4"]
     avatar = mine["items"][0]
     assert avatar["filename"] == "my face.mp4" and avatar["duration"] == pytest.approx(2.0, abs=0.1)

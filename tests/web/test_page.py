@@ -22,7 +22,14 @@ from selenium.webdriver.support.ui import Select
 
 from tests.helpers import stream_summary
 from tests.service.helpers import KEYS
-from tests.web.browser import ROOT, Browser, Server, chromium, running_server
+from tests.web.browser import (
+    ROOT,
+    Browser,
+    Server,
+    browser_binaries,
+    chromium,
+    running_server,
+)
 from tests.web.conftest import SPEECH_SECONDS, XSS_NAME
 
 pytestmark = pytest.mark.slow
@@ -59,7 +66,7 @@ def submit(browser: Browser, audio: Path, video: Path | None = None, **options: 
         browser.upload("input[name=video]", video)
     else:  # the most recent avatar
         browser.wait(lambda: browser.js("return document.querySelector('label.avatar') !== null"))
-        browser.click("label.avatar")
+        browser.click("label.avatar:not(.unusable)")
     if options:
         browser.click("#generate-form details > summary")
     for name, value in options.items():
@@ -236,6 +243,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_diagnose_a_heygem_log_workers_doctor_and_reports(
     web_server: Server, web_media: Path, shared_cache: Path, reports: Path, tmp_path: Path
 ) -> None:
+    browser_binaries()
     lines = (LOGS / "consumer_never_started.log").read_text(encoding="utf-8").splitlines()
     lines.insert(12, "[2025-03-18 10:21:33,700] [trans_dh_service.py[line:321]] [ERROR] "
                      f"[[1742264493] {HOSTILE_LINE}]")  # fmt: skip
@@ -280,6 +288,7 @@ def test_diagnose_a_heygem_log_workers_doctor_and_reports(
 def keyed_server(
     tmp_path_factory: pytest.TempPathFactory, web_media: Path, shared_cache: Path
 ) -> Iterator[Server]:
+    browser_binaries()
     with running_server(
         tmp_path_factory.mktemp("keyed"), web_media, shared_cache, workers=0, api_key=KEYS["ops"]
     ) as server:

@@ -56,7 +56,7 @@ export function askForKey(reason) {
       resolve();
     };
   });
-  dialog.addEventListener("cancel", (event) => event.preventDefault()); // the key is needed
+  dialog.oncancel = (event) => event.preventDefault(); // Escape: the key is still needed
   dialog.showModal();
   input.focus();
   return asking;

@@ -81,8 +81,9 @@ function avatarCard(avatar) {
           text: `face in ${avatar.face_frames} of ${avatar.frames} frames` })
       : h("span", { class: "muted", text: "not analysed yet" }));
   }
-  return h("label", { class: "avatar", title: avatar.filename },
-    h("input", { type: "radio", name: "avatar", value: avatar.upload_id, disabled: Boolean(avatar.error) }),
+  const unusable = Boolean(avatar.error) || (avatar.analysed && !avatar.face_frames);
+  return h("label", { class: unusable ? "avatar unusable" : "avatar", title: avatar.filename },
+    h("input", { type: "radio", name: "avatar", value: avatar.upload_id, disabled: unusable }),
     avatar.thumbnail ? h("img", { src: avatar.thumbnail, alt: "" }) : h("div", { class: "no-thumb" }),
     h("span", { class: "avatar-name", text: avatar.filename }),
     h("span", { class: "avatar-about" }, about));
