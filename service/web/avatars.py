@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 
 from heygem.errors import HeygemError
 from heygem.hashing import content_hash
@@ -98,6 +97,8 @@ def cached_analysis(cache_dir: Path, digest: str) -> Analysis | None:
             newest = (stamp, track)
     if newest is None:
         return None
+    import numpy as np  # here: the API process has no other use for it
+
     try:
         with np.load(newest[1]) as data:
             valid = np.asarray(data["valid"], dtype=bool)
