@@ -88,7 +88,8 @@ function taskCard(task, report) {
   const chart = sendsTakesChart(task, report.timed !== false);
   return h("section", { class: "task", "data-task": task.label },
     h("h3", {}, `Task ${task.label} `, badge(task.state, task.state),
-      h("span", { class: "muted small", text: ` lines ${task.first_line}-${task.last_line}, ${seconds(task.duration_s)}` })),
+      h("span", { class: "muted small", text: ` lines ${task.first_line}-${task.last_line}` +
+        (report.timed === false ? "" : `, ${seconds(task.duration_s)}`) })),
     pace.length ? h("p", { class: "muted", text: pace.join(", ") }) : null,
     chart ? h("div", { class: "chart" }, chart) : h("p", { class: "muted", text: "No sends or takes in this task." }),
     findingList(findings),

@@ -96,8 +96,13 @@ async function finish(root, job, stops) {
     ["Frames", job.frames !== null ? `${job.frames} at ${job.fps} fps` : null],
   ]);
   await showVideo(root, job);
-  stops.push(every(SCORE_POLL_MS, () => showScore(root, job), (error) => {
-    clear(field(root, "sync"), h("p", { class: "error", text: error.text || error.message }));
+  stops.push(every(SCORE_POLL_MS, async () => {
+    try {
+      return await showScore(root, job);
+    } catch (error) { // shown once; asking again would measure again
+      clear(field(root, "sync"), h("p", { class: "error", text: error.text || error.message }));
+      return false;
+    }
   }));
 }
 
