@@ -129,9 +129,14 @@ def test_options_are_the_per_job_fields_with_this_servers_defaults(make_web_sett
 
 
 def test_avatars_are_a_clients_template_uploads_with_a_thumbnail(
-    make_web_settings: Make, web_media: Path
+    make_web_settings: Make, web_media: Path, tmp_path: Path
 ) -> None:
-    settings = make_web_settings(api_keys={"alice": KEYS["alice"], "bob": KEYS["bob"]})
+    """(Once a job analysed a template, its avatar says how many frames show a face: the
+    browser round trip checks that against the template's frames counted by PyAV.)"""
+    settings = make_web_settings(
+        api_keys={"alice": KEYS["alice"], "bob": KEYS["bob"]},
+        pipeline={"cache_dir": tmp_path / "own-cache"},  # no other test's analysis in it
+    )
     alice, bob = ({"X-API-Key": KEYS[n]} for n in ("alice", "bob"))
     with TestClient(create_app(settings)) as client:
         _upload(client, web_media / "speech.wav", headers=alice)  # audio: not an avatar
