@@ -51,6 +51,7 @@ class FailureCause(StrEnum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed-out"
     SERVICE_RESTARTED = "service-restarted"
+    WORKER_LOST = "worker-lost"  # a remote worker vanished with the job, attempts used up
     INTERNAL = "internal"
 
     @property
@@ -88,6 +89,8 @@ CAUSE_DESCRIPTIONS: dict[FailureCause, str] = {
     FailureCause.CANCELLED: "cancelled",
     FailureCause.TIMED_OUT: "the job timed out",
     FailureCause.SERVICE_RESTARTED: "the service restarted while the job ran",
+    FailureCause.WORKER_LOST: "the worker running the job vanished (its machine, container or "
+    "whole worker died) on every attempt",
     FailureCause.INTERNAL: "an internal error",
 }
 
