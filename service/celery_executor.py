@@ -97,7 +97,6 @@ class CeleryExecutor:
             self._tracked[job.id] = _Tracked(was_running=job.state is JobState.RUNNING)
         if self._tracked:
             log.info("following %d jobs already in flight on the workers", len(self._tracked))
-        self._monitor_once()
         for name, target in (("heygem-follower", self._follow), ("heygem-monitor", self._watch)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -164,7 +163,7 @@ class CeleryExecutor:
                 infos.append(
                     WorkerInfo(
                         name=f"{hostname}/{process.get('pid')}",
-                        state="busy" if job else "idle",
+                        state=str(process.get("state") or ("busy" if job else "idle")),
                         pid=process.get("pid"),
                         job_id=job,
                         seconds_since_heartbeat=round(now - when, 2),
@@ -267,25 +266,30 @@ class CeleryExecutor:
     def _apply(self, job: Job, tracked: _Tracked, meta: dict[str, Any]) -> None:
         status, info = meta.get("status"), meta.get("result")
         if status == PROGRESS and isinstance(info, dict):
-            job = self._running(job, tracked, info)
-            progress = (str(info.get("phase")), int(info.get("percent") or 0))
-            if job.state is JobState.RUNNING and progress != tracked.progress:
-                tracked.progress = progress
-                self._lifecycle.progress(
-                    job.id,
-                    progress[0],
-                    progress[1],
-                    frames_done=info.get("frames_done"),
-                    frames_total=info.get("frames_total"),
-                )
+            self._progress(self._running(job, tracked, info), tracked, info)
         elif status == "RETRY" and job.state is JobState.RUNNING:
             self._requeue(job, tracked)
         elif status == "SUCCESS" and isinstance(info, dict):
-            self._outcome(self._running(job, tracked, info), info)
+            job = self._running(job, tracked, info)
+            if isinstance(info.get("progress"), dict):  # its last state, perhaps unseen
+                self._progress(job, tracked, info["progress"])
+            self._outcome(job, info)
         elif status == "FAILURE":
             self._failure(self._running(job, tracked, {}), info)
         elif status == "REVOKED" and job.state is JobState.RUNNING:
             self._revoked(job, tracked)
+
+    def _progress(self, job: Job, tracked: _Tracked, info: dict[str, Any]) -> None:
+        progress = (str(info.get("phase")), int(info.get("percent") or 0))
+        if job.state is JobState.RUNNING and progress != tracked.progress:
+            tracked.progress = progress
+            self._lifecycle.progress(
+                job.id,
+                progress[0],
+                progress[1],
+                frames_done=info.get("frames_done"),
+                frames_total=info.get("frames_total"),
+            )
 
     def _running(self, job: Job, tracked: _Tracked, info: dict[str, Any]) -> Job:
         """The job as running on the worker ``info`` names (it may have started and even
@@ -425,6 +429,7 @@ class CeleryExecutor:
 
     # -- workers and the broker ----------------------------------------------------------
     def _watch(self) -> None:
+        self._monitor_once()
         while not self._stopping.wait(MONITOR_INTERVAL):
             self._monitor_once()
 

@@ -131,6 +131,7 @@ class _BackendReporter:
     def __init__(self, task: Task, job_id: str, meta: dict[str, Any]) -> None:
         self._task, self._job_id, self._meta = task, job_id, meta
         self._lock = threading.Lock()
+        self.last: dict[str, Any] = meta
 
     def send(self, message: FromWorker) -> None:
         if not isinstance(message, Progress):
@@ -144,6 +145,7 @@ class _BackendReporter:
 
     def report(self, phase: str, percent: int, **frames: int | None) -> None:
         meta = self._meta | {"phase": phase, "percent": percent} | frames
+        self.last = meta  # the outcome carries it: the API may not have seen this state
         try:
             with self._lock:  # stage threads report too
                 self._task.update_state(task_id=self._job_id, state=PROGRESS, meta=meta)
@@ -279,6 +281,9 @@ def install(app: Celery, setup: WorkerSetup) -> None:
     def status(consumer: Any) -> WorkerStatus:
         pool = getattr(consumer, "pool", None)
         pids = list((pool.info if pool is not None else {}).get("processes", []))
+        # billiard's set of processes still in worker_process_init (warming up)
+        waiting = getattr(getattr(pool, "_pool", None), "_waiting_to_start", ())
+        warming = {getattr(p, "pid", None) for p in waiting}
         now = time.time()
         running = {
             r.worker_pid: (r.id, r.time_start)
@@ -290,6 +295,7 @@ def install(app: Celery, setup: WorkerSetup) -> None:
                 pid,
                 running[pid][0] if pid in running else None,
                 round(now - running[pid][1], 1) if pid in running and running[pid][1] else None,
+                "busy" if pid in running else "starting" if pid in warming else "idle",
             )
             for pid in pids
         ]
@@ -362,13 +368,14 @@ def _generate(
         signal.signal(getattr(signal, CANCEL_SIGNAL), previous)
         release_memory()
     process.retire = retire
+    last = {"progress": reporter.last}
     if isinstance(outcome, JobDone):
-        return {"outcome": "succeeded", "result": outcome.result}
+        return {"outcome": "succeeded", "result": outcome.result} | last
     assert isinstance(outcome, JobFailed)
     error = _in_api_terms(outcome.error, job, settings)
     if outcome.cancelled and timed_out.is_set():
-        return {"outcome": "timed_out", "limit": limit, "error": error}
-    return {"outcome": "failed", "error": error, "cancelled": outcome.cancelled}
+        return {"outcome": "timed_out", "limit": limit, "error": error} | last
+    return {"outcome": "failed", "error": error, "cancelled": outcome.cancelled} | last
 
 
 def _in_api_terms(
