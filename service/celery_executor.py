@@ -296,6 +296,9 @@ class CeleryExecutor:
         ended between two looks)."""
         attempt = int(info.get("attempt") or 0)
         worker = f"{info.get('worker', 'a worker')} (pid {info.get('pid', '?')})"
+        if job.state is JobState.RUNNING and attempt > tracked.attempt > 0:
+            self._requeue(job, tracked)  # a new attempt began before we saw the last end
+            job = self._lifecycle.store.get(job.id)
         if job.state is JobState.QUEUED:
             started = self._lifecycle.started(job.id, worker)
             tracked.attempt, tracked.progress, tracked.was_running = attempt, None, True
@@ -307,13 +310,15 @@ class CeleryExecutor:
 
     def _requeue(self, job: Job, tracked: _Tracked) -> None:
         lost = self._losses(job.id)
-        last = lost[-1] if lost else {}
-        what = last.get("what", "its worker process died")
-        worker = last.get("worker", job.worker or "a worker")
+        if len(lost) >= job.attempts:  # the worker's main process recorded how it ended
+            last = lost[-1]
+            what = f"its worker process died ({last.get('what')})"
+            worker = last.get("worker", job.worker or "a worker")
+        else:
+            what = "the worker vanished (no exit recorded: its machine or main process died)"
+            worker = job.worker or "a worker"
         self._lifecycle.requeue_lost(
-            job.id,
-            f"attempt {job.attempts} on {worker} was lost: its worker process died ({what}); "
-            "the job was queued again",
+            job.id, f"attempt {job.attempts} on {worker} was lost: {what}; the job was queued again"
         )
         tracked.progress = None
 
@@ -330,9 +335,14 @@ class CeleryExecutor:
 
     def _failure(self, job: Job, info: Any) -> None:
         """Celery itself ended the task: the attempts ran out, or the hard time limit."""
-        kind = info.get("exc_type") if isinstance(info, dict) else None
-        message = info.get("exc_message") if isinstance(info, dict) else None
-        text = " ".join(str(m) for m in message) if isinstance(message, list) else str(message)
+        kind: str | None
+        if isinstance(info, BaseException):  # the backend rebuilds the exception
+            kind, text = type(info).__name__, str(info)
+        elif isinstance(info, dict):
+            kind, message = info.get("exc_type"), info.get("exc_message")
+            text = " ".join(map(str, message)) if isinstance(message, list) else str(message)
+        else:
+            kind, text = None, str(info)
         error: HeygemError
         if kind == "WorkerLostError":
             lost = self._losses(job.id)

@@ -91,7 +91,7 @@ class Worker:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.worker_cli", "--name", self.name, *self.args],
+                [sys.executable, "-m", "heygem.cli", "worker", "--name", self.name, *self.args],
                 cwd=self.home, env=self.env | {"PYTHONPATH": str(ROOT)},
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
