@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from diagnostics.findings import (
     EXIT_COULD_NOT_RUN,
     EXIT_OK,
-    EXIT_PROBLEMS,
     Report,
     render_json,
     render_text,
@@ -191,10 +190,15 @@ Exit 1 if any check FAILs. WARN results are printed but exit 0, because many
 are advice (e.g. no GPU on a CPU-only host); --strict makes WARN exit 1 too."""
 
 LOG_HELP = """\
-Analyse a HeyGem dh.log (or `docker logs` output, or heygem's own JSON log):
-per-task timeline and the likely cause with evidence lines.
+Analyse a HeyGem dh.log in any layout it comes in (with or without the source
+field, `docker logs -t` / `docker compose logs` prefixes, ANSI, CRLF, damaged
+lines), or heygem's own --log-json log: per task a timeline, the verdict with
+its cause and evidence lines, the steady batch cost, the consumer's pace and the
+longest wait for a free slot in HeyGem's queue (10 items, 60 s put timeout).
 
-Exit 1 if the worst finding is WARN or FAIL, 0 if the log looks healthy."""
+Exit 0 when every task finished normally (warnings, slower than real time and
+damaged lines included), 1 when a FAIL finding shows a problem, 2 when the file
+cannot be read or holds no log record."""
 
 PS_HELP = """\
 Inspect a live process tree (states, zombies, threads, CPU, RSS, /dev/shm held,
@@ -397,15 +401,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from diagnostics.logs import Severity, analyze_log, format_log_report
+    from diagnostics.logs import analyze_log
 
-    report = analyze_log(args.file)
-    _print(
-        json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
-        if args.json
-        else format_log_report(report).rstrip("\n")
-    )
-    return EXIT_OK if report.worst_severity is Severity.OK else EXIT_PROBLEMS
+    report = analyze_log(args.file)  # a file that cannot be read at all raises: exit 2
+    _emit(args, report)
+    return report.exit_code()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import psutil
 from diagnostics.findings import Finding, Report, Severity
 from diagnostics.probes.versions import installed_versions
 from heygem.config import GenerateOptions
-from heygem.errors import FailureCause, HeygemError, InvalidOption, PipelineStalled
+from heygem.errors import CauseKind, FailureCause, HeygemError, InvalidOption, PipelineStalled
 from heygem.providers import is_cpu_fallback
 
 if TYPE_CHECKING:
@@ -217,27 +217,12 @@ def library_versions() -> dict[str, str | None]:
 
 
 # --- classification ---------------------------------------------------------------------
-# What each failure cause means for a probe run. Adding a FailureCause adds a line here (a
-# test checks that every cause has one).
-OUTCOME_OF_CAUSE: dict[FailureCause, Outcome] = {
-    **{cause: Outcome.BAD_INPUT for cause in FailureCause if cause.is_input},
-    FailureCause.CONSUMER_NEVER_STARTED: Outcome.STALLED,
-    FailureCause.NO_PROGRESS: Outcome.STALLED,
-    FailureCause.PROCESS_STOPPED: Outcome.STALLED,
-    FailureCause.SHM_EXHAUSTED: Outcome.CRASHED,
-    FailureCause.OOM_KILLED: Outcome.CRASHED,
-    FailureCause.KILLED: Outcome.CRASHED,
-    FailureCause.SEGFAULT: Outcome.CRASHED,
-    FailureCause.ABORTED: Outcome.CRASHED,
-    FailureCause.TERMINATED: Outcome.CRASHED,
-    FailureCause.EXITED: Outcome.CRASHED,
-    FailureCause.WORKER_RAISED: Outcome.CRASHED,
-    FailureCause.STAGE_RAISED: Outcome.CRASHED,
-    FailureCause.CPU_FALLBACK: Outcome.ERROR,
-    FailureCause.CANCELLED: Outcome.ERROR,
-    FailureCause.TIMED_OUT: Outcome.STALLED,
-    FailureCause.SERVICE_RESTARTED: Outcome.ERROR,
-    FailureCause.INTERNAL: Outcome.ERROR,
+# What each kind of failure cause means for a probe run (the kind is part of the cause).
+OUTCOME_OF_KIND: dict[CauseKind, Outcome] = {
+    CauseKind.INPUT: Outcome.BAD_INPUT,
+    CauseKind.STALL: Outcome.STALLED,
+    CauseKind.CRASH: Outcome.CRASHED,
+    CauseKind.ERROR: Outcome.ERROR,
 }
 
 
@@ -257,7 +242,7 @@ def classify_error(exc: BaseException) -> tuple[Outcome, FailureCause, str]:
         return Outcome.ERROR, FailureCause.INTERNAL, f"unexpected {type(exc).__name__}"
     stage = getattr(exc, "stage", None)
     text = exc.cause.description + (f" (stage '{stage}')" if stage else "")
-    return OUTCOME_OF_CAUSE[exc.cause], exc.cause, text
+    return OUTCOME_OF_KIND[exc.cause.kind], exc.cause, text
 
 
 def _evidence(exc: BaseException) -> ProbeEvidence:

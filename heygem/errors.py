@@ -10,14 +10,24 @@ has its own exit code so scripts can tell failures apart without parsing message
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+
+
+class CauseKind(StrEnum):
+    """What a cause means for a run: the user's input, a stall, a crash, another error."""
+
+    INPUT = "input"
+    STALL = "stall"
+    CRASH = "crash"
+    ERROR = "error"
 
 
 class FailureCause(StrEnum):
     """Why a run failed, as far as the code that noticed it could tell.
 
-    Adding a cause: add a member and its entry in ``CAUSE_DESCRIPTIONS``; a test checks that
-    every member has one.
+    Adding a cause: a member here and its row in ``CAUSES`` (what it is, what kind), then
+    set it where the cause is known; a test checks that every member has its row.
     """
 
     # The user's input or options.
@@ -47,6 +57,7 @@ class FailureCause(StrEnum):
     STAGE_RAISED = "stage-raised"
     # Devices.
     CPU_FALLBACK = "cpu-fallback"
+    DISK_FULL = "disk-full"  # ENOSPC writing the output or a spool file
     # The job as a whole.
     CANCELLED = "cancelled"
     TIMED_OUT = "timed-out"
@@ -56,57 +67,58 @@ class FailureCause(StrEnum):
 
     @property
     def description(self) -> str:
-        return CAUSE_DESCRIPTIONS[self]
+        return CAUSES[self].description
+
+    @property
+    def kind(self) -> CauseKind:
+        return CAUSES[self].kind
 
     @property
     def is_input(self) -> bool:
-        return self in _INPUT_CAUSES
+        return self.kind is CauseKind.INPUT
 
 
-CAUSE_DESCRIPTIONS: dict[FailureCause, str] = {
-    FailureCause.INVALID_OPTION: "an option is invalid",
-    FailureCause.INPUT_NOT_FOUND: "an input file was not found",
-    FailureCause.MEDIA_UNREADABLE: "an input could not be decoded",
-    FailureCause.NO_AUDIO_STREAM: "the audio input has no audio stream",
-    FailureCause.EMPTY_AUDIO: "the audio is empty",
-    FailureCause.NO_FACE: "no face was found in the template",
-    FailureCause.INPUT_TOO_LARGE: "an input is above the limits",
-    FailureCause.BAD_CHECKPOINT: "the model checkpoint cannot be used",
-    FailureCause.OUTPUT_NOT_WRITABLE: "the output cannot be written",
-    FailureCause.CONSUMER_NEVER_STARTED: "consumer never started or died",
-    FailureCause.NO_PROGRESS: "a stage made no progress",
-    FailureCause.PROCESS_STOPPED: "a process was stopped (state T)",
-    FailureCause.SHM_EXHAUSTED: "shared memory exhausted (/dev/shm is full)",
-    FailureCause.OOM_KILLED: "killed by the kernel's OOM killer",
-    FailureCause.KILLED: "a process was killed (SIGKILL)",
-    FailureCause.SEGFAULT: "segmentation fault in native code (SIGSEGV)",
-    FailureCause.ABORTED: "native code aborted (SIGABRT)",
-    FailureCause.TERMINATED: "a process was terminated (SIGTERM)",
-    FailureCause.EXITED: "a worker process exited while it still had work",
-    FailureCause.WORKER_RAISED: "the data loading code raised in a worker",
-    FailureCause.STAGE_RAISED: "a stage raised an error",
-    FailureCause.CPU_FALLBACK: "CPU fallback (a GPU was requested)",
-    FailureCause.CANCELLED: "cancelled",
-    FailureCause.TIMED_OUT: "the job timed out",
-    FailureCause.SERVICE_RESTARTED: "the service restarted while the job ran",
-    FailureCause.WORKER_LOST: "the worker running the job vanished (its machine, container or "
-    "whole worker died) on every attempt",
-    FailureCause.INTERNAL: "an internal error",
+@dataclass(frozen=True)
+class CauseInfo:
+    description: str
+    kind: CauseKind
+
+
+_I, _S, _C, _E = CauseKind.INPUT, CauseKind.STALL, CauseKind.CRASH, CauseKind.ERROR
+CAUSES: dict[FailureCause, CauseInfo] = {
+    FailureCause.INVALID_OPTION: CauseInfo("an option is invalid", _I),
+    FailureCause.INPUT_NOT_FOUND: CauseInfo("an input file was not found", _I),
+    FailureCause.MEDIA_UNREADABLE: CauseInfo("an input could not be decoded", _I),
+    FailureCause.NO_AUDIO_STREAM: CauseInfo("the audio input has no audio stream", _I),
+    FailureCause.EMPTY_AUDIO: CauseInfo("the audio is empty", _I),
+    FailureCause.NO_FACE: CauseInfo("no face was found in the template", _I),
+    FailureCause.INPUT_TOO_LARGE: CauseInfo("an input is above the limits", _I),
+    FailureCause.BAD_CHECKPOINT: CauseInfo("the model checkpoint cannot be used", _I),
+    FailureCause.OUTPUT_NOT_WRITABLE: CauseInfo("the output cannot be written", _I),
+    FailureCause.CONSUMER_NEVER_STARTED: CauseInfo("consumer never started or died", _S),
+    FailureCause.NO_PROGRESS: CauseInfo("a stage made no progress", _S),
+    FailureCause.PROCESS_STOPPED: CauseInfo("a process was stopped (state T)", _S),
+    FailureCause.SHM_EXHAUSTED: CauseInfo("shared memory exhausted (/dev/shm is full)", _C),
+    FailureCause.OOM_KILLED: CauseInfo("killed by the kernel's OOM killer", _C),
+    FailureCause.KILLED: CauseInfo("a process was killed (SIGKILL)", _C),
+    FailureCause.SEGFAULT: CauseInfo("segmentation fault in native code (SIGSEGV)", _C),
+    FailureCause.ABORTED: CauseInfo("native code aborted (SIGABRT)", _C),
+    FailureCause.TERMINATED: CauseInfo("a process was terminated (SIGTERM)", _C),
+    FailureCause.EXITED: CauseInfo("a worker process exited while it still had work", _C),
+    FailureCause.WORKER_RAISED: CauseInfo("the data loading code raised in a worker", _C),
+    FailureCause.STAGE_RAISED: CauseInfo("a stage raised an error", _C),
+    FailureCause.CPU_FALLBACK: CauseInfo("CPU fallback (a GPU was requested)", _E),
+    FailureCause.DISK_FULL: CauseInfo("no space left on the disk being written", _E),
+    FailureCause.CANCELLED: CauseInfo("cancelled", _E),
+    FailureCause.TIMED_OUT: CauseInfo("the job timed out", _S),
+    FailureCause.SERVICE_RESTARTED: CauseInfo("the service restarted while the job ran", _E),
+    FailureCause.WORKER_LOST: CauseInfo(
+        "the worker running the job vanished (its machine, container or whole worker died) "
+        "on every attempt",
+        _C,
+    ),
+    FailureCause.INTERNAL: CauseInfo("an internal error", _E),
 }
-
-_INPUT_CAUSES = frozenset(
-    {
-        FailureCause.INVALID_OPTION,
-        FailureCause.INPUT_NOT_FOUND,
-        FailureCause.MEDIA_UNREADABLE,
-        FailureCause.NO_AUDIO_STREAM,
-        FailureCause.EMPTY_AUDIO,
-        FailureCause.NO_FACE,
-        FailureCause.INPUT_TOO_LARGE,
-        FailureCause.BAD_CHECKPOINT,
-        FailureCause.OUTPUT_NOT_WRITABLE,
-    }
-)
 
 
 class HeygemError(Exception):

@@ -15,6 +15,7 @@ exit; every child is reaped and the output is only published on success.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import tempfile
@@ -657,10 +658,14 @@ def _loaded(batches: Iterator[Any], job: _Job, total: int) -> Iterator[Any]:
 
 def _stage_error(stage: str, exc: BaseException) -> PipelineError:
     """An unexpected exception out of a thread stage (our errors pass through as they are)."""
+    disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
     error = StageCrashed(
         f"stage '{stage}' failed: {type(exc).__name__}: {exc or repr(exc)}",
         stage=stage,
-        cause=FailureCause.STAGE_RAISED,
+        cause=FailureCause.DISK_FULL if disk_full else FailureCause.STAGE_RAISED,
+        hint="free space where the output (and the temporary directory) is written"
+        if disk_full
+        else None,
     )
     error.__cause__ = exc
     return error

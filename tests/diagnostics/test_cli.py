@@ -16,13 +16,14 @@ import pytest
 
 from diagnostics.cli import main
 from diagnostics.probe import (
-    OUTCOME_OF_CAUSE,
+    OUTCOME_OF_KIND,
     Outcome,
     ProbeDeadlineExceeded,
     classify_error,
     leftover_children,
 )
 from heygem.errors import (
+    CAUSES,
     FailureCause,
     NoFaceFound,
     PipelineStalled,
@@ -105,16 +106,43 @@ def test_env_unknown_probe_cannot_run(capsys: pytest.CaptureFixture[str]) -> Non
 
 # --- log ------------------------------------------------------------------------------
 def test_log_names_the_consumer_that_never_started(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "log", str(FIXTURES / "consumer_never_started.log"))
+    code, out, _ = run(capsys, "log", str(FIXTURES / "incident_queue_full.log"))
     assert code == 1
-    assert "consumer never started or died" in out and "FAIL" in out
-    code, data = run_json(capsys, "log", str(FIXTURES / "consumer_never_started.log"))
-    assert code == 1 and data["worst_severity"] == "fail"
+    assert "[FAIL] consumer-never-started [20251109172931]" in out
+    assert "the consumer never took an item" in out
+    code, data = run_json(capsys, "log", str(FIXTURES / "incident_queue_full.log"))
+    assert code == 1 and data["worst"] == "fail" and data["exit_code"] == 1
+    assert data["findings"][0]["subject"] == "20251109172931"
 
 
 def test_log_healthy_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "log", str(FIXTURES / "healthy.log"))
-    assert code == 0 and "OK" in out
+    code, out, _ = run(capsys, "log", str(FIXTURES / "healthy_gpu_v100.log"))
+    assert code == 0 and out.startswith("HeyGem log healthy_gpu_v100.log: OK")
+    assert "slower than real time" in out  # information, not a problem
+
+
+def test_log_with_a_warning_only_exits_0(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "dh.log"
+    text = (FIXTURES / "healthy_gpu_v100.log").read_text("utf-8")
+    log.write_text(text.split("[2025-03-18 12:52:48,104]")[0], "utf-8")  # still running
+
+    code, out, _ = run(capsys, "log", str(log))
+
+    assert code == 0 and "[WARN] task-running [1002]" in out
+
+
+def test_log_without_any_record_is_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "dh.log"
+    log.write_text("nothing that looks like a log\n", "utf-8")
+
+    code, out, err = run(capsys, "log", str(log))
+
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "holds no log record")
 
 
 def test_log_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -144,10 +172,10 @@ def test_ps_unknown_pid_and_nothing_found(capsys: pytest.CaptureFixture[str]) ->
 
 
 # --- run-probe ------------------------------------------------------------------------
-def test_every_failure_cause_has_an_outcome_and_a_description() -> None:
-    # Adding a FailureCause means saying what it is and what it means for a run.
-    assert set(OUTCOME_OF_CAUSE) == set(FailureCause)
-    assert all(cause.description for cause in FailureCause)
+def test_every_failure_cause_has_a_description_and_a_kind_with_an_outcome() -> None:
+    # Adding a FailureCause means saying what it is and what kind it is, in one row.
+    assert set(CAUSES) == set(FailureCause)
+    assert all(cause.description and cause.kind in OUTCOME_OF_KIND for cause in FailureCause)
 
 
 def test_classification_is_a_lookup_of_the_cause_not_of_the_message() -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,3 +189,32 @@ def test_cancel_leaves_no_output(
     with pytest.raises(Cancelled):
         Pipeline(options).generate(speech_wav, template_mp4, out, progress=progress, cancel=cancel)
     assert list(tmp_path.glob("*.mp4")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_a_full_disk_is_named_as_such_and_leaves_no_partial_output(
+    tmp_path: Path, speech_wav: Path, template_mp4: Path
+) -> None:
+    # The output directory is a 32 KiB tmpfs in a private mount namespace: the encoder runs
+    # out of space after a few frames, for real.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    full = tmp_path / "full"
+    full.mkdir()
+    log = tmp_path / "job.jsonl"
+    script = (
+        f"mount -t tmpfs -o size=32k tmpfs {full} && "
+        f"{sys.executable} -m heygem.cli generate -a {speech_wav} -i {template_mp4} "
+        f"-o {full}/out.mp4 -q --cache-dir {tmp_path / 'cache'} --log-json {log}; "
+        f"code=$?; echo left: $(ls -A {full}); exit $code"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300
+    )
+    if "mount:" in proc.stderr or "unshare:" in proc.stderr:
+        pytest.skip(f"no private tmpfs here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 22, proc.stderr
+    assert "free space" in proc.stderr
+    failed = [json.loads(line) for line in log.read_text().splitlines()]
+    causes = [e["cause"] for e in failed if e.get("event") == "job_failed"]
+    assert causes == ["disk-full"]
+    assert proc.stdout.strip() == "left:", "a partial output was left on the full disk"
