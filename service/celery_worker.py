@@ -78,6 +78,7 @@ log = logging.getLogger("service.celery_worker")
 LOST_KEY = "heygem:lost:{}"  # JSON list of how this job's pool processes died
 STATUS_INTERVAL = 2.0  # seconds between status-file updates
 MAX_WATCHES = 256
+PROGRESS_INTERVAL = 0.25  # seconds between progress reports within one phase
 _EXIT = re.compile(r"(signal|exitcode) (-?\d+)")  # billiard's human_status()
 
 
@@ -132,6 +133,7 @@ class _BackendReporter:
         self._task, self._job_id, self._meta = task, job_id, meta
         self._lock = threading.Lock()
         self.last: dict[str, Any] = meta
+        self._sent = 0.0
 
     def send(self, message: FromWorker) -> None:
         if not isinstance(message, Progress):
@@ -145,7 +147,12 @@ class _BackendReporter:
 
     def report(self, phase: str, percent: int, **frames: int | None) -> None:
         meta = self._meta | {"phase": phase, "percent": percent} | frames
+        same_phase = phase == self.last.get("phase")
         self.last = meta  # the outcome carries it: the API may not have seen this state
+        now = time.monotonic()
+        if same_phase and now - self._sent < PROGRESS_INTERVAL:
+            return  # each report is a Redis round trip; the API looks twice a second
+        self._sent = now
         try:
             with self._lock:  # stage threads report too
                 self._task.update_state(task_id=self._job_id, state=PROGRESS, meta=meta)
@@ -247,10 +254,12 @@ def install(app: Celery, setup: WorkerSetup) -> None:
         if attempt > settings.max_attempts:
             return _lost_too_often(attempt - 1, settings) | meta
         token = current_job.set(job_id)
+        started = time.perf_counter()
         try:
-            return _generate(task, process, job_id, job, meta) | meta
+            outcome = _generate(task, process, job_id, job, meta)
         finally:
             current_job.reset(token)
+        return outcome | meta | {"task_seconds": round(time.perf_counter() - started, 3)}
 
     @task_postrun.connect(weak=False)
     def _maybe_retire(**_: Any) -> None:
