@@ -54,6 +54,7 @@ REPLY_TIMEOUT = 1.0  # how long a broadcast waits for the workers' answers
 SEEN_FOR = 3 * MONITOR_INTERVAL + 2 * REPLY_TIMEOUT  # a worker unheard of longer is gone
 RESEND_CANCEL = 1.0  # seconds between repeats of the cancel command until the job ends
 LOST_KEY = "heygem:lost:{}"
+RECONCILE_AGE = 30.0  # seconds: younger jobs may still be being published by admission
 PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2}
 
 
@@ -221,9 +222,15 @@ class CeleryExecutor:
 
     # -- following the jobs in flight ----------------------------------------------------
     def _follow(self) -> None:
+        reconciled = False
         while not self._stopping.is_set():
             self.last_tick = time.monotonic()
             try:
+                if not reconciled or self._broker_error is not None:
+                    # at start, and after an outage: a Redis that lost data lost jobs too
+                    reconciled = False
+                    self._reconcile()
+                    reconciled = True
                 self._tick()
             except Exception as exc:  # a Redis outage must not end the thread
                 self._broker_down(exc)
@@ -252,6 +259,43 @@ class CeleryExecutor:
                     self._cancel(job, tracked)
             except HeygemError as exc:
                 log.warning("job %s: %s", job_id, exc)
+
+    def _reconcile(self) -> None:
+        """Jobs the store has in flight that Redis knows nothing about (no state, no
+        message: the API stopped between storing and publishing one, or Redis restarted
+        without its data) are published again; a running one goes back to queued first."""
+        now = time.time()
+        candidates = [
+            job
+            for job in self._lifecycle.store.active()
+            if now - job.created_at > RECONCILE_AGE  # not a submission still publishing
+        ]
+        if not candidates:
+            return
+        metas = self._metas([job.id for job in candidates])
+        unknown = [job for job in candidates if job.id not in metas]
+        if not unknown:
+            return
+        published = self._messages()
+        for job in unknown:
+            if job.id in published:
+                continue
+            if job.state is JobState.RUNNING:
+                self._lifecycle.requeue_lost(
+                    job.id, "the broker lost this job (Redis restarted without it); sent again"
+                )
+            log.warning("job %s was not on the broker: publishing it again", job.id)
+            self.submit(self._lifecycle.store.get(job.id))
+
+    def _messages(self) -> set[str]:
+        """Ids of the jobs waiting in the queue or taken and not yet acknowledged."""
+        client = self.app.backend.client  # the broker's Redis (one URL for both)
+        ids = set()
+        for raw in client.lrange(self.settings.celery_queue, 0, -1):
+            ids.add(str(json.loads(raw).get("headers", {}).get("id")))
+        for raw in client.hvals("unacked"):
+            ids.add(str(json.loads(raw)[0].get("headers", {}).get("id")))
+        return ids
 
     def _metas(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         backend = self.app.backend

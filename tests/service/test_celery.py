@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -22,8 +23,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.jobs import NewJob
 from service.settings import ServiceSettings
 from service.shared import write_marker
+from service.store import JobStore
 from tests.helpers import wait_for
 from tests.service.cluster import (
     ROOT,
@@ -51,10 +54,16 @@ class Cluster:
     workers: list[Worker]
     client: TestClient
 
-    def restart_api(self) -> None:
+    def stop_api(self) -> None:
         self.client.__exit__(None, None, None)
+
+    def start_api(self) -> None:
         self.client = TestClient(create_app(self.settings), headers=ADMIN)
         self.client.__enter__()
+
+    def restart_api(self) -> None:
+        self.stop_api()
+        self.start_api()
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +239,35 @@ def test_an_api_restart_keeps_following_jobs_on_the_workers(cluster: Cluster) ->
     for job_id in (running, *waiting):
         status = wait_final(client, job_id, timeout=120)
         assert status["state"] == "succeeded" and status["attempts"] == 1, status
+
+
+def test_a_job_stored_but_never_published_is_sent_when_the_api_starts(
+    cluster: Cluster, media_root: Path
+) -> None:
+    """The API stopped between storing a job and publishing it (or Redis lost it)."""
+    cluster.stop_api()
+    job_id = uuid.uuid4().hex
+    directory = cluster.settings.data_dir / "jobs" / job_id
+    directory.mkdir(parents=True)
+    store = JobStore(cluster.settings.database)
+    try:
+        new = NewJob(
+            id=job_id,
+            audio_path=str(media_root / "speech.wav"),
+            video_path=str(media_root / "template.mp4"),
+            output_path=str(directory / "result.mp4"),
+            options={},
+            client="default",
+            timeout=120.0,
+        )
+        store.create(new, max_queued=16, max_queued_per_client=16, retry_after=1)
+    finally:
+        store.close()
+    with sqlite3.connect(cluster.settings.database) as db:  # stored a while ago
+        db.execute("UPDATE jobs SET created_at = created_at - 120 WHERE id = ?", (job_id,))
+    cluster.start_api()
+    status = wait_final(cluster.client, job_id, timeout=120)
+    assert status["state"] == "succeeded" and status["attempts"] == 1, status
 
 
 def test_cancel_of_a_queued_job_keeps_it_off_the_workers(cluster: Cluster) -> None:
