@@ -222,6 +222,13 @@ class ServiceSettings(BaseSettings):
             parse_rule(prefix)  # raises ValueError naming what is wrong
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_broker_url(value.get_secret_value())
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -257,8 +264,6 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}EXECUTOR=celery needs {ENV_PREFIX}BROKER_URL (redis://host:6379/0)"
             )
-        if self.broker_url is not None:
-            check_broker_url(self.broker_url.get_secret_value())
         if self.max_queued_per_client is not None and self.max_queued_per_client > self.max_queue:
             raise ValueError(
                 f"{ENV_PREFIX}MAX_QUEUED_PER_CLIENT ({self.max_queued_per_client}) is above "
@@ -322,7 +327,7 @@ def check_broker_url(url: str) -> None:
     """The broker is Redis: redis://, rediss:// (TLS) or a unix socket."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
         shown = url.split("://", 1)[0] + "://..." if "://" in url else "the value"
-        raise ValueError(f"BROKER_URL {shown} is not a Redis URL (redis://[:password@]host:6379/0)")
+        raise ValueError(f"{shown} is not a Redis URL (redis://[:password@]host:6379/0)")
 
 
 def _client_entry(item: Any) -> Any:
