@@ -398,3 +398,35 @@ def test_the_broker_password_stays_out_of_messages(tmp_path: Path) -> None:
     )
     assert secret not in repr(settings) and secret not in shown_url(settings)
     assert shown_url(settings).endswith("@redis:6379/0")
+
+
+def test_a_worker_with_docker_default_shm_refuses_at_start(tmp_path: Path) -> None:
+    """Docker's 64 MB /dev/shm under a DataLoader with workers: the HeyGem hang, reported
+    when the worker starts (not when its first job stalls)."""
+    from matrix.run_cell import in_private_shm, shm_unavailable_reason
+
+    reason = shm_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no private /dev/shm here: {reason}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    write_marker(shared)
+    env = worker_env(
+        {
+            "HEYGEM_SERVICE_BROKER_URL": "redis://127.0.0.1:1/0",
+            "HEYGEM_SERVICE_PIPELINE__NUM_WORKERS": "4",
+        }
+    )
+    command = [sys.executable, "-m", "service.worker_cli", "--data-dir", str(shared)]
+    done = subprocess.run(
+        in_private_shm("64m", command),
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "start-up check failed" in done.stderr and "/dev/shm" in done.stderr, done.stderr
+    assert "what to do:" in done.stderr
