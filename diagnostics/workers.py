@@ -37,6 +37,7 @@ class PoolProcess:
     pid: int
     job_id: str | None = None
     seconds: float | None = None  # how long it has run this job
+    state: str = "idle"  # starting (warming its pipeline), idle or busy
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class WorkerStatus:
             doing = (
                 f"job {p.job_id}" + (f" for {p.seconds:.0f} s" if p.seconds is not None else "")
                 if p.job_id
-                else "idle"
+                else p.state
             )
             lines.append(f"  pool process {p.pid}: {doing}")
         return lines

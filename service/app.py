@@ -23,6 +23,7 @@ from service.retention import Retention, RetentionPolicy
 from service.routes import compat, generations, health, uploads
 from service.settings import MiB, ServiceSettings
 from service.store import JobStore
+from service.web import install_web
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=metrics)
     for router in (generations.router, uploads.router, compat.router, health.router):
         app.include_router(router)
+    install_web(app)  # the operators' page at / and the endpoints it needs
     return app
 
 

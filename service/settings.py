@@ -113,6 +113,9 @@ class ServiceSettings(BaseSettings):
     media_root: Path | None = None
     # Compat results are also published as <media_root>/<code>-r.mp4 (HeyGem's layout).
     publish_compat_results: bool = True
+    # Where `nox -s matrix_report` and `nox -s bench` wrote (a checkout of this project): the
+    # web page's Diagnose tab shows the latest reports found there. None: the working directory.
+    reports_dir: Path | None = None
 
     # Workers: separate processes, each holding a warm pipeline. 0 accepts and stores jobs
     # without running them (maintenance, API tests).
@@ -199,6 +202,13 @@ class ServiceSettings(BaseSettings):
         except ValueError:
             if not _HOSTNAME.match(value):
                 raise ValueError(f"{value!r} is not an IP address or host name") from None
+        return value
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
         return value
 
     @field_validator("api_key_header")

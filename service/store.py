@@ -488,6 +488,26 @@ class JobStore:
             return None
         return {**dict(row), "info": json.loads(row["info"])}
 
+    def recent_uploads(
+        self, client: str | None, limit: int, *, video: bool = False
+    ) -> list[dict[str, Any]]:
+        """A client's uploads (all of them for None), most recently used first; with
+        ``video`` only those that have a video stream (templates)."""
+        conditions, args = [], []
+        if client is not None:
+            conditions.append("client = ?")
+            args.append(client)
+        if video:
+            conditions.append("json_extract(info, '$.has_video') = 1")
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM uploads {where} "
+                "ORDER BY COALESCE(last_used_at, created_at) DESC, id LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+        return [{**dict(r), "info": json.loads(r["info"])} for r in rows]
+
     def touch_upload(self, upload_id: str) -> None:
         with self._lock:
             self._db.execute(

@@ -33,6 +33,7 @@ BAD: dict[str, str] = {
     "data_dir": "<a file>",
     "media_root": "/no/such/directory",
     "publish_compat_results": "maybe",
+    "reports_dir": "/no/such/directory",
     "workers": "-1",
     "heartbeat_interval": "0",
     "worker_stall_timeout": "-5",
