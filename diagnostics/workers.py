@@ -64,6 +64,8 @@ class WorkerStatus:
         return cls(**{**data, "processes": processes})
 
     def start_findings(self) -> list[Finding]:
+        """What its start-up checks found wrong (a worker whose checks failed did not start,
+        so these are warnings: it runs, but e.g. slower or closer to a limit)."""
         return [
             Finding(
                 str(f.get("id", "worker-start")),
@@ -74,6 +76,7 @@ class WorkerStatus:
                 subject=f"pid {self.pid}",
             )
             for f in self.findings
+            if f.get("severity") in (Severity.WARN.value, Severity.FAIL.value)
         ]
 
     def lines(self) -> list[str]:
