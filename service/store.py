@@ -270,6 +270,57 @@ class JobStore:
             )
             return self._get(db, row[0])
 
+    def start(self, job_id: str, worker: str) -> Job | None:
+        """Move this queued job to running on ``worker`` (a remote executor reported that it
+        started it); None if it was not queued."""
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                "started_at = ?, attempts = attempts + 1, worker = ? WHERE id = ? AND state = ?",
+                (
+                    JobState.RUNNING.value,
+                    Phase.STARTING.value,
+                    time.time(),
+                    worker,
+                    job_id,
+                    JobState.QUEUED.value,
+                ),
+            ).rowcount
+            return self._get(db, job_id) if changed else None
+
+    def requeue_lost(self, job_id: str, warning: str) -> bool:
+        """A running job whose worker was lost goes back to queued (it will be delivered
+        again); the warning says what happened to the attempt."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT warnings FROM jobs WHERE id = ? AND state = ?",
+                (job_id, JobState.RUNNING.value),
+            ).fetchone()
+            if row is None:
+                return False
+            warnings = [*json.loads(row[0]), warning]
+            db.execute(
+                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                "frames_done = NULL, worker = NULL, warnings = ? WHERE id = ?",
+                (JobState.QUEUED.value, Phase.QUEUED.value, json.dumps(warnings), job_id),
+            )
+            return True
+
+    def withdraw(self, job_id: str) -> None:
+        """Remove a just-queued job that could not be handed to its executor."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.QUEUED.value)
+            )
+
+    def active(self) -> list[Job]:
+        """Queued and running jobs, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE state IN {_ACTIVE!r} ORDER BY created_at, id"
+            ).fetchall()
+        return [_job(r) for r in rows]
+
     def requeue(self, job_id: str) -> None:
         """Give back a claimed job that never reached its worker."""
         with self._lock:

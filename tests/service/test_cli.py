@@ -69,6 +69,11 @@ BAD: dict[str, str] = {
     "retention_interval": "0",
     "pipeline": '{"batch_size": 0}',
     "allow_fault_injection": "maybe",
+    "executor": "kubernetes",
+    "broker_url": "amqp://guest@rabbit//",
+    "celery_queue": "bad queue!",
+    "broker_visibility_timeout": "0",
+    "database_path": "/proc/heygem/jobs.sqlite3",
 }
 
 
