@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from heygem.cgroups import usable_cpus
 from heygem.config import GenerateOptions
 from heygem.errors import FailureCause
 from heygem.runner.exits import OomWatch, describe_exit
+from heygem.runner.processes import StoppedClock
 from service.celery_app import (
     ATTEMPTS_KEY,
     CANCEL_COMMAND,
@@ -79,6 +81,11 @@ LOST_KEY = "heygem:lost:{}"  # JSON list of how this job's pool processes died
 STATUS_INTERVAL = 2.0  # seconds between status-file updates
 MAX_WATCHES = 256
 PROGRESS_INTERVAL = 0.25  # seconds between progress reports within one phase
+# A busy pool process seen stopped (state T) this long is killed (checked this often), so
+# its job is handed on within seconds, not at its hard time limit.
+STOPPED_KILL_AFTER = 2.0
+STOPPED_CHECK_INTERVAL = 0.5
+STOPPED_AND_KILLED: dict[int, float] = {}  # pid -> seconds stopped (main process only)
 _EXIT = re.compile(r"(signal|exitcode) (-?\d+)")  # billiard's human_status()
 
 
@@ -194,6 +201,15 @@ class GenerationRequest(Request):
             "cause": exit_.cause.value if code is not None else FailureCause.EXITED.value,
             "at": time.time(),
         }
+        stopped = STOPPED_AND_KILLED.pop(self.worker_pid or 0, None)
+        if stopped is not None:  # we killed it: say why, not just "SIGKILL"
+            record |= {
+                "what": f"the pool process was stopped (state T) for {stopped:.1f} s, so its "
+                "worker killed it",
+                "fix": "find who stopped it (a debugger, Ctrl-Z, a container pause); "
+                "`heygem-diagnose ps` shows process states",
+                "cause": FailureCause.PROCESS_STOPPED.value,
+            }
         try:
             client = self.task.backend.client
             key = LOST_KEY.format(self.id)
@@ -320,6 +336,25 @@ def install(app: Celery, setup: WorkerSetup) -> None:
             processes=processes,
             findings=list(setup.findings),
         )
+
+    clock = StoppedClock()
+
+    def kill_stopped(consumer: Any) -> None:
+        """A busy pool process stopped (SIGSTOP, a debugger) holds its job forever: after
+        STOPPED_KILL_AFTER seconds kill it, so Celery hands the job to another attempt."""
+        pool = getattr(consumer, "pool", None)
+        busy = {r.worker_pid for r in list(worker_state.active_requests) if r.worker_pid}
+        for pid in (pool.info if pool is not None else {}).get("processes", []):
+            seconds = clock.stopped_for(pid) if pid in busy else 0.0
+            if seconds >= STOPPED_KILL_AFTER:
+                log.error("pool process %d has been stopped for %.1f s: killing it", pid, seconds)
+                STOPPED_AND_KILLED[pid] = seconds
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    @worker_ready.connect(weak=False)
+    def _watch_stopped(sender: Any, **_: Any) -> None:
+        sender.timer.call_repeatedly(STOPPED_CHECK_INTERVAL, kill_stopped, (sender,))
 
     @worker_ready.connect(weak=False)
     def _publish_status(sender: Any, **_: Any) -> None:

@@ -13,12 +13,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 
@@ -140,6 +142,13 @@ def test_jobs_run_on_both_machines(cluster: Cluster) -> None:
         assert client.get(status["result_url"]).headers["content-type"] == "video/mp4"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_killed_pool_process_hands_its_job_to_another_attempt(cluster: Cluster) -> None:
     client = cluster.client
     job_id = _submit(client, fault=SLOW)
@@ -151,6 +160,23 @@ def test_a_killed_pool_process_hands_its_job_to_another_attempt(cluster: Cluster
     assert lost and "SIGKILL" in lost[0] and "queued again" in lost[0], status["warnings"]
     assert "no OOM kill" in lost[0]  # kill -9 by a person, not blamed on memory
     warm_workers(client, 2)  # Celery replaced the process
+
+
+def test_a_stopped_pool_process_is_killed_within_seconds_and_its_job_handed_on(
+    cluster: Cluster,
+) -> None:
+    client = cluster.client
+    job_id = _submit(client, fault=SLOW)
+    pid = _pid_of(_generating(client, job_id))
+    os.kill(pid, signal.SIGSTOP)  # frozen: its pipeline's own watchdog is frozen with it
+    stopped_at = time.monotonic()
+    wait_for(lambda: not _alive(pid), 15, what=f"the stopped pool process {pid} to be killed")
+    assert time.monotonic() - stopped_at < 5.0
+    status = wait_final(client, job_id, timeout=90)
+    assert status["state"] == "succeeded" and status["attempts"] == 2, status
+    lost = [w for w in status["warnings"] if w.startswith("attempt 1 ")]
+    assert lost and "stopped (state T)" in lost[0], status["warnings"]
+    warm_workers(client, 2)
 
 
 def test_a_job_whose_process_dies_every_time_fails_after_max_attempts(cluster: Cluster) -> None:
