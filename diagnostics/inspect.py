@@ -23,6 +23,7 @@ import psutil
 from diagnostics.findings import Finding, Report, Severity
 from diagnostics.probes.base import fmt_bytes
 from diagnostics.probes.gpu import GpuProcess, nvml_snapshot
+from diagnostics.workers import read_status
 from heygem.cgroups import cgroup_dir
 from heygem.errors import InputNotFound, InvalidOption
 
@@ -443,13 +444,30 @@ def tree_lines(report: ProcessTreeReport) -> list[str]:
 
 
 def process_report(reports: list[ProcessTreeReport], pattern: str | None = None) -> Report:
-    """The trees inspected as one diagnosis (``heygem-diagnose ps``)."""
-    body = [line for r in reports for line in tree_lines(r)]
+    """The trees inspected as one diagnosis (``heygem-diagnose ps``).
+
+    A tree whose root is a ``heygem worker`` (Celery) also shows what the worker says about
+    itself: its pool processes and their jobs, and the problems its start-up checks found.
+    """
+    body: list[str] = []
+    findings: list[Finding] = []
+    workers = []
+    for r in reports:
+        body += tree_lines(r)
+        findings += r.findings
+        worker = read_status(r.root_pid)
+        if worker is not None:
+            body += worker.lines()
+            findings += worker.start_findings()
+            workers.append(worker.to_dict())
     if not reports:
         body = [f"no {pattern or 'heygem'} processes found"]
-    findings = tuple(f for r in reports for f in r.findings)
-    details = {"pids": [r.root_pid for r in reports], "reports": [r.to_dict() for r in reports]}
-    return Report("ps", "heygem process inspection", findings, details, tuple(body))
+    details = {
+        "pids": [r.root_pid for r in reports],
+        "reports": [r.to_dict() for r in reports],
+        "celery_workers": workers,
+    }
+    return Report("ps", "heygem process inspection", tuple(findings), details, tuple(body))
 
 
 def _line(p: ProcessInfo) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -187,6 +187,22 @@ def make_loader(
 def is_poll_timeout(exc: BaseException) -> bool:
     """torch's "no batch within ``timeout``": the iterator is intact, ask again."""
     return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader timed out")
+
+
+def poll_batches(batches: Iterator[Any], stop: Callable[[], bool]) -> Iterator[Any]:
+    """The batches of a loader iterator whose workers are polled in short slices: a poll
+    that found no batch yet is asked again, unless ``stop()`` says the caller is leaving
+    (then torch's timeout error propagates)."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if is_poll_timeout(exc) and not stop():
+                continue
+            raise
+        yield batch
 
 
 def loader_failure(exc: BaseException, workers: Sequence[Any], oom: OomWatch) -> StageCrashed:

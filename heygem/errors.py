@@ -62,6 +62,7 @@ class FailureCause(StrEnum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed-out"
     SERVICE_RESTARTED = "service-restarted"
+    WORKER_LOST = "worker-lost"  # a remote worker vanished with the job, attempts used up
     INTERNAL = "internal"
 
     @property
@@ -111,6 +112,11 @@ CAUSES: dict[FailureCause, CauseInfo] = {
     FailureCause.CANCELLED: CauseInfo("cancelled", _E),
     FailureCause.TIMED_OUT: CauseInfo("the job timed out", _S),
     FailureCause.SERVICE_RESTARTED: CauseInfo("the service restarted while the job ran", _E),
+    FailureCause.WORKER_LOST: CauseInfo(
+        "the worker running the job vanished (its machine, container or whole worker died) "
+        "on every attempt",
+        _C,
+    ),
     FailureCause.INTERNAL: CauseInfo("an internal error", _E),
 }
 

@@ -37,9 +37,9 @@ from heygem.audio import features
 from heygem.batches import (
     FrameTiming,
     SampleSource,
-    is_poll_timeout,
     loader_failure,
     make_loader,
+    poll_batches,
 )
 from heygem.composite import composite
 from heygem.config import PIPELINE_STAGES, FaultInjection, GenerateOptions
@@ -765,23 +765,18 @@ def _loaded(batches: Iterator[Any], job: _Job, total: int) -> Iterator[Any]:
     """The loader's batches; its failures typed by what the workers' exits show. Waits in
     short polls, so a job torn down meanwhile ends this stage at once."""
     done = 0
-    while True:
-        if done == total:
-            # The next call joins the workers (torch shuts them down when exhausted), which
-            # takes as long as it takes: not a pace to judge.
-            job.monitors["load"].expect_long("shutting down the DataLoader workers")
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except Exception as exc:
-            if is_poll_timeout(exc) and not job.cancel.is_set():
-                continue
-            if job.cancel.is_set():
-                raise JobCancelled from exc
-            raise loader_failure(exc, job.loader_workers, job.oom) from exc
-        done += 1
-        yield batch
+    try:
+        for batch in poll_batches(batches, job.cancel.is_set):
+            done += 1
+            yield batch
+            if done == total:
+                # The next call joins the workers (torch shuts them down when exhausted),
+                # which takes as long as it takes: not a pace to judge.
+                job.monitors["load"].expect_long("shutting down the DataLoader workers")
+    except Exception as exc:
+        if job.cancel.is_set():
+            raise JobCancelled from exc
+        raise loader_failure(exc, job.loader_workers, job.oom) from exc
 
 
 def _stage_error(stage: str, exc: BaseException) -> PipelineError:

@@ -123,7 +123,7 @@ def _stall_alarm(seconds: float) -> Iterator[Callable[[], None]]:
 
 def run_load(config: LoadConfig) -> StepResult:
     """Load ``batches`` batches; a failed load is the finding, never an exception."""
-    from heygem.batches import FrameSamples, FrameTiming, make_loader
+    from heygem.batches import FrameSamples, FrameTiming, make_loader, poll_batches
 
     started = time.perf_counter()
     detail: dict[str, object] = {
@@ -154,7 +154,7 @@ def run_load(config: LoadConfig) -> StepResult:
             )
             with _stall_alarm(config.stall_seconds) as rearm:
                 batches = iter(loader)
-                for _, crops, _mel in batches:
+                for _, crops, _mel in poll_batches(batches, lambda: False):
                     int(crops[:, 0, 0, 0].sum())  # touch the shared pages
                     loaded += 1
                     time.sleep(config.consumer_seconds)

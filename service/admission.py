@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 
 from service.deps import Caller, Services, admitting
-from service.errors import CLIENT_NAMES_KEY, QueueFull
+from service.errors import CLIENT_NAMES_KEY, QueueFull, ServiceUnavailable
 from service.jobs import Job, JobState, NewJob
 from service.media import check_audio, check_video
 from service.options import JobOptions, JobOptionsModel
@@ -138,8 +138,12 @@ def admit(
         max_queued_per_client=settings.queued_cap_per_client,
         retry_after=retry_after(services, queued),
     )
+    try:
+        services.executor.submit(created)
+    except ServiceUnavailable:  # e.g. the broker is down: nothing is left half-queued
+        services.store.withdraw(created.id)
+        raise
     services.metrics.submitted(source)
-    services.executor.wake()
     log.info(
         "job %s queued (%s, client %s, time limit %g s)",
         sub.job_id,

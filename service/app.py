@@ -13,7 +13,7 @@ from heygem import __version__
 from service.deps import Services
 from service.errors import install_error_handler
 from service.jobs import JobState
-from service.lifecycle import JobLifecycle
+from service.lifecycle import Executor, JobLifecycle
 from service.limits import BodyLimits
 from service.metrics import Gauge, Metrics, StateCollector
 from service.observe import RequestContext
@@ -23,6 +23,7 @@ from service.retention import Retention, RetentionPolicy
 from service.routes import compat, generations, health, uploads
 from service.settings import MiB, ServiceSettings
 from service.store import JobStore
+from service.web import install_web
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,21 @@ def start_services(settings: ServiceSettings, metrics: Metrics, redactor: Redact
         ),
         data_dir=settings.data_dir,
     )
-    recovered = lifecycle.recover(settings.on_restart, settings.max_attempts)
-    if any(recovered.values()):
-        log.warning(
-            "jobs left running by the previous process: %d requeued, %d failed",
-            recovered["requeued"],
-            recovered["failed"],
-        )
-    executor = local_executor(settings, lifecycle, metrics)
+    executor: Executor
+    if settings.executor == "celery":
+        from service.celery_executor import CeleryExecutor
+
+        # Jobs running on remote workers carry on without this process: it follows them.
+        executor = CeleryExecutor(settings, lifecycle, metrics)
+    else:
+        recovered = lifecycle.recover(settings.on_restart, settings.max_attempts)
+        if any(recovered.values()):
+            log.warning(
+                "jobs left running by the previous process: %d requeued, %d failed",
+                recovered["requeued"],
+                recovered["failed"],
+            )
+        executor = local_executor(settings, lifecycle, metrics)
     executor.start()
     return Services(settings, store, lifecycle, executor, metrics, redactor)
 
@@ -102,7 +110,7 @@ def state_gauges(services: Services, retention: Retention) -> list[Gauge]:
         states: dict[str, int] = {}
         for worker in services.executor.workers():
             states[worker.state] = states.get(worker.state, 0) + 1
-        return [((state,), n) for state, n in states.items()]
+        return [((settings.executor, state), n) for state, n in states.items()]
 
     def rss() -> Iterable[tuple[tuple[str, ...], float]]:
         return [
@@ -113,9 +121,9 @@ def state_gauges(services: Services, retention: Retention) -> list[Gauge]:
         Gauge("heygem_jobs", "Jobs in the store, by state.", ("state",), jobs),
         Gauge(
             "heygem_queue_depth",
-            "Jobs waiting for a worker.",
-            (),
-            lambda: [((), store.counts()[JobState.QUEUED])],
+            "Jobs waiting for a worker, by executor (local or celery).",
+            ("executor",),
+            lambda: [((settings.executor,), store.counts()[JobState.QUEUED])],
         ),
         Gauge(
             "heygem_queue_capacity",
@@ -129,7 +137,12 @@ def state_gauges(services: Services, retention: Retention) -> list[Gauge]:
             ("client",),
             lambda: [((c,), n) for c, n in store.queued_by_client().items()],
         ),
-        Gauge("heygem_workers", "Worker processes, by state.", ("state",), workers_by_state),
+        Gauge(
+            "heygem_workers",
+            "Worker processes (seen, for celery), by executor and state.",
+            ("executor", "state"),
+            workers_by_state,
+        ),
         Gauge(
             "heygem_worker_rss_bytes",
             "Resident memory of each worker process (recycled above the limit).",
@@ -148,6 +161,7 @@ def state_gauges(services: Services, retention: Retention) -> list[Gauge]:
             (),
             lambda: [((), float(services.lifecycle.draining.is_set()))],
         ),
+        *services.executor.gauges(),
     ]
 
 
@@ -172,8 +186,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             metrics.registry.unregister(collector)  # the app may be started again
             retention.stop()
             # Normally drained already (SIGTERM); whatever still runs is cancelled with
-            # that reason rather than left 'running' in the store.
-            services.lifecycle.abandon_running(services.executor, settings.cancel_grace)
+            # that reason rather than left 'running' in the store. Remote workers (celery)
+            # carry on: the next API process follows their jobs.
+            if settings.executor == "local":
+                services.lifecycle.abandon_running(services.executor, settings.cancel_grace)
             services.executor.stop()
             services.store.close()
 
@@ -194,6 +210,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=metrics)
     for router in (generations.router, uploads.router, compat.router, health.router):
         app.include_router(router)
+    install_web(app)  # the operators' page at / and the endpoints it needs
     return app
 
 
@@ -203,4 +220,7 @@ def drain(app: FastAPI) -> None:
     if services is None:
         return
     settings = services.settings
+    if settings.executor != "local":  # jobs on remote workers outlive this process
+        services.lifecycle.draining.set()
+        return
     services.lifecycle.drain(services.executor, settings.shutdown_grace, settings.cancel_grace)

@@ -150,6 +150,7 @@ def check_settings(settings: ServiceSettings) -> str | None:
     for name, path in (
         ("DATA_DIR", settings.data_dir),
         ("PIPELINE__CACHE_DIR", settings.cache_dir),
+        ("DATABASE_PATH", settings.database.parent),
     ):
         try:
             path.mkdir(parents=True, exist_ok=True)

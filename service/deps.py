@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.errors import ServiceUnavailable, Unauthorized
+from service.errors import Forbidden, ServiceUnavailable, Unauthorized
 from service.lifecycle import Executor, JobLifecycle
 from service.metrics import Metrics
 from service.redact import Redactor
@@ -90,6 +90,32 @@ def optional_client(request: Request, services: ServicesDep) -> Caller | None:
 
 ClientDep = Annotated[Caller, Depends(require_client)]
 OptionalClientDep = Annotated[Caller | None, Depends(optional_client)]
+
+
+def require_admin(services: ServicesDep, caller: ClientDep) -> Caller:
+    """The caller, if it may see the server's internals (versions, paths, processes).
+
+    With keys configured that takes an admin key. Without keys the server only listens on
+    loopback, so whoever reaches it is on this machine: its operator. Bound elsewhere
+    without a key (HEYGEM_SERVICE_ALLOW_REMOTE_WITHOUT_KEY) anyone could ask, so nobody may.
+    """
+    from service.cli import is_loopback
+
+    settings = services.settings
+    if caller.admin or (not settings.auth_enabled and is_loopback(settings.host)):
+        return caller
+    raise Forbidden(
+        "this shows the server's internals, which need an admin key"
+        if settings.auth_enabled
+        else "this server runs without API keys on a non-loopback address, so it shows its "
+        "internals to nobody",
+        hint="ask the operator for an admin key (HEYGEM_SERVICE_ADMIN_CLIENTS)"
+        if settings.auth_enabled
+        else "set HEYGEM_SERVICE_API_KEY to get an admin key",
+    )
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]
 
 
 def admitting(services: Services) -> None:

@@ -90,6 +90,10 @@ class Unauthorized(HeygemError):
     pass
 
 
+class Forbidden(HeygemError):
+    """A valid key that may not do this (e.g. server internals need an admin key)."""
+
+
 class ServiceUnavailable(HeygemError):
     """The service is shutting down (or otherwise not taking work): retry later."""
 
@@ -125,6 +129,7 @@ class JobTimedOut(core.PipelineError):
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (QueueFull, 429),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (JobNotFound, 404),
     (UploadNotFound, 404),
     (JobConflict, 409),

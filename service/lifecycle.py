@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from heygem.errors import Cancelled, FailureCause, HeygemError
 from service.errors import JobTimedOut, ServiceRestarted
 from service.jobs import Job, JobError, JobState
-from service.metrics import Metrics
+from service.metrics import Gauge, Metrics
 from service.redact import Redactor
 from service.store import JobStore
 
@@ -36,6 +36,10 @@ class Executor(Protocol):
 
     def start(self) -> None: ...
 
+    def submit(self, job: Job) -> None:
+        """A job was just queued: take it (raise ServiceUnavailable when that is impossible;
+        admission then withdraws the job and answers 503)."""
+
     def wake(self) -> None:
         """A job was queued or a cancel requested: look at the store now."""
 
@@ -46,6 +50,12 @@ class Executor(Protocol):
 
     def healthy(self) -> bool:
         """The executor's own supervision is alive (not: a worker is free)."""
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """Executor-specific readiness checks for /readyz: name -> (ok, detail)."""
+
+    def gauges(self) -> list[Gauge]:
+        """Executor-specific gauges for /metrics, read at scrape time."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,18 @@ class JobLifecycle:
 
     def requeue(self, job_id: str) -> None:
         self.store.requeue(job_id)
+
+    def started(self, job_id: str, worker: str) -> Job | None:
+        """A remote executor's worker started this queued job (None: it was not queued)."""
+        job = self.store.start(job_id, worker)
+        if job is not None:
+            log.info("job %s started on worker %s", job_id, worker, extra={"job_id": job_id})
+        return job
+
+    def requeue_lost(self, job_id: str, warning: str) -> None:
+        """A remote worker lost this running job; the broker delivers it again."""
+        if self.store.requeue_lost(job_id, warning):
+            log.warning("job %s back in the queue: %s", job_id, warning, extra={"job_id": job_id})
 
     def progress(
         self,

@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from service import worker
 
-    worker._limit_threads(2)
+    worker.limit_threads(2)
     if not args.unbounded:
-        worker._limit_arenas()  # before any thread exists, as in worker_main
+        worker.limit_arenas()  # before any thread exists, as in worker_main
     import psutil
 
     from heygem.audio.synth import synth_speech
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n in range(args.jobs)
     ]
-    pipelines = worker._WarmPipelines(worker._budget(2))
+    pipelines = worker.WarmPipelines(worker.thread_budget(2))
     base = GenerateOptions(cache_dir=work / "cache", batch_size=16)
     pipelines.get(base).load()
     print(f"warm: rss {mib():.0f} MiB", flush=True)

@@ -31,7 +31,7 @@ from heygem.runner.exits import OomWatch, describe_exit
 from service.errors import WorkerCrashed, WorkerStalled
 from service.jobs import Job, JobError
 from service.lifecycle import JobLifecycle, WorkerInfo
-from service.metrics import Metrics
+from service.metrics import Gauge, Metrics
 from service.protocol import (
     CancelJob,
     Heartbeat,
@@ -127,9 +127,18 @@ class WorkerPool:
         self._thread = threading.Thread(target=self._run, name="heygem-supervisor", daemon=True)
         self._thread.start()
 
+    def submit(self, job: Job) -> None:
+        self.wake()  # the supervisor claims it from the store
+
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"!")
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        return {}
+
+    def gauges(self) -> list[Gauge]:
+        return []
 
     def workers(self) -> list[WorkerInfo]:
         now = time.monotonic()

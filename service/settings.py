@@ -113,6 +113,9 @@ class ServiceSettings(BaseSettings):
     media_root: Path | None = None
     # Compat results are also published as <media_root>/<code>-r.mp4 (HeyGem's layout).
     publish_compat_results: bool = True
+    # Where `nox -s matrix_report` and `nox -s bench` wrote (a checkout of this project): the
+    # web page's Diagnose tab shows the latest reports found there. None: the working directory.
+    reports_dir: Path | None = None
 
     # Workers: separate processes, each holding a warm pipeline. 0 accepts and stores jobs
     # without running them (maintenance, API tests).
@@ -176,6 +179,20 @@ class ServiceSettings(BaseSettings):
     # Lets a job carry a FaultInjection spec (tests, rehearsing alerts). Never in production.
     allow_fault_injection: bool = False
 
+    # Scale-out (README "Scale out"): `local` runs the worker processes inside `heygem serve`;
+    # `celery` sends jobs through a Redis broker to `heygem worker` processes on any machine
+    # that mounts the shared data directory. The same Redis stores their results.
+    executor: Literal["local", "celery"] = "local"
+    broker_url: SecretStr | None = None  # redis://[:password@]host:port/db
+    celery_queue: str = Field(default="heygem", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # Redis hands an unacknowledged job to another worker after this long (its worker died
+    # with it). None: the longest job time limit plus cancel grace and a margin, so a slow
+    # job is never run twice.
+    broker_visibility_timeout: float | None = Field(default=None, gt=0)
+    # The SQLite job store; None: <data_dir>/jobs.sqlite3. Keep it on a local disk when the
+    # data directory is a network mount (SQLite's locking is not safe over NFS).
+    database_path: Path | None = None
+
     # -- validation ------------------------------------------------------------------------
     @field_validator("host")
     @classmethod
@@ -185,6 +202,13 @@ class ServiceSettings(BaseSettings):
         except ValueError:
             if not _HOSTNAME.match(value):
                 raise ValueError(f"{value!r} is not an IP address or host name") from None
+        return value
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
         return value
 
     @field_validator("api_key_header")
@@ -206,6 +230,13 @@ class ServiceSettings(BaseSettings):
 
         for prefix in value:
             parse_rule(prefix)  # raises ValueError naming what is wrong
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_broker_url(value.get_secret_value())
         return value
 
     @field_validator("api_key")
@@ -239,6 +270,10 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}ADMIN_CLIENTS names clients that have no key: {', '.join(unknown)}"
             )
+        if self.executor == "celery" and self.broker_url is None:
+            raise ValueError(
+                f"{ENV_PREFIX}EXECUTOR=celery needs {ENV_PREFIX}BROKER_URL (redis://host:6379/0)"
+            )
         if self.max_queued_per_client is not None and self.max_queued_per_client > self.max_queue:
             raise ValueError(
                 f"{ENV_PREFIX}MAX_QUEUED_PER_CLIENT ({self.max_queued_per_client}) is above "
@@ -249,7 +284,7 @@ class ServiceSettings(BaseSettings):
     # -- derived values --------------------------------------------------------------------
     @property
     def database(self) -> Path:
-        return self.data_dir / "jobs.sqlite3"
+        return self.database_path or self.data_dir / "jobs.sqlite3"
 
     @property
     def options(self) -> GenerateOptions:
@@ -296,6 +331,13 @@ class ServiceSettings(BaseSettings):
         if self.job_timeout is not None:
             return self.job_timeout
         return round(self.job_timeout_min + self.job_timeout_per_audio_second * audio_seconds, 1)
+
+
+def check_broker_url(url: str) -> None:
+    """The broker is Redis: redis://, rediss:// (TLS) or a unix socket."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        shown = url.split("://", 1)[0] + "://..." if "://" in url else "the value"
+        raise ValueError(f"{shown} is not a Redis URL (redis://[:password@]host:6379/0)")
 
 
 def _client_entry(item: Any) -> Any:

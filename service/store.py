@@ -270,6 +270,57 @@ class JobStore:
             )
             return self._get(db, row[0])
 
+    def start(self, job_id: str, worker: str) -> Job | None:
+        """Move this queued job to running on ``worker`` (a remote executor reported that it
+        started it); None if it was not queued."""
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                "started_at = ?, attempts = attempts + 1, worker = ? WHERE id = ? AND state = ?",
+                (
+                    JobState.RUNNING.value,
+                    Phase.STARTING.value,
+                    time.time(),
+                    worker,
+                    job_id,
+                    JobState.QUEUED.value,
+                ),
+            ).rowcount
+            return self._get(db, job_id) if changed else None
+
+    def requeue_lost(self, job_id: str, warning: str) -> bool:
+        """A running job whose worker was lost goes back to queued (it will be delivered
+        again); the warning says what happened to the attempt."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT warnings FROM jobs WHERE id = ? AND state = ?",
+                (job_id, JobState.RUNNING.value),
+            ).fetchone()
+            if row is None:
+                return False
+            warnings = [*json.loads(row[0]), warning]
+            db.execute(
+                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                "frames_done = NULL, worker = NULL, warnings = ? WHERE id = ?",
+                (JobState.QUEUED.value, Phase.QUEUED.value, json.dumps(warnings), job_id),
+            )
+            return True
+
+    def withdraw(self, job_id: str) -> None:
+        """Remove a just-queued job that could not be handed to its executor."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.QUEUED.value)
+            )
+
+    def active(self) -> list[Job]:
+        """Queued and running jobs, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE state IN {_ACTIVE!r} ORDER BY created_at, id"
+            ).fetchall()
+        return [_job(r) for r in rows]
+
     def requeue(self, job_id: str) -> None:
         """Give back a claimed job that never reached its worker."""
         with self._lock:
@@ -436,6 +487,26 @@ class JobStore:
         if row is None or (client is not None and row["client"] != client):
             return None
         return {**dict(row), "info": json.loads(row["info"])}
+
+    def recent_uploads(
+        self, client: str | None, limit: int, *, video: bool = False
+    ) -> list[dict[str, Any]]:
+        """A client's uploads (all of them for None), most recently used first; with
+        ``video`` only those that have a video stream (templates)."""
+        conditions, args = [], []
+        if client is not None:
+            conditions.append("client = ?")
+            args.append(client)
+        if video:
+            conditions.append("json_extract(info, '$.has_video') = 1")
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM uploads {where} "
+                "ORDER BY COALESCE(last_used_at, created_at) DESC, id LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+        return [{**dict(r), "info": json.loads(r["info"])} for r in rows]
 
     def touch_upload(self, upload_id: str) -> None:
         with self._lock:

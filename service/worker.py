@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from heygem.config import GenerateOptions
 from heygem.errors import Cancelled, FailureCause, HeygemError, PipelineStalled
@@ -69,6 +69,13 @@ class WorkerConfig:
     heartbeat_interval: float
     cpus: int  # this worker's share of the machine
     log_level: str = "info"
+
+
+class Reporter(Protocol):
+    """Where a running job's messages go: the service's pipe here, Celery's result backend
+    in ``service.celery_worker``."""
+
+    def send(self, message: FromWorker) -> None: ...
 
 
 class _Sender:
@@ -127,8 +134,8 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     """Entry point of a worker process."""
     # Ctrl-C in a terminal signals the whole group; the service stops workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _limit_threads(config.cpus)
-    _limit_arenas()
+    limit_threads(config.cpus)
+    limit_arenas()
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter(
@@ -147,7 +154,7 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
         daemon=True,
     ).start()
     started = time.perf_counter()
-    pipelines = _WarmPipelines(_budget(config.cpus))
+    pipelines = WarmPipelines(thread_budget(config.cpus))
     try:
         runner, _ = pipelines.get(config.options).load()
     except Exception as exc:
@@ -164,7 +171,7 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
         )
         log.exception("cannot build the pipeline")
         raise SystemExit(3) from exc
-    _warm_up()
+    warm_up()
     sender.send(
         Ready(os.getpid(), round(time.perf_counter() - started, 3), tuple(runner.info.used))
     )
@@ -180,7 +187,7 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     while (task := jobs.get()) is not None and not stop.is_set():
         cancel = control.begin(task.job_id)
         token = current_job.set(task.job_id)  # every log line of this job names it
-        outcome, retire = _run(task, pipelines, config.options, sender, cancel)
+        outcome, retire = run_job(task, pipelines, config.options, sender, cancel)
         current_job.reset(token)
         control.end()
         if retire:  # said first, so the supervisor sends no new job to a leaving worker
@@ -198,11 +205,11 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     conn.close()
 
 
-def _run(
+def run_job(
     task: RunJob,
-    pipelines: _WarmPipelines,
+    pipelines: WarmPipelines,
     base: GenerateOptions,
-    sender: _Sender,
+    sender: Reporter,
     cancel: threading.Event,
 ) -> tuple[JobDone | JobFailed, str | None]:
     """Run one job: how it ended, and why this worker must leave (if it must)."""
@@ -262,7 +269,7 @@ def _run(
     return outcome, None
 
 
-class _WarmPipelines:
+class WarmPipelines:
     """Loaded pipelines by options: a job with the warm options reuses the warm one."""
 
     def __init__(self, budget: ThreadBudget) -> None:
@@ -308,7 +315,7 @@ def _heartbeats(sender: _Sender, interval: float, stop: threading.Event) -> None
         sender.send(Heartbeat(pid))
 
 
-def _limit_threads(cpus: int) -> None:
+def limit_threads(cpus: int) -> None:
     # Before torch/numpy load: OpenMP/MKL/BLAS read these once, at import.
     for var in (
         "OMP_NUM_THREADS",
@@ -328,7 +335,7 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
 
 
-def _limit_arenas() -> None:
+def limit_arenas() -> None:
     """Few malloc arenas: every stage thread of every job would otherwise get its own,
     and memory freed in an arena is rarely returned (glibc only; elsewhere a no-op)."""
     libc = _libc()
@@ -344,13 +351,13 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _budget(cpus: int) -> ThreadBudget:
+def thread_budget(cpus: int) -> ThreadBudget:
     from heygem.resources import ThreadBudget
 
     return ThreadBudget.for_machine(cpus)
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """JIT-compile the audio feature code now, not during the first job."""
     import numpy as np
 

@@ -42,7 +42,11 @@ def stream_summary(path: Path) -> dict[str, float]:
         frames = sum(1 for _ in container.decode(video=0))
         audio = container.streams.audio[0] if container.streams.audio else None
         # The stream duration honours the MP4 edit list (AAC priming), as players do.
-        audio_seconds = float(audio.duration * audio.time_base) if audio and audio.duration else 0.0
+        audio_seconds = (
+            float(audio.duration * audio.time_base)
+            if audio and audio.duration and audio.time_base
+            else 0.0
+        )
     return {"frames": frames, "fps": fps, "audio_seconds": audio_seconds}
 
 

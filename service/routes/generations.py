@@ -23,7 +23,7 @@ from service.errors import (
     ResultNotReady,
     UploadNotFound,
 )
-from service.jobs import JobState
+from service.jobs import Job, JobState
 from service.media import confined, safe_suffix, store_stream
 from service.models import ErrorResponse, GenerationList, GenerationStatus
 from service.observe import JOB_ID_HEADER
@@ -179,10 +179,14 @@ class _WholeFile(FileResponse):
 def get_result(
     services: ServicesDep, caller: ClientDep, job_id: str, request: Request
 ) -> FileResponse:
-    job = services.store.get(job_id, caller.scope)
+    return result_response(services.store.get(job_id, caller.scope), request)
+
+
+def result_path(job: Job) -> Path:
+    """The finished job's MP4, or the error saying why there is none."""
     if job.state is not JobState.SUCCEEDED:
         raise ResultNotReady(
-            f"job {job_id} has no result: it is {job.state.value}",
+            f"job {job.id} has no result: it is {job.state.value}",
             hint="poll GET /v1/generations/{id} until state is succeeded"
             if not job.state.finished
             else "submit the job again",
@@ -190,12 +194,18 @@ def get_result(
     path = Path(job.output_path)
     if not path.is_file():
         raise JobConflict(
-            f"the result of job {job_id} is no longer on disk", hint="submit the job again"
+            f"the result of job {job.id} is no longer on disk", hint="submit the job again"
         )
+    return path
+
+
+def result_response(job: Job, request: Request) -> FileResponse:
+    """The job's MP4, whole or the ranges asked for (also served by result links)."""
+    path = result_path(job)
     headers = {JOB_ID_HEADER: job.id}
     ranged = _wanted_range(request.headers.get("range"), path.stat().st_size)
     kind = FileResponse if ranged else _WholeFile
-    return kind(path, media_type="video/mp4", filename=f"{job_id}.mp4", headers=headers)
+    return kind(path, media_type="video/mp4", filename=f"{job.id}.mp4", headers=headers)
 
 
 @router.delete(

@@ -35,11 +35,13 @@ def readyz(services: ServicesDep, caller: OptionalClientDep) -> JSONResponse:
     admin = caller is not None and caller.admin
     workers = services.executor.workers()
     warm = [w for w in workers if w.warm]
-    detail = (
-        f"{len(warm)} of {len(workers)} workers warm"
-        if workers
-        else "no workers configured (HEYGEM_SERVICE_WORKERS=0)"
-    )
+    detail = f"{len(warm)} of {len(workers)} workers warm"
+    if not workers:
+        detail = (
+            "no workers configured (HEYGEM_SERVICE_WORKERS=0)"
+            if services.settings.executor == "local"
+            else "no heygem worker has answered on the broker (start `heygem worker`)"
+        )
     start_errors = sorted({w.last_start_error for w in workers if w.last_start_error})
     if start_errors:
         detail += "; workers fail to start" + (": " + "; ".join(start_errors) if admin else "")
@@ -59,6 +61,8 @@ def readyz(services: ServicesDep, caller: OptionalClientDep) -> JSONResponse:
             detail="shutting down: no new work" if draining else "accepting new jobs",
         ),
     }
+    for name, (ok, text) in services.executor.checks().items():
+        checks[name] = Check(ok=ok, detail=text)
     ready = all(c.ok for c in checks.values())
     body = Readiness(
         ready=ready,

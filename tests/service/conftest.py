@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from heygem.audio.synth import synth_speech
 from heygem.demo import write_wav
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.service.cluster import RedisServer
 from tests.service.helpers import SPEECH_SECONDS
 
 
@@ -32,9 +34,40 @@ def media_root(tmp_path_factory: pytest.TempPathFactory, template_mp4: Path) -> 
     return root
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for the session's celery-executor tests (each test uses its own queue)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def executor() -> str:
+    """The executor the app under test uses; modules that run on both parametrize it."""
+    return "local"
+
+
+def executor_settings(executor: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for ``executor``: for celery, the session's Redis and a queue of its own."""
+    if executor == "local":
+        return {}
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return {
+        "executor": "celery",
+        "broker_url": redis.url,
+        "celery_queue": f"test-{uuid.uuid4().hex[:12]}",
+    }
+
+
 @pytest.fixture
 def make_settings(
-    tmp_path: Path, shared_cache: Path, media_root: Path
+    tmp_path: Path,
+    shared_cache: Path,
+    media_root: Path,
+    executor: str,
+    request: pytest.FixtureRequest,
 ) -> Callable[..., ServiceSettings]:
     def make(**overrides: Any) -> ServiceSettings:
         """Test settings; ``pipeline`` overrides merge into the test pipeline's options."""
@@ -46,6 +79,7 @@ def make_settings(
             "allow_fault_injection": True,
             "publish_compat_results": False,
             "pipeline": pipeline,
+            **executor_settings(executor, request),
         }
         values.update(overrides)
         return ServiceSettings(**values)

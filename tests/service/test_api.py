@@ -1,4 +1,5 @@
-"""Every endpoint and error of the API, on an app without workers (jobs stay queued)."""
+"""Every endpoint and error of the API, on an app without workers (jobs stay queued), with
+the local executor and with the celery one (a real Redis, no worker listening)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ from service.settings import ServiceSettings
 from tests.service.helpers import KEYS, files, metric
 
 REFS = {"audio_path": "speech.wav", "video_path": "template.mp4"}
+
+
+@pytest.fixture(params=["local", "celery"])
+def executor(request: pytest.FixtureRequest) -> str:
+    """Every API behaviour here holds with either executor (celery: jobs wait in Redis)."""
+    return str(request.param)
 
 
 def _error(response: Any, status: int, error_type: str) -> dict[str, Any]:

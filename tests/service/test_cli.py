@@ -33,6 +33,7 @@ BAD: dict[str, str] = {
     "data_dir": "<a file>",
     "media_root": "/no/such/directory",
     "publish_compat_results": "maybe",
+    "reports_dir": "/no/such/directory",
     "workers": "-1",
     "heartbeat_interval": "0",
     "worker_stall_timeout": "-5",
@@ -68,6 +69,11 @@ BAD: dict[str, str] = {
     "retention_interval": "0",
     "pipeline": '{"batch_size": 0}',
     "allow_fault_injection": "maybe",
+    "executor": "kubernetes",
+    "broker_url": "amqp://guest@rabbit//",
+    "celery_queue": "bad queue!",
+    "broker_visibility_timeout": "0",
+    "database_path": "/proc/heygem/jobs.sqlite3",
 }
 
 

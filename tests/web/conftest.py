@@ -1,0 +1,82 @@
+"""Web page fixtures: media for the page's uploads, a real server, a real browser."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from heygem.audio.synth import synth_speech
+from heygem.demo import write_wav
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.web.browser import Browser, Server, browser_binaries, chromium, running_server
+
+SPEECH_SECONDS = 2.0
+# A file name that would run script if a page ever put it into HTML (no '/': it is a file).
+XSS_NAME = "<script>alert('name')<script><img src=x onerror=alert(1)>.wav"
+
+
+@pytest.fixture(scope="session")
+def web_media(
+    tmp_path_factory: pytest.TempPathFactory, template_mp4: Path, faceless_mp4: Path
+) -> Path:
+    """What a user would pick in the page's file inputs (also the server's media root)."""
+    root = tmp_path_factory.mktemp("web-media")
+    write_wav(root / "speech.wav", synth_speech(SPEECH_SECONDS, seed=3))
+    shutil.copy(root / "speech.wav", root / XSS_NAME)
+    shutil.copy(template_mp4, root / "template.mp4")
+    shutil.copy(faceless_mp4, root / "no-face.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def web_server(
+    tmp_path_factory: pytest.TempPathFactory, web_media: Path, shared_cache: Path
+) -> Iterator[Server]:
+    """``heygem serve`` with one worker and no key (the new user's first run)."""
+    browser_binaries()  # skip before starting a server nobody would browse
+    with running_server(
+        tmp_path_factory.mktemp("web-server"),
+        web_media,
+        shared_cache,
+        workers=1,
+        allow_fault_injection="1",
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def browser(web_server: Server) -> Iterator[Browser]:
+    with chromium(web_server.base) as session:
+        yield session
+        errors = session.console_errors()
+    assert not errors, f"errors in the browser console: {errors}"
+
+
+@pytest.fixture
+def make_web_settings(
+    tmp_path: Path, shared_cache: Path, web_media: Path
+) -> Callable[..., ServiceSettings]:
+    def make(**overrides: Any) -> ServiceSettings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "media_root": web_media,
+            "workers": 0,
+            "publish_compat_results": False,
+            "pipeline": {"cache_dir": shared_cache, "batch_size": 8},
+        }
+        return ServiceSettings(**values | overrides)
+
+    return make
+
+
+@pytest.fixture
+def web_client(make_web_settings: Callable[..., ServiceSettings]) -> Iterator[TestClient]:
+    """The app without workers and without keys (jobs stay queued)."""
+    with TestClient(create_app(make_web_settings())) as client:
+        yield client
