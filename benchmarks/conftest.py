@@ -26,7 +26,7 @@ def _torch_threads(budget: ThreadBudget) -> Iterator[None]:
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(budget.torch_threads)
+    torch.set_num_threads(budget.model_threads)
     yield
     torch.set_num_threads(previous)
 

@@ -291,6 +291,168 @@ def _ort_options(benches: list[Bench]) -> list[str]:
     )
 
 
+def _spread(i: dict[str, Any], key: str, digits: int = 2, suffix: str = "x") -> str:
+    """``median (min–max)`` of a per-round ratio."""
+    median = fmt(i.get(key), digits, suffix)
+    low, high = i.get(f"{key}_min"), i.get(f"{key}_max")
+    return (
+        median if low is None or high is None else f"{median} ({low:.{digits}f}–{high:.{digits}f})"
+    )
+
+
+def _processes(benches: list[Bench]) -> list[str]:
+    rows = []
+    for b in of_kind(benches, "process"):
+        i = info(b)
+        rows.append(
+            [
+                f"{fmt(i.get('generator'))}, {fmt(i.get('cache'))} template",
+                fmt(i.get("heygem_s"), 2),
+                fmt(i.get("ffmpeg_s"), 2),
+                _spread(i, "ratio_to_floor"),
+                fmt(i.get("ratio_to_floor_cpu"), 2, "x"),
+                "<= " + fmt(i.get("target"), 1, "x"),
+                verdict(i.get("meets_target")),
+            ]
+        )
+    for b in of_kind(benches, "first_run"):
+        i = info(b)
+        rows.append(
+            [
+                f"{fmt(i.get('generator'))}, first run on a fresh machine",
+                fmt(i.get("first_s"), 2),
+                f"second run {fmt(i.get('second_s'), 2)}",
+                f"+{_spread(i, 'extra_s', 2, ' s')}",
+                f"+{fmt(i.get('extra_cpu_s'), 2)} CPU s",
+                "<= +" + fmt(i.get("target"), 1, " s"),
+                verdict(i.get("meets_target")),
+            ]
+        )
+    for b in of_kind(benches, "worker"):
+        i = info(b)
+        rows.append(
+            [
+                f"{fmt(i.get('generator'))}, warm worker vs CLI",
+                fmt(i.get("worker_s"), 2),
+                f"CLI {fmt(i.get('cli_s'), 2)}",
+                _spread(i, "ratio_to_cli"),
+                fmt(i.get("ratio_to_cli_cpu"), 2, "x"),
+                "–",
+                "–",
+            ]
+        )
+    return table(
+        [
+            "job (720p)",
+            "heygem s",
+            "baseline s",
+            "ratio (spread)",
+            "CPU ratio",
+            "target",
+            "verdict",
+        ],
+        rows,
+    )
+
+
+def _w2l_processes(benches: list[Bench]) -> list[str]:
+    rows = []
+    for b in of_kind(benches, "w2l_process"):
+        i = info(b)
+        for case in ("repeat", "unseen"):
+            c = i.get(case) or {}
+            rows.append(
+                [
+                    f"{case} template ({fmt(i.get('template'))}, {fmt(i.get('audio_s'), 1)} s)",
+                    fmt(c.get(f"{case}_s"), 2),
+                    fmt(i.get("reference_s"), 2),
+                    _spread(c, "speedup"),
+                    fmt(c.get("speedup_cpu"), 2, "x"),
+                    ">= " + fmt(c.get("target"), 1, "x"),
+                    verdict(c.get("meets_target")),
+                ]
+            )
+    return table(
+        ["heygem generate --generator wav2lip", "heygem s", "reference s", "speedup (spread)",
+         "CPU ratio", "target", "verdict"],
+        rows,
+    )  # fmt: skip
+
+
+def _w2l_splits(benches: list[Bench]) -> list[str]:
+    rows = [
+        [
+            fmt(info(b).get("runtime")),
+            fmt(info(b).get("precision")),
+            fmt(info(b).get("split")),
+            fmt(info(b).get("batch")),
+            fmt(info(b).get("per_frame_ms"), 1),
+            fmt(info(b).get("speedup"), 2, "x"),
+            "yes" if info(b).get("budget") else "",
+        ]
+        for b in of_kind(benches, "w2l_split")
+    ]
+    for b in of_kind(benches, "w2l_face_encoder"):
+        i = info(b)
+        rows.append(
+            [
+                "torch (face encoder alone)",
+                "fp32",
+                "1 batch x 1 thread",
+                fmt(i.get("batch")),
+                f"{fmt(i.get('encoder_ms'), 1)} of {fmt(i.get('whole_ms'), 1)}",
+                f"share {fmt(i.get('share'), 3)}",
+                "",
+            ]
+        )
+    return table(
+        ["runtime", "precision", "split", "batch", "ms / frame", "speedup vs reference",
+         "pipeline's"],
+        rows,
+    )  # fmt: skip
+
+
+def _w2l_precision(benches: list[Bench]) -> list[str]:
+    rows = [
+        [
+            fmt(info(b).get("precision")),
+            fmt(info(b).get("runtime")),
+            fmt(info(b).get("speedup_vs_fp32"), 2, "x"),
+            f"{fmt(info(b).get('psnr_min'), 1)} / {fmt(info(b).get('psnr_median'), 1)}",
+            f"{fmt(info(b).get('ssim_min'), 4)} / {fmt(info(b).get('ssim_median'), 4)}",
+            fmt(info(b).get("within_regression_tolerance")),
+            fmt(info(b).get("offered")),
+            fmt(info(b).get("checkpoint")),
+        ]
+        for b in of_kind(benches, "w2l_precision")
+    ]
+    return table(
+        ["precision", "runtime", "speed vs fp32", "PSNR dB min / median",
+         "SSIM min / median", "within regression tolerance", "offered", "checkpoint"],
+        rows,
+    )  # fmt: skip
+
+
+def _threads(benches: list[Bench]) -> list[str]:
+    rows = [
+        [
+            fmt(info(b).get("generator")),
+            fmt(info(b).get("split")),
+            fmt(info(b).get("model")),
+            fmt(info(b).get("x264_threads")),
+            fmt(info(b).get("seconds"), 2),
+            fmt(info(b).get("ratio_to_budget"), 2, "x"),
+            fmt(info(b).get("cpu_ratio_to_budget"), 2, "x"),
+        ]
+        for b in of_kind(benches, "threads")
+    ]
+    return table(
+        ["generator", "split", "model batches x threads", "x264 threads", "job s",
+         "ratio to budget", "CPU ratio"],
+        rows,
+    )  # fmt: skip
+
+
 def _other(benches: list[Bench], known: set[str]) -> list[str]:
     rows = [
         [b.get("name", "?"), fmt(stat(b), 4), fmt(stat(b, "median"), 4)]
@@ -332,6 +494,11 @@ def _lipsync(benches: list[Bench]) -> list[str]:
 
 
 SECTIONS: list[tuple[str, str, Callable[[list[Bench]], list[str]]]] = [
+    ("process", "Whole processes vs the ffmpeg CLI floor", _processes),
+    ("w2l_process", "Wav2Lip vs the reference implementation (whole processes)", _w2l_processes),
+    ("w2l_split", "Wav2Lip network: ms a frame per thread split", _w2l_splits),
+    ("w2l_precision", "Wav2Lip lower precision vs fp32", _w2l_precision),
+    ("threads", "Thread budget: whole jobs per split", _threads),
     ("floor", "Transcode floor (PyAV decode + libx264 re-encode)", _floor),
     ("e2e", "End to end", _e2e),
     ("stage", "Stage timings", _stages),
@@ -343,6 +510,14 @@ SECTIONS: list[tuple[str, str, Callable[[list[Bench]], list[str]]]] = [
     ("lipsync", "Lip-sync quality and cost (embedded generator, warm template)", _lipsync),
 ]
 KINDS = {
+    "process",
+    "first_run",
+    "worker",
+    "w2l_process",
+    "w2l_split",
+    "w2l_face_encoder",
+    "w2l_precision",
+    "threads",
     "floor",
     "e2e",
     "stage",
@@ -369,7 +544,12 @@ def render(benches: list[Bench], source: str = "") -> str:
     ]
     present = {info(b).get("kind") for b in benches}
     for kind, title, section in SECTIONS:
-        wanted = {kind, "generator"} if kind in ("stage", "backend") else {kind}
+        wanted = {
+            "stage": {kind, "generator"},
+            "backend": {kind, "generator"},
+            "process": {kind, "first_run", "worker"},
+            "w2l_split": {kind, "w2l_face_encoder"},
+        }.get(kind, {kind})
         if present & wanted:
             lines += [f"## {title}", "", *section(benches), ""]
     other = _other(benches, KINDS)

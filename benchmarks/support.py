@@ -307,6 +307,21 @@ class Media:
     def output(self, name: str) -> Path:
         return self.out / f"{name}.mp4"
 
+    def template_sized(self, width: int, height: int, seconds: float) -> Path:
+        """The demo template at any size (the Wav2Lip comparison uses 720x528)."""
+        path = self.root / f"template-{width}x{height}-{seconds:g}s.mp4"
+        if not path.exists():
+            write_video(path, iter_template_frames(seconds, fps=FPS, size=(width, height)), fps=FPS)
+        return path
+
+    def speech(self, seconds: float, seed: int = 7) -> Path:
+        from heygem.audio.synth import synth_speech
+
+        path = self.root / f"speech-{seconds:g}s-seed{seed}.wav"
+        if not path.exists():
+            write_wav(path, synth_speech(seconds, seed=seed))
+        return path
+
 
 class Models:
     """Generators exported to ONNX once, in a model cache every job cache links to."""
@@ -341,20 +356,17 @@ class Models:
                 self.checkpoint(generator),
                 backend=backend,
                 device="cpu",
-                threads=self.budget.ort_threads,
+                threads=self.budget.model_threads,
                 require_gpu=False,
                 cache_dir=self.onnx_dir.parent,
             )
         return self._runners[key]
 
     def onnx_path(self, generator: str) -> Path:
-        _, spec = self.runner(generator, "onnxruntime")
-        # The loader names the file after the weights' fingerprint; find it rather than
-        # re-deriving the loader's naming scheme here.
-        found = sorted(self.onnx_dir.glob(f"{spec.fingerprint}-*.onnx"))
-        if not found:
-            raise FileNotFoundError(f"no exported ONNX for {spec.fingerprint} in {self.onnx_dir}")
-        return found[-1]
+        from heygem.generators.loader import export_paths
+
+        self.runner(generator, "onnxruntime")  # exported on first use
+        return export_paths(generator, self.checkpoint(generator), self.onnx_dir.parent).onnx
 
     def job_cache(self, path: Path) -> Path:
         """A job cache with the exported models linked in: cold for templates only."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.support import (
+    DEFAULTS,
     MAIN,
     SCALE,
     Baselines,
@@ -25,6 +26,7 @@ from benchmarks.support import (
     random_batch,
     run_job,
 )
+from heygem.generators.runtime import ort_session_options
 from heygem.pipeline import Pipeline
 from heygem.resources import ThreadBudget
 
@@ -113,7 +115,8 @@ def test_backend_end_to_end(
     benchmark.extra_info.update(info)
 
 
-def _session(path: str, threads: int, level: str) -> Any:
+def _session(path: str, threads: int, level: str = "all", setting: str = "runner") -> Any:
+    """A session as OrtRunner makes it (``ort_session_options``), with one thing changed."""
     import onnxruntime as ort
 
     levels = {
@@ -122,12 +125,17 @@ def _session(path: str, threads: int, level: str) -> Any:
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1  # as OrtRunner: one graph, sequential execution
+    options = ort_session_options(threads, spinning=setting != "no-spinning")
     options.graph_optimization_level = levels[level]
-    options.log_severity_level = 3
+    if setting == "no-arena":
+        options.enable_cpu_mem_arena = False
+    if setting == "no-mem-pattern":
+        options.enable_mem_pattern = False
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _model_threads(model: str) -> int:
+    return ThreadBudget.for_machine(generator=model).model_threads
 
 
 @pytest.mark.benchmark(group="ort-options")
@@ -155,7 +163,7 @@ def test_ort_session_options(
     created = time.perf_counter() - start
     session.run(None, feeds)  # first run allocates
     default = baselines.get(
-        f"ort-session:{model}", lambda: _session(path, budget.ort_threads, "all")
+        f"ort-session:{model}", lambda: _session(path, _model_threads(model), "all")
     )
     default.run(None, feeds)
     n_rounds = 10 if model == "rewrite" else 3
@@ -176,6 +184,59 @@ def test_ort_session_options(
         seconds=round(best, 5),
         per_frame_ms=round(best / batch * 1000, 3),
         session_create_s=round(created, 3),
-        default_threads=budget.ort_threads,
+        default_threads=_model_threads(model),
+        ratio_to_default=round(paired.ratio, 3),
+    )
+
+
+ORT_SETTINGS = ("runner", "no-spinning", "no-arena", "no-mem-pattern", "io-binding")
+
+
+@pytest.mark.benchmark(group="ort-options")
+@pytest.mark.parametrize(
+    ("model", "setting"), [(m, st) for m in (DEFAULTS.generator, "wav2lip") for st in ORT_SETTINGS]
+)
+def test_ort_runtime_settings(
+    benchmark: Any, models: Models, baselines: Baselines, model: str, setting: str
+) -> None:
+    """The runner's session (budget's threads) with spinning, the memory arena or the
+    memory pattern off, or fed through I/O binding; each round after a runner run."""
+    path = str(models.onnx_path(model))
+    _, spec = models.runner(model, "onnxruntime")
+    batch = ORT_BATCH[model]
+    face, condition = random_batch(spec.crop.size, batch, generator=model)
+    second = "mel" if spec.condition == "mel" else "control"
+    feeds = {"face": face, second: condition}
+    threads = _model_threads(model)
+    session = _session(path, threads, setting=setting)
+    default = baselines.get(f"ort-session:{model}", lambda: _session(path, threads))
+    default.run(None, feeds)
+
+    def run() -> Any:
+        if setting != "io-binding":
+            return session.run(None, feeds)
+        binding = session.io_binding()
+        binding.bind_cpu_input("face", face)
+        binding.bind_cpu_input(second, condition)
+        binding.bind_output("face_out")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    run()
+    paired = pedantic_paired(
+        benchmark,
+        run,
+        lambda: default.run(None, feeds),
+        n_rounds=3 if model == "wav2lip" else 10,
+    )
+    benchmark.extra_info.update(
+        kind="ort_options",
+        model=model,
+        threads=threads,
+        level=setting,
+        batch=batch,
+        seconds=round(paired.samples.best, 5),
+        per_frame_ms=round(paired.samples.best / batch * 1000, 3),
+        default_threads=threads,
         ratio_to_default=round(paired.ratio, 3),
     )

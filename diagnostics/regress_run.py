@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # One thread everywhere: reduction order (ORT, torch) and x264 slicing then do not depend
 # on the machine's core count.
-BUDGET = ThreadBudget(cpus=1, torch_threads=1, ort_threads=1, x264_threads=1, decode_threads=1)
+BUDGET = ThreadBudget(cpus=1, generator=GOLDEN_OPTIONS.generator, model_threads=1, x264_threads=1)
 SEEDED_BATCH_SIZE, SEEDED_BATCH_SEED = 2, 0
 MEL_HASH_QUANTUM = 0.05
 OUT_HASH_QUANTUM = 1e-3
@@ -316,8 +316,8 @@ def sampled_inputs(
     shown = np.stack([np.asarray(crops[timing.template_frame(i)]) for i in indices])
     dataset = generator_samples(spec, plan, feats.mel, feats.active, timing, workdir)
     items = [dataset[i] for i in indices]
-    faces = np.stack([item[1].numpy() for item in items])
-    condition = np.stack([item[2].numpy() for item in items])
+    faces = np.stack([np.asarray(item[1]) for item in items])
+    condition = np.stack([np.asarray(item[2]) for item in items])
     return indices, shown, faces, np.ascontiguousarray(condition, dtype=np.float32)
 
 

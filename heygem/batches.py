@@ -1,9 +1,15 @@
-"""The DataLoader side: one sample per output frame, batched by torch's DataLoader.
+"""The load side: one sample per output frame, batched in the load thread or by torch's
+DataLoader worker processes.
 
 Samples are cheap slices of two memory-mapped files (the template's model-sized crops
 and the job's mel spectrogram), so DataLoader workers started with ``spawn`` receive only
 paths and open the maps themselves: nothing large is pickled, nothing is copied into
 shared memory but the batches themselves.
+
+With ``num_workers`` 0 there is no process to manage and a DataLoader would only loop
+over samples in the calling thread: batches are then sliced from the maps whole, in
+numpy, and torch is not imported at all (its import is ~1 s of a job's start-up). With
+workers (HeyGem's ``num_threads`` knob) torch's DataLoader runs them.
 """
 
 from __future__ import annotations
@@ -14,11 +20,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
 
 from heygem.audio.features import MEL_STEPS, mel_window_start
 from heygem.config import FaultInjection
@@ -27,13 +31,29 @@ from heygem.media.frames import template_index
 from heygem.runner.exits import OomWatch, describe_exit
 from heygem.runner.faults import inject
 
-Sample = tuple[int, torch.Tensor, torch.Tensor]
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+# (index, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16]); a batch stacks them:
+# (indices [B], crops [B,S,S,3], mels [B,1,80,16]) as numpy arrays or torch tensors.
+Sample = tuple[int, np.ndarray, np.ndarray]
 # How long to wait for a dead worker's exit code after torch reported the failure: torch
 # may notice the broken queue before the process is reaped (the SIGCHLD race).
 _EXIT_WAIT = 1.0
 # With workers, wait for a batch in slices this long (DataLoader's public ``timeout``), so
 # the load stage can notice a torn-down job instead of sitting in torch's 5 s queue poll.
 LOADER_POLL_SECONDS = 0.25
+
+
+class SampleSource(Protocol):
+    """A generator's per-frame samples: single items for DataLoader workers (a map-style
+    dataset, picklable), whole batches for the in-thread path."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class SharedMemoryFull(RuntimeError):
@@ -55,8 +75,9 @@ class FrameTiming:
         return template_index(index, self.out_fps, self.template_fps, self.n_template)
 
 
-class FrameSamples(Dataset[Sample]):
-    """Item i: (i, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16])."""
+class FrameSamples:
+    """Item i: (i, crop uint8 [S,S,3] BGR, mel window float32 [1,80,16]); a map-style
+    dataset for torch's DataLoader, and whole batches for the in-thread path."""
 
     def __init__(
         self,
@@ -77,16 +98,48 @@ class FrameSamples(Dataset[Sample]):
         # Workers reopen the memory maps; open maps are not pickled.
         return {**self.__dict__, "_crops": None, "_mel": None}
 
-    def __getitem__(self, index: int) -> Sample:
+    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
         if self._crops is None or self._mel is None:
             self._crops = np.load(self.crops_path, mmap_mode="r")
             self._mel = np.load(self.mel_path, mmap_mode="r")
-        in_worker = torch.utils.data.get_worker_info() is not None
-        inject(self.fault, "load", index, in_worker=in_worker)
-        crop = np.array(self._crops[self.timing.template_frame(index)])
+        return self._crops, self._mel
+
+    def __getitem__(self, index: int) -> Sample:
+        """One sample, in a DataLoader worker process."""
+        crops, mels = self._maps()
+        inject(self.fault, "load", index, in_worker=True)
+        crop = np.array(crops[self.timing.template_frame(index)])
         start = mel_window_start(index, self.timing.out_fps)
-        mel = np.array(self._mel[:, start : start + MEL_STEPS], dtype=np.float32)[None]
-        return index, torch.from_numpy(crop), torch.from_numpy(mel)
+        mel = np.array(mels[:, start : start + MEL_STEPS], dtype=np.float32)[None]
+        return index, crop, mel
+
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Samples ``start..stop-1`` stacked, sliced from the maps in one go."""
+        crops, mels = self._maps()
+        for index in range(start, stop):
+            inject(self.fault, "load", index)
+        indices = np.arange(start, stop, dtype=np.int64)
+        frames = [self.timing.template_frame(int(i)) for i in indices]
+        windows = np.empty((len(indices), 1, mels.shape[0], MEL_STEPS), dtype=np.float32)
+        for row in range(len(indices)):
+            begin = mel_window_start(start + row, self.timing.out_fps)
+            windows[row, 0] = mels[:, begin : begin + MEL_STEPS]
+        return indices, np.asarray(crops[frames]), windows
+
+
+class InThreadBatches:
+    """Batches in the calling thread (no worker processes), the last one partial."""
+
+    def __init__(self, samples: SampleSource, batch_size: int) -> None:
+        self.samples, self.batch_size = samples, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        total = len(self.samples)
+        for start in range(0, total, self.batch_size):
+            yield self.samples.batch(start, min(start + self.batch_size, total))
 
 
 def collate_in_shared_memory(batch: list[Sample]) -> Any:
@@ -95,6 +148,8 @@ def collate_in_shared_memory(batch: list[Sample]) -> Any:
     Recent torch reserves a worker's batch pages up front and fails with ENOSPC; this is
     the one place that reads torch's error, converting it into a type with a cause.
     """
+    from torch.utils.data import default_collate
+
     try:
         return default_collate(batch)
     except (RuntimeError, OSError) as exc:
@@ -104,11 +159,16 @@ def collate_in_shared_memory(batch: list[Sample]) -> Any:
 
 
 def make_loader(
-    samples: Dataset[Sample], batch_size: int, num_workers: int, start_method: str
-) -> DataLoader[Sample]:
+    samples: SampleSource, batch_size: int, num_workers: int, start_method: str
+) -> DataLoader[Any] | InThreadBatches:
+    """torch's DataLoader with ``num_workers`` spawned workers; without workers, batches
+    sliced in the calling thread (what a worker-less DataLoader would do, sample by
+    sample, plus torch's import)."""
     if num_workers > 0:
-        return DataLoader(
-            samples,
+        from torch.utils.data import DataLoader, Dataset
+
+        loader: DataLoader[Any] = DataLoader(
+            cast("Dataset[Any]", samples),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
@@ -120,7 +180,8 @@ def make_loader(
             persistent_workers=False,
             timeout=LOADER_POLL_SECONDS,
         )
-    return DataLoader(samples, batch_size=batch_size, shuffle=False, drop_last=False)
+        return loader
+    return InThreadBatches(samples, batch_size)
 
 
 def is_poll_timeout(exc: BaseException) -> bool:

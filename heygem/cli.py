@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from heygem import __version__
 from heygem.config import GenerateOptions
@@ -33,7 +33,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+    """Every command; ``plugins=False`` leaves out the commands of other packages (their
+    imports cost ~0.1 s, which a built-in command need not pay)."""
     parser = argparse.ArgumentParser(prog="heygem", description=__doc__)
     parser.add_argument("--version", action="version", version=f"heygem-harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,37 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(export)
     for name, run in COMMANDS.items():
         sub.choices[name].set_defaults(run=run)
-    for plugin in entry_points(group=COMMAND_PLUGINS):
+    for plugin in entry_points(group=COMMAND_PLUGINS) if plugins else ():
         # e.g. `serve` and `worker` from the service: heygem itself never imports it.
         plugin.load()(sub, _add_common)
     return parser
 
 
 def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
-    from tqdm import tqdm
-
     from heygem.pipeline import Pipeline
+    from heygem.progress_bars import StepBars
 
     pipeline = Pipeline(GenerateOptions.from_arguments(args))
-    bar: Any = None  # a tqdm bar, created lazily
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # created on the first frame, so errors before it print cleanly
-            bar = tqdm(
-                total=total,
-                unit="frame",
-                desc="generating",
-                leave=False,
-                disable=args.quiet or args.json,
-            )
-        bar.update(done - bar.n)
-
-    try:
-        result = pipeline.generate(audio, video, args.output, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+    with StepBars(disabled=args.quiet or args.json) as bars:
+        result = pipeline.generate(audio, video, args.output, on_step=bars)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
@@ -177,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from heygem.logs import configure_logging
 
     try:
-        args = build_parser().parse_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        builtin = bool(words) and words[0] in COMMANDS
+        args = build_parser(plugins=not builtin).parse_args(words)
         if getattr(args, "configure_logging", True):
             configure_logging(-1 if args.quiet else (1 if args.verbose else 0), args.log_json)
         run: Callable[[argparse.Namespace], int] = args.run

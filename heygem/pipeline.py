@@ -2,7 +2,9 @@
 
 ``Pipeline.generate`` is one call split into named steps (``check_inputs``,
 ``audio_features``, ``plan_template``, ``stream``) in the manner of diffusers' pipelines.
-The streaming part runs four stages in threads, connected by bounded channels:
+Model loading, audio features and the template analysis are independent, so they run
+at the same time (``prepare``). The streaming part runs four stages in threads,
+connected by bounded channels:
 
     decode ──frames──────────────────────────────┐
     load (DataLoader) ──batches──> generate ──generated──> compose (paste + encode + mux)
@@ -24,16 +26,17 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from heygem.audio import features
 from heygem.batches import (
     FrameTiming,
+    SampleSource,
     loader_failure,
     make_loader,
     poll_batches,
@@ -50,14 +53,15 @@ from heygem.errors import (
     StageCrashed,
 )
 from heygem.face.template import TemplatePlan, plan_template
-from heygem.generators.graphs import GeneratorSpec
-from heygem.generators.loader import load_generator
+from heygem.generators.loader import PreparedGenerator, prepare_generator, start_runner
 from heygem.generators.runtime import GraphRunner
 from heygem.generators.samples import generator_samples
+from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from heygem.media.writer import Mp4Writer, check_output_writable
+from heygem.progress import StepCallback, StepProgress
 from heygem.providers import is_cpu_fallback
 from heygem.resources import ThreadBudget
 from heygem.runner.channels import END, Channel, EndOfStream, JobCancelled
@@ -70,6 +74,7 @@ from heygem.runner.watchdog import ChildProcess, Watchdog
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+T = TypeVar("T")
 STAGES = PIPELINE_STAGES
 PROGRESS_EVERY = 25  # frames between stage_progress log events
 
@@ -111,7 +116,9 @@ class GenerationResult:
     duration: float  # seconds of audio = seconds of output
     width: int
     height: int
-    timings: dict[str, float]  # seconds per job step (check_inputs ... stream, total)
+    # Seconds per job step (check_inputs, prepare, stream, total); load_model,
+    # audio_features and face_track run concurrently inside prepare.
+    timings: dict[str, float]
     stage_seconds: dict[str, float]  # busy seconds per pipeline stage (decode ... compose)
     backend: str
     providers_requested: tuple[str, ...]
@@ -167,7 +174,10 @@ class Pipeline:
         self, options: GenerateOptions | None = None, budget: ThreadBudget | None = None
     ) -> None:
         self.options = (options or GenerateOptions()).validated()
-        self.budget = budget or ThreadBudget.for_machine()
+        # Where the cores go depends on the generator (heygem.resources): a budget made
+        # for another generator is re-split on the same CPUs.
+        budget = budget or ThreadBudget.for_machine(generator=self.options.generator)
+        self.budget = budget.for_generator(self.options.generator)
         self._runner: GraphRunner | None = None
         self._spec: GeneratorSpec | None = None
         self._lock = threading.Lock()  # one job at a time per warm pipeline
@@ -175,23 +185,37 @@ class Pipeline:
     # -- steps ---------------------------------------------------------------------------
     def load(self) -> tuple[GraphRunner, GeneratorSpec]:
         if self._runner is None or self._spec is None:
-            opts = self.options
-            self._runner, self._spec = load_generator(
-                opts.generator,
-                opts.checkpoint,
-                backend=opts.backend,
-                device=opts.device,
-                threads=self.budget.ort_threads,
-                require_gpu=opts.require_gpu,
-                cache_dir=opts.cache_dir,
-            )
-            log.info(
-                "generator %s on %s, providers %s",
-                self._spec.name,
-                self._runner.info.backend,
-                ",".join(self._runner.info.used),
-            )
+            self._start(self._prepare_model(), None)
+        assert self._runner is not None and self._spec is not None
         return self._runner, self._spec
+
+    def _prepare_model(self) -> PreparedGenerator:
+        """The generator's spec, and its graph (exported to ONNX when it starts)."""
+        opts = self.options
+        return prepare_generator(
+            opts.generator, opts.checkpoint, backend=opts.backend, cache_dir=opts.cache_dir
+        )
+
+    def _start(self, prepared: PreparedGenerator, on_step: StepCallback | None) -> GraphRunner:
+        opts = self.options
+        runner = start_runner(
+            prepared,
+            device=opts.device,
+            threads=self.budget.model_threads,
+            require_gpu=opts.require_gpu,
+            precision=opts.precision,
+            on_step=on_step,
+        )
+        self._runner, self._spec = runner, prepared.spec
+        log.info(
+            "generator %s on %s, providers %s; threads: %s",
+            prepared.spec.name,
+            runner.info.backend,
+            ",".join(runner.info.used),
+            self.budget.describe(),
+        )
+        _report(on_step, "load_model", 1, None, finished=True)
+        return runner
 
     def check_inputs(self, audio: Path, video: Path, output: Path) -> Inputs:
         opts = self.options
@@ -240,7 +264,10 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         job_id: str | None = None,
+        on_step: StepCallback | None = None,
     ) -> GenerationResult:
+        """``progress(done, total)`` counts frames written; ``on_step`` reports every step
+        that can take more than a second (heygem.progress), frames included."""
         job_id = job_id or uuid.uuid4().hex[:12]
         with self._lock:
             event(
@@ -260,6 +287,7 @@ class Pipeline:
                     progress,
                     cancel or threading.Event(),
                     job_id,
+                    on_step,
                 )
             except HeygemError as exc:
                 event(
@@ -290,28 +318,29 @@ class Pipeline:
         progress: ProgressCallback | None,
         cancel: threading.Event,
         job_id: str,
+        on_step: StepCallback | None = None,
     ) -> GenerationResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         with _timed(timings, "check_inputs"):
             inputs = self.check_inputs(audio, video, output)
-        with _timed(timings, "load_model"):
-            runner, spec = self.load()
-        with _timed(timings, "audio_features"):
-            feats = self.audio_features(inputs)
-        _raise_if_cancelled(cancel)
-        with _timed(timings, "face_track"):
-            plan = self.plan_template(inputs, spec)
-        _raise_if_cancelled(cancel)
+        with _timed(timings, "prepare"):
+            runner, spec, feats, plan = self.prepare(inputs, cancel, timings, on_step)
         warnings = list(runner.info.warnings)
         if plan.faceless_frames:
             warnings.append(
                 f"{plan.faceless_frames} of {plan.n_frames} template frames have no "
                 "detectable face and pass through unchanged"
             )
+
+        def frames_written(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            _report(on_step, "generate", done, total, finished=done == total)
+
         with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(tmp), progress, cancel, job_id
+                inputs, feats, plan, runner, spec, Path(tmp), frames_written, cancel, job_id
             )
         timings["total"] = round(time.perf_counter() - started, 3)
         return GenerationResult(
@@ -331,6 +360,66 @@ class Pipeline:
             faceless_frames=plan.faceless_frames,
             silent_frames=int((~feats.active).sum()),
         )
+
+    def prepare(
+        self,
+        inputs: Inputs,
+        cancel: threading.Event,
+        timings: dict[str, float],
+        on_step: StepCallback | None = None,
+    ) -> tuple[GraphRunner, GeneratorSpec, AudioFeatures, TemplatePlan]:
+        """Model, audio features and template plan, the independent steps overlapped.
+
+        The template analysis needs the generator's crop (the spec: read from the export
+        cache in milliseconds, or known once the graph is built), so it starts as soon as
+        that is known, while helper threads create the session (exporting the model
+        first on its first use) and compute the audio features. The analysis stops early
+        when the job is cancelled or another step failed.
+        """
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="heygem-prepare") as pool:
+            audio = pool.submit(
+                _timed_call, timings, "audio_features", self._audio_step, inputs, on_step
+            )
+            model_started = time.perf_counter()
+            runner_future: Future[GraphRunner] | None = None
+            if self._runner is not None and self._spec is not None:
+                spec = self._spec
+                timings["load_model"] = 0.0
+            else:
+                _report(on_step, "load_model", 0, None)
+                prepared = self._prepare_model()
+                spec = prepared.spec
+                runner_future = pool.submit(self._start, prepared, on_step)
+
+            def analysed(frames: int) -> None:
+                if cancel.is_set():
+                    raise Cancelled("the job was cancelled during the template analysis")
+                for other in (audio, runner_future):
+                    error = other.exception() if other is not None and other.done() else None
+                    if error is not None:
+                        raise error
+                _report(on_step, "template", frames, inputs.video.estimated_frames or None)
+
+            try:
+                with _timed(timings, "face_track"):
+                    plan = self.plan_template(inputs, spec, analysed)
+                _report(on_step, "template", plan.n_frames, plan.n_frames, finished=True)
+                if runner_future is not None:
+                    runner_future.result()
+                    timings["load_model"] = round(time.perf_counter() - model_started, 3)
+                runner = self.load()[0]  # what a subclass's load() makes of it
+                feats = audio.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        _raise_if_cancelled(cancel)
+        return runner, spec, feats, plan
+
+    def _audio_step(self, inputs: Inputs, on_step: StepCallback | None) -> AudioFeatures:
+        _report(on_step, "audio_features", 0, None)
+        feats = self.audio_features(inputs)
+        _report(on_step, "audio_features", 1, None, finished=True)
+        return feats
 
     def stream(
         self,
@@ -392,7 +481,12 @@ class Pipeline:
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
             "generate": lambda: _generate_stage(
-                runner, batches_ch, generated_ch, monitors["generate"], opts.fault
+                runner,
+                batches_ch,
+                generated_ch,
+                monitors["generate"],
+                opts.fault,
+                self.budget.model_streams,
             ),
             "compose": lambda: _compose_stage(
                 job_id,
@@ -466,7 +560,7 @@ class Pipeline:
         finally:
             job.stage_ended()
 
-    def _load_stage(self, samples: Dataset[Any], out: Channel[Any], job: _Job) -> None:
+    def _load_stage(self, samples: SampleSource, out: Channel[Any], job: _Job) -> None:
         opts = self.options
         loader = make_loader(samples, opts.batch_size, opts.num_workers, opts.start_method)
         iterator = iter(loader)
@@ -539,18 +633,52 @@ def _generate_stage(
     out: Channel[tuple[np.ndarray, np.ndarray]],
     monitor: StageMonitor,
     fault: FaultInjection | None,
+    streams: int = 1,
 ) -> None:
-    batch_number = 0
-    while not isinstance(item := inp.get(), EndOfStream):
-        inject(fault, "generate", batch_number)
-        batch_number += 1
-        indices, crops, mels = item
-        face = crops.numpy().transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
-        result = runner.run(np.ascontiguousarray(face), mels.numpy())
-        pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        out.put((indices.numpy(), pixels))
-        monitor.beat(len(pixels))
-    out.put(END)
+    """Run batches through the generator, in order. With ``streams`` > 1 each batch is
+    cut into that many parts that run at once on helper threads (one session, one
+    intra-op thread each): no lock-step between threads inside an operator, which
+    measured faster on 2 cores and far more robust when the cores are shared, and every
+    batch, the last partial one included, keeps all streams busy."""
+    pool = (
+        ThreadPoolExecutor(streams, thread_name_prefix="heygem-generate") if streams > 1 else None
+    )
+    try:
+        batch_number = 0
+        while not isinstance(item := inp.get(), EndOfStream):
+            inject(fault, "generate", batch_number)
+            batch_number += 1
+            out.put(_run_split(runner, item, pool, streams) if pool else _run_batch(runner, item))
+            monitor.beat(len(item[0]))
+        out.put(END)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_split(
+    runner: GraphRunner, item: Any, pool: ThreadPoolExecutor, streams: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch as ``streams`` parts run at once, put back together in order."""
+    parts = np.array_split(np.arange(len(item[0])), streams)
+    futures = [
+        pool.submit(_run_batch, runner, tuple(np.asarray(a)[rows] for a in item))
+        for rows in parts
+        if len(rows)
+    ]
+    results = [future.result() for future in futures]
+    return (
+        np.concatenate([indices for indices, _ in results]),
+        np.concatenate([pixels for _, pixels in results]),
+    )
+
+
+def _run_batch(runner: GraphRunner, item: Any) -> tuple[np.ndarray, np.ndarray]:
+    indices, crops, mels = (np.asarray(part) for part in item)  # numpy or torch batches
+    face = crops.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+    result = runner.run(np.ascontiguousarray(face), np.ascontiguousarray(mels))
+    pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return indices, pixels
 
 
 def _compose_stage(
@@ -669,6 +797,23 @@ def _stage_error(stage: str, exc: BaseException) -> PipelineError:
 def _raise_if_cancelled(cancel: threading.Event) -> None:
     if cancel.is_set():
         raise Cancelled("the job was cancelled before streaming started")
+
+
+def _report(
+    on_step: StepCallback | None,
+    step: Any,
+    done: int,
+    total: int | None,
+    *,
+    finished: bool = False,
+) -> None:
+    if on_step is not None:
+        on_step(StepProgress(step, done, total, finished))
+
+
+def _timed_call(timings: dict[str, float], name: str, fn: Callable[..., T], *args: Any) -> T:
+    with _timed(timings, name):
+        return fn(*args)
 
 
 @contextlib.contextmanager

@@ -120,6 +120,7 @@ def probe_cpus(environ: Mapping[str, str] | None = None) -> Finding:
         f"({limits.version}) -> usable {usable}",
         *limits.sources,
     ]
+    evidence += thread_budget_lines(usable)
     unset = [v for v in THREAD_ENV_VARS if not env.get(v)]
     evidence.append(
         "thread vars set: "
@@ -140,6 +141,17 @@ def probe_cpus(environ: Mapping[str, str] | None = None) -> Finding:
         + " ".join(f"{v}={usable}" for v in THREAD_ENV_VARS)
         + " before Python starts (Dockerfile ENV or docker run -e).",
     )
+
+
+def thread_budget_lines(cpus: int) -> list[str]:
+    """The split the pipeline makes of ``cpus`` for each generator (heygem.resources)."""
+    from heygem.config import GENERATORS
+    from heygem.resources import ThreadBudget
+
+    return [
+        "thread budget: " + ThreadBudget.for_machine(cpus, generator=name).describe()
+        for name in GENERATORS
+    ]
 
 
 @never_raises("cgroup-memory", "Memory limit vs. estimated need")

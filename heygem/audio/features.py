@@ -1,18 +1,23 @@
 """Wav2Lip's log-mel spectrogram, its per-video-frame windows, and voice activity.
 
 The constants are Wav2Lip's ``hparams.py``; a checkpoint trained on them only works when
-features match, so they are fixed here rather than configurable.
+features match, so they are fixed here rather than configurable. librosa defines the
+convention (``librosa.stft`` with its defaults: periodic Hann window, centred frames,
+zero padding; ``librosa.filters.mel``), computed here in numpy without librosa at run
+time: its numba JIT made the first run on a machine ~14 s slower and importing it costs
+~0.5 s on every run. The filter bank is librosa's own, shipped as an asset
+(``heygem.audio.melbank``); tests check both against librosa.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
-from scipy import signal
+
+from heygem.audio.melbank import mel_basis
 
 SAMPLE_RATE = 16000
 N_FFT = 800
@@ -27,23 +32,50 @@ REF_LEVEL_DB = 20.0
 MAX_ABS = 4.0
 MEL_STEPS = 16  # mel frames per window fed to the generator (0.2 s)
 MEL_FPS = SAMPLE_RATE / HOP  # 80 mel frames per second
-
-
-@functools.cache
-def _mel_basis() -> np.ndarray:
-    # librosa >= 0.10 accepts keyword arguments only.
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+# STFT frames per block: bounds memory (an hour of audio is 288k frames) at ~2.6 MB.
+_BLOCK_FRAMES = 1024
 
 
 def melspectrogram(wav: np.ndarray) -> np.ndarray:
     """Normalised log-mel, shape (80, T), values in [-4, 4] (Wav2Lip's ``audio.melspectrogram``)."""
-    emphasised = signal.lfilter([1.0, -PREEMPHASIS], [1.0], wav.astype(np.float64))
-    spec = np.abs(librosa.stft(y=emphasised, n_fft=N_FFT, hop_length=HOP, win_length=WIN))
-    mel = _mel_basis() @ spec
+    emphasised = preemphasis(wav.astype(np.float64))
+    basis = mel_basis()
     min_level = math.pow(10.0, MIN_LEVEL_DB / 20.0)
-    db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
-    normalised = (2 * MAX_ABS) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
-    return np.clip(normalised, -MAX_ABS, MAX_ABS).astype(np.float32)
+    out = np.empty((N_MELS, _stft_frame_count(emphasised.size)), dtype=np.float32)
+    for start, magnitude in _stft_magnitude_blocks(emphasised):
+        mel = basis @ magnitude
+        db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+        normalised = (2 * MAX_ABS) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
+        out[:, start : start + magnitude.shape[1]] = np.clip(normalised, -MAX_ABS, MAX_ABS)
+    return out
+
+
+def preemphasis(wav: np.ndarray, coefficient: float = PREEMPHASIS) -> np.ndarray:
+    """``y[n] = x[n] - c * x[n-1]`` (scipy's ``lfilter([1, -c], [1], x)``, zero state)."""
+    out = np.empty_like(wav)
+    out[:1] = wav[:1]
+    np.subtract(wav[1:], coefficient * wav[:-1], out=out[1:])
+    return out
+
+
+def _hann_periodic(length: int) -> np.ndarray:
+    """``scipy.signal.get_window("hann", length, fftbins=True)``, librosa's STFT window."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+
+
+def _stft_frame_count(n_samples: int) -> int:
+    return 1 + (n_samples + 2 * (N_FFT // 2) - N_FFT) // HOP
+
+
+def _stft_magnitude_blocks(y: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """|STFT| as librosa computes it (centred, zero-padded, Hann), in blocks of frames:
+    (first frame index, (N_FFT // 2 + 1, frames) float64)."""
+    padded = np.pad(y, N_FFT // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
+    window = _hann_periodic(WIN)
+    for start in range(0, frames.shape[0], _BLOCK_FRAMES):
+        chunk = frames[start : start + _BLOCK_FRAMES] * window
+        yield start, np.abs(np.fft.rfft(chunk, axis=1)).T
 
 
 def frame_count(n_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:

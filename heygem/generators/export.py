@@ -12,13 +12,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from heygem.errors import OutputNotWritable, PipelineError
+
+if TYPE_CHECKING:  # torch is imported where an export happens, not with this module
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ def example_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded (face, condition) batch: a mel window, or the graph's own example
     condition when it has one (``example_condition``)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     face = torch.rand(batch, 3, size, size, generator=gen)
     example_condition = getattr(graph, "example_condition", None)
@@ -48,6 +52,8 @@ def condition_name(graph: nn.Module) -> str:
 
 def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET) -> Path:
     """Write ``target`` atomically; raise PipelineError if the export does not match torch."""
+    import torch
+
     if opset > OPSET:
         raise PipelineError(
             f"opset {opset} requested; onnxruntime 1.16 needs <= {OPSET}", stage="export"
@@ -103,6 +109,7 @@ def _check_and_pin(path: Path) -> None:
 def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
     """Max abs difference between torch and ONNX Runtime (CPU) on a seeded batch."""
     import onnxruntime as ort
+    import torch
 
     face, mel = example_inputs(size, batch=3, seed=1, graph=graph)
     with torch.inference_mode():

@@ -7,15 +7,14 @@ Signature: ``face`` [B,3,S,S] float32 0..1 (BGR crop) and a condition -> ``face_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
 from heygem.face.geometry import CropSpec
 from heygem.generators import rewrite
+from heygem.generators.spec import GeneratorSpec
 from heygem.generators.wav2lip import FACE_SIZE, Wav2Lip, load_wav2lip_checkpoint
 from heygem.hashing import content_hash
 
@@ -35,21 +34,6 @@ class Wav2LipGraph(nn.Module):
     def forward(self, face: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         masked = face * self.upper_half
         return self.model(mel, torch.cat([masked, face], dim=1))
-
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    """What the pipeline needs to know about a generator besides its graph."""
-
-    name: str
-    crop: CropSpec
-    # Whether silent frames may skip the model: true when silence means "no change".
-    identity_when_silent: bool
-    # Identifies the weights, for the ONNX export cache.
-    fingerprint: str
-    # What the graph's second input is: a mel window per frame, or the control vector of
-    # the mouth chosen for the frame (heygem.generators.samples builds either).
-    condition: Literal["mel", "mouth"] = "mel"
 
 
 def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:

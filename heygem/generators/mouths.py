@@ -28,14 +28,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from heygem.audio.features import MAX_ABS, MEL_FPS
 from heygem.config import FaultInjection
 from heygem.face.geometry import crop_transform
 from heygem.face.landmarks import STABLE, interocular, mouth_opening
-from heygem.generators.rewrite import CONTROL, Control
+from heygem.generators.control import CONTROL, Control
 from heygem.runner.faults import inject
 
 SPEECH_BANDS = slice(2, 60)  # mel bands ~100 Hz - 3.5 kHz: the voice, not hiss or hum
@@ -238,9 +236,10 @@ def _align(
     return matrix, geometry
 
 
-class MouthSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
+class MouthSamples:
     """Item i: (i, the chosen mouth's crop aligned to frame i's crop [S,S,3] uint8 BGR,
-    the renderer's control [CONTROL] float32). Workers open the memory maps themselves."""
+    the renderer's control [CONTROL] float32). Workers open the memory maps themselves;
+    without workers ``batch`` stacks the items in the load thread (heygem.batches)."""
 
     def __init__(
         self,
@@ -260,11 +259,23 @@ class MouthSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "_crops": None, "_plan": None}
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """One item, in a DataLoader worker process."""
+        return self._item(index, in_worker=True)
+
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Items ``start..stop-1`` stacked, in the calling thread."""
+        items = [self._item(index, in_worker=False) for index in range(start, stop)]
+        return (
+            np.arange(start, stop, dtype=np.int64),
+            np.stack([crop for _, crop, _ in items]),
+            np.stack([control for _, _, control in items]),
+        )
+
+    def _item(self, index: int, *, in_worker: bool) -> tuple[int, np.ndarray, np.ndarray]:
         if self._crops is None or self._plan is None:
             self._crops = np.load(self.crops_path, mmap_mode="r")
             self._plan = MouthPlan.load(self.plan_path)
-        in_worker = torch.utils.data.get_worker_info() is not None
         inject(self.fault, "load", index, in_worker=in_worker)
         crops, plan = self._crops, self._plan
         t, k = int(self.shown[index]), int(plan.source[index])
@@ -273,7 +284,7 @@ class MouthSamples(Dataset[tuple[int, torch.Tensor, torch.Tensor]]):
             crop = target.copy()
         else:
             crop = aligned_mouth(np.asarray(crops[k]), target, plan.warp[index])
-        return index, torch.from_numpy(crop), torch.from_numpy(plan.control[index].copy())
+        return index, crop, plan.control[index].copy()
 
 
 def aligned_mouth(source: np.ndarray, target: np.ndarray, warp: np.ndarray) -> np.ndarray:

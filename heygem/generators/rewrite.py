@@ -15,33 +15,16 @@ see ``Control``). A zero extra opening returns ``face`` exactly.
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from heygem.generators.runtime import BackendInfo, GraphRunner
+# The control vector's layout and the runner that skips identity rows live in a module
+# without torch (a job on ONNX Runtime does not import torch); re-exported here.
+from heygem.generators.control import CONTROL, Control, OpeningRowsRunner  # noqa: F401
 
 CROP_SIZE = 192
 FIELD_SCALE = 2
-
-
-class Control(IntEnum):
-    """Columns of the ``control`` input (crop coordinates: -1 left/top .. 1 right/bottom)."""
-
-    OPEN = 0  # extra opening at the mouth's centre line (normalised units, >= 0)
-    CENTER_X = 1  # midpoint of the mouth corners
-    HALF_WIDTH = 2  # half the distance between the mouth corners
-    UPPER = 3  # upper inner lip, centre
-    LOWER = 4  # lower inner lip, centre
-    CORNERS = 5  # height of the mouth corners
-    CHIN = 6  # the chin's lowest point
-    TEETH = 7  # 1: draw the upper teeth's edge in the opened band (the mouth was closed)
-
-
-CONTROL = len(Control)
 
 
 class MouthRenderer(nn.Module):
@@ -147,24 +130,3 @@ class MouthRenderer(nn.Module):
         )
         blend = fields[:, 1:2]
         return moved * (1.0 - blend) + fields[:, 2:5] * blend
-
-
-class OpeningRowsRunner:
-    """Runs the graph only on the frames that open the mouth further than the chosen
-    template mouth: for the others (most frames of a talking template, silence on a
-    still) the graph is exactly the identity, so they are returned as they came."""
-
-    def __init__(self, runner: GraphRunner) -> None:
-        self._runner = runner
-        self.info: BackendInfo = runner.info
-
-    def run(self, face: np.ndarray, control: np.ndarray) -> np.ndarray:
-        rows = control[:, int(Control.OPEN)] > 0.0
-        if rows.all():
-            return self._runner.run(face, control)
-        out = face.copy()
-        if rows.any():
-            out[rows] = self._runner.run(
-                np.ascontiguousarray(face[rows]), np.ascontiguousarray(control[rows])
-            )
-        return out

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from heygem.batches import FrameSamples, FrameTiming
+from heygem.batches import FrameSamples, FrameTiming, SampleSource
 from heygem.config import FaultInjection
 from heygem.face.template import TemplatePlan
-from heygem.generators.graphs import GeneratorSpec
+from heygem.generators.spec import GeneratorSpec
 
 
 def generator_samples(
@@ -22,7 +20,7 @@ def generator_samples(
     timing: FrameTiming,
     workdir: Path,
     fault: FaultInjection | None = None,
-) -> Dataset[Any]:
+) -> SampleSource:
     """``mel`` generators (Wav2Lip): the shown frame's crop and its mel window.
     ``mouth`` generators (rewrite): the retrieved mouth aligned to the shown frame and the
     renderer's control (the per-job mouth plan is written to ``workdir`` for workers)."""

@@ -202,3 +202,124 @@ def test_summary_rejects_a_file_that_is_not_benchmark_json(tmp_path: Path) -> No
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"hello": 1}))
     assert summary.main([str(bad)]) == 2
+
+
+def test_summary_renders_the_process_and_wav2lip_sections(tmp_path: Path) -> None:
+    """Whole processes, Wav2Lip vs the reference, splits, precision, thread budget: the
+    medians with their spread and each target's verdict."""
+    benches = [
+        _bench(
+            "test_default_generator_vs_ffmpeg_floor[warm]",
+            20.0,
+            kind="process",
+            generator="rewrite",
+            cache="warm",
+            heygem_s=3.9,
+            ffmpeg_s=3.0,
+            ratio_to_floor=1.3,
+            ratio_to_floor_min=1.21,
+            ratio_to_floor_max=1.42,
+            ratio_to_floor_cpu=1.45,
+            target=1.5,
+            meets_target=True,
+        ),
+        _bench(
+            "test_first_run_on_a_fresh_machine",
+            30.0,
+            kind="first_run",
+            generator="rewrite",
+            first_s=8.0,
+            second_s=4.0,
+            extra_s=4.0,
+            extra_s_min=3.5,
+            extra_s_max=4.5,
+            extra_cpu_s=3.0,
+            target=2.0,
+            meets_target=False,
+        ),
+        _bench(
+            "test_wav2lip_vs_reference",
+            120.0,
+            kind="w2l_process",
+            template="720x528",
+            audio_s=9.5,
+            reference_s=28.0,
+            repeat={
+                "repeat_s": 12.0,
+                "speedup": 2.33,
+                "speedup_min": 2.1,
+                "speedup_max": 2.5,
+                "speedup_cpu": 2.0,
+                "target": 2.0,
+                "meets_target": True,
+            },
+            unseen={"unseen_s": 14.0, "speedup": 2.0, "target": 1.5, "meets_target": True},
+        ),
+        _bench(
+            "test_split[onnxruntime-fp32-2x1]",
+            3.0,
+            kind="w2l_split",
+            runtime="onnxruntime",
+            precision="fp32",
+            split="2 batch(es) x 1 thread(s)",
+            batch=16,
+            per_frame_ms=41.0,
+            speedup=1.8,
+            budget=True,
+        ),
+        _bench(
+            "test_face_encoder_share",
+            1.0,
+            kind="w2l_face_encoder",
+            batch=16,
+            encoder_ms=5.0,
+            whole_ms=80.0,
+            share=0.0625,
+        ),
+        _bench(
+            "test_precision_quality[bf16]",
+            2.0,
+            kind="w2l_precision",
+            precision="bf16",
+            runtime="torch",
+            speedup_vs_fp32=1.7,
+            psnr_min=35.2,
+            psnr_median=36.3,
+            ssim_min=0.974,
+            ssim_median=0.98,
+            within_regression_tolerance=False,
+            offered=True,
+            checkpoint="bn-calibrated",
+        ),
+        _bench(
+            "test_thread_split[wav2lip-intra-op-threads]",
+            9.0,
+            kind="threads",
+            generator="wav2lip",
+            split="intra-op-threads",
+            model="1 x 2",
+            x264_threads=1,
+            seconds=9.0,
+            ratio_to_budget=1.12,
+            cpu_ratio_to_budget=1.1,
+        ),
+    ]
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"benchmarks": benches, "machine_info": {}}))
+    out = tmp_path / "summary.md"
+    assert summary.main([str(results), "-o", str(out)]) == 0
+    text = out.read_text()
+    for heading in (
+        "Whole processes vs the ffmpeg CLI floor",
+        "Wav2Lip vs the reference implementation",
+        "Wav2Lip network: ms a frame per thread split",
+        "Wav2Lip lower precision vs fp32",
+        "Thread budget: whole jobs per split",
+    ):
+        assert f"## {heading}" in text, heading
+    assert "1.30x (1.21–1.42)" in text and "<= 1.5x" in text
+    assert "+4.00 s (3.50–4.50)" in text and "FAIL" in text
+    assert "2.33x (2.10–2.50)" in text and "| unseen template (720x528, 9.5 s) | 14.00 |" in text
+    assert "41.0" in text and "share 0.062" in text
+    assert "35.2 / 36.3" in text and "1.12x" in text
+    assert "## Other" not in text

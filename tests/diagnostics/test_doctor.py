@@ -517,6 +517,37 @@ def test_cpu_affinity_below_cpu_count_warns_unless_thread_vars_are_set() -> None
     assert probe_cpus({}).severity is expected
 
 
+def test_doctor_reports_the_thread_budget_the_pipeline_uses() -> None:
+    """Under a one-CPU affinity mask the doctor and a pipeline built in the same process
+    agree on every generator's split, and it fits in the one CPU."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs at least 2 CPUs")
+    code = """
+        import json, os
+        os.sched_setaffinity(0, {0})
+        from diagnostics.probes.system import probe_cpus
+        from heygem.config import GENERATORS, GenerateOptions
+        from heygem.pipeline import Pipeline
+        pipelines = [
+            Pipeline(GenerateOptions(generator=name, checkpoint="unused.pth"))
+            for name in GENERATORS
+        ]
+        print(json.dumps({
+            "evidence": probe_cpus().to_dict()["evidence"],
+            "pipeline": [p.budget.describe() for p in pipelines],
+            "threads": [
+                (p.budget.model_threads * p.budget.model_streams, p.budget.x264_threads)
+                for p in pipelines
+            ],
+        }))
+    """
+    out = run_python(code)
+    budget_lines = [e for e in out["evidence"] if e.startswith("thread budget: ")]
+    assert budget_lines == [f"thread budget: {d}" for d in out["pipeline"]]
+    assert len(budget_lines) >= 2 and all("of 1 usable CPU" in d for d in out["pipeline"])
+    assert all(model == 1 and x264 == 1 for model, x264 in out["threads"])
+
+
 @pytest.fixture
 def v1_cgroup(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A fresh cgroup-v1 directory for the controller given by the test's parameter."""
