@@ -21,7 +21,7 @@ from diagnostics.logs.render import TaskResult, build_report
 from diagnostics.logs.rules import Context, log_findings, pace, task_findings
 from diagnostics.logs.tasks import build_timeline
 
-__all__ = ["AnalyzerConfig", "analyze_log"]
+__all__ = ["AnalyzerConfig", "analyze_log", "task_verdicts"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,3 +47,13 @@ def analyze_log(path: Path, config: AnalyzerConfig | None = None) -> Report:
         "%s: %s, %d records, %d tasks", path, log.format, len(log.records), len(timeline.tasks)
     )
     return build_report(log, timeline, results, log_wide)
+
+
+def task_verdicts(report: Report) -> dict[str, str]:
+    """Each task's verdict (its first finding's id: ``task-finished``, ``queue-full``...),
+    by task id."""
+    verdicts: dict[str, str] = {}
+    for finding in report.findings:
+        if finding.subject is not None:
+            verdicts.setdefault(finding.subject, finding.id)
+    return verdicts

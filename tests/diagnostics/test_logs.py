@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from diagnostics.findings import Finding, Report, Severity
-from diagnostics.logs import AnalyzerConfig, analyze_log
+from diagnostics.logs import AnalyzerConfig, analyze_log, task_verdicts
 from heygem.errors import InputNotFound, InvalidOption
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -33,15 +33,6 @@ def _only(report: Report, finding_id: str, subject: str | None = None) -> Findin
     found = [f for f in report.findings if f.id == finding_id and f.subject == subject]
     assert len(found) == 1, [(f.id, f.subject) for f in report.findings]
     return found[0]
-
-
-def _verdicts(report: Report) -> dict[str, str]:
-    """The first finding about each task is its verdict."""
-    verdicts: dict[str, str] = {}
-    for finding in report.findings:
-        if finding.subject is not None:
-            verdicts.setdefault(finding.subject, finding.id)
-    return verdicts
 
 
 def _problems(report: Report) -> list[tuple[str, str]]:
@@ -62,7 +53,7 @@ def test_incident_excerpt_without_source_field_is_read() -> None:
     report = analyze_log(FIXTURES / "incident_queue_full.log")
 
     assert report.exit_code() == 1
-    assert _verdicts(report) == {"20251109172931": "consumer-never-started"}
+    assert task_verdicts(report) == {"20251109172931": "consumer-never-started"}
     finding = _only(report, "consumer-never-started", "20251109172931")
     assert finding.severity is Severity.FAIL
     # first send, last send, HeyGem's queue-full error
@@ -80,7 +71,7 @@ def test_healthy_gpu_log_with_a_warm_up_batch_is_healthy() -> None:
 
     assert report.exit_code() == 0
     assert _problems(report) == []
-    assert _verdicts(report) == {"1002": "task-finished"}
+    assert task_verdicts(report) == {"1002": "task-finished"}
     task = _task(report, "1002")
     # By hand from the excerpt: frames 4 -> 148 finished between 12:52:31.071 and 48.098.
     assert task["fps"] == pytest.approx((148 - 4) / (48.098 - 31.071), rel=0.01)
@@ -99,7 +90,7 @@ def test_damaged_lines_are_damage_not_a_failure() -> None:
 
     assert damaged.exit_code() == 0
     assert _problems(damaged) == []
-    assert _verdicts(damaged) == _verdicts(clean)
+    assert task_verdicts(damaged) == task_verdicts(clean)
     # Frame ids, not line counts: the lost and glued lines do not change the pace.
     assert _task(damaged, "1002")["fps"] == pytest.approx(_task(clean, "1002")["fps"], rel=1e-6)
     finding = _only(damaged, "damaged-lines")
@@ -114,7 +105,7 @@ def test_restart_mid_task_interrupts_it() -> None:
     report = analyze_log(FIXTURES / "restart_mid_task.log")
 
     task = "7e7f28d2-9910-4fe9-8062-4c4b5f2d34bc"
-    assert _verdicts(report) == {task: "task-interrupted"}
+    assert task_verdicts(report) == {task: "task-interrupted"}
     finding = _only(report, "task-interrupted", task)
     assert "interrupted by a service restart at 10:27:33" in finding.title
     assert "current_idx 24 of 560" in finding.title
@@ -156,7 +147,7 @@ def test_fix_follows_the_cuda_and_cudnn_the_log_requires() -> None:
     assert "nvidia-cudnn-cu12==9.*" in finding.fix
     assert "CUDA 11" not in finding.fix and "cuDNN 8" not in finding.fix
     # The task finished, on the CPU: its steady cost (not its first batch) says so.
-    assert _verdicts(report)["aea1d55e-348c-11f0-9940-02420a3c0b02"] == "task-finished"
+    assert task_verdicts(report)["aea1d55e-348c-11f0-9940-02420a3c0b02"] == "task-finished"
     suspected = _only(report, "cpu-fallback-suspected", "aea1d55e-348c-11f0-9940-02420a3c0b02")
     assert suspected.severity is Severity.WARN and "2.23 s per frame" in suspected.title
 
@@ -176,7 +167,7 @@ def test_cuda_11_soname_gets_cuda_11_advice() -> None:
 def test_real_log_with_three_runs_of_one_code() -> None:
     report = analyze_log(FIXTURES / "real_three_runs.log")
 
-    assert _verdicts(report) == {
+    assert task_verdicts(report) == {
         "1002": "task-failed",
         "1002#2": "task-failed",
         "1002#3": "task-finished",
@@ -354,7 +345,7 @@ def test_all_frames_written_is_finished_even_before_the_end_line() -> None:
     report = analyze_log(FIXTURES / "healthy.log")
 
     assert report.exit_code() == 0
-    assert _verdicts(report) == {"1002": "task-finished"}
+    assert task_verdicts(report) == {"1002": "task-finished"}
     assert "the log ends before its end line" in _only(report, "task-finished", "1002").title
 
 
@@ -372,7 +363,10 @@ def test_heygem_json_log() -> None:
     report = analyze_log(FIXTURES / "pipeline.jsonl")
 
     assert report.details["format"] == "json"
-    assert _verdicts(report) == {"job-ok": "task-finished", "job-stalled": "consumer-never-started"}
+    assert task_verdicts(report) == {
+        "job-ok": "task-finished",
+        "job-stalled": "consumer-never-started",
+    }
     assert "(generate) went at 50.0 frames/s" in _only(report, "throughput", "job-ok").title
     stalled = _only(report, "consumer-never-started", "job-stalled")
     assert 16 in _lines(stalled) and "stage generate" in stalled.title
@@ -434,7 +428,7 @@ def test_utf16_log_saved_by_powershell(tmp_path: Path) -> None:
     report = analyze_log(log)
 
     assert report.details["encoding"] == "utf-16"
-    assert _verdicts(report) == {"20251109172931": "consumer-never-started"}
+    assert task_verdicts(report) == {"20251109172931": "consumer-never-started"}
 
 
 def test_gb18030_log_from_a_chinese_windows_locale(tmp_path: Path) -> None:
@@ -444,7 +438,7 @@ def test_gb18030_log_from_a_chinese_windows_locale(tmp_path: Path) -> None:
     report = analyze_log(log)
 
     assert report.details["encoding"] == "gb18030"
-    assert _verdicts(report) == {"20251109172931": "consumer-never-started"}
+    assert task_verdicts(report) == {"20251109172931": "consumer-never-started"}
     assert report.details["damage"]["lines"] == 0
 
 
@@ -460,7 +454,7 @@ def test_non_utf8_bytes_do_not_crash(tmp_path: Path) -> None:
     report = analyze_log(log)
 
     assert report.details["damage"]["invalid_text"] == 3
-    assert _verdicts(report) == {"1002": "task-failed"}
+    assert task_verdicts(report) == {"1002": "task-failed"}
 
 
 def test_missing_file(tmp_path: Path) -> None:

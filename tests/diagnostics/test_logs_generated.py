@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diagnostics.findings import Report, Severity
-from diagnostics.logs import analyze_log
+from diagnostics.logs import analyze_log, task_verdicts
 from tests.diagnostics import heygem_logs as gen
 
 _SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,14 +28,6 @@ def _analyse(data: bytes) -> Report:
         path = Path(folder) / "dh.log"
         path.write_bytes(data)
         return analyze_log(path)
-
-
-def _verdicts(report: Report) -> dict[str, str]:
-    verdicts: dict[str, str] = {}
-    for finding in report.findings:
-        if finding.subject is not None:
-            verdicts.setdefault(finding.subject, finding.id)
-    return verdicts
 
 
 def _expected(scenario: gen.Scenario) -> dict[str, str]:
@@ -64,7 +56,7 @@ def test_a_healthy_generated_log_is_judged_healthy(scenario: gen.Scenario) -> No
 
     assert report.exit_code() == 0
     assert _problems(report) == set()
-    assert _verdicts(report) == _expected(scenario)
+    assert task_verdicts(report) == _expected(scenario)
 
 
 @_SETTINGS
@@ -72,7 +64,7 @@ def test_a_healthy_generated_log_is_judged_healthy(scenario: gen.Scenario) -> No
 def test_each_task_gets_the_verdict_its_fault_deserves(scenario: gen.Scenario) -> None:
     report = _analyse(gen.render(scenario).data)
 
-    assert _verdicts(report) == _expected(scenario)
+    assert task_verdicts(report) == _expected(scenario)
     assert report.exit_code() == (0 if scenario.healthy else 1)
     for finding in report.findings:
         if finding.severity is Severity.FAIL and finding.subject is not None:
@@ -108,7 +100,7 @@ def test_damage_never_produces_a_problem_finding(
     damaged = _analyse(rendered.data)
 
     assert _problems(damaged) == _problems(clean)
-    assert _verdicts(damaged) == _verdicts(clean)
+    assert task_verdicts(damaged) == task_verdicts(clean)
     assert damaged.exit_code() == clean.exit_code()
     [finding] = damaged.by_id("damaged-lines")
     assert finding.severity is Severity.INFO
@@ -117,21 +109,21 @@ def test_damage_never_produces_a_problem_finding(
 
 @_SETTINGS
 @given(gen.scenarios(faults=gen.faults, services_count=st.just(2), damage=gen.damages))
-def test_interleaving_does_not_change_per_task_verdicts(scenario: gen.Scenario) -> None:
-    merged = _verdicts(_analyse(gen.render(scenario).data))
+def test_interleaving_does_not_change_per_tasktask_verdicts(scenario: gen.Scenario) -> None:
+    merged = task_verdicts(_analyse(gen.render(scenario).data))
 
     alone: dict[str, str] = {}
     for service in scenario.services:
-        alone |= _verdicts(_analyse(gen.render(scenario, only=service.name).data))
+        alone |= task_verdicts(_analyse(gen.render(scenario, only=service.name).data))
 
     assert merged == alone == _expected(scenario)
 
 
 @_SETTINGS
 @given(gen.scenarios(faults=gen.faults, services_count=st.just(1)), gen.layouts)
-def test_the_layout_does_not_change_verdicts(scenario: gen.Scenario, other: gen.Layout) -> None:
-    first = _verdicts(_analyse(gen.render(scenario).data))
-    second = _verdicts(_analyse(gen.render(replace(scenario, layout=other)).data))
+def test_the_layout_does_not_changetask_verdicts(scenario: gen.Scenario, other: gen.Layout) -> None:
+    first = task_verdicts(_analyse(gen.render(scenario).data))
+    second = task_verdicts(_analyse(gen.render(replace(scenario, layout=other)).data))
 
     assert first == second == _expected(scenario)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from diagnostics.findings import Report, Severity
-from diagnostics.logs import analyze_log
+from diagnostics.findings import Severity
+from diagnostics.logs import analyze_log, task_verdicts
 
 UNSEEN = Path(__file__).parent / "fixtures" / "unseen"
 
@@ -64,14 +64,6 @@ CASES: dict[str, tuple[int, dict[str, str], set[str]]] = {
 }
 
 
-def _verdicts(report: Report) -> dict[str, str]:
-    verdicts: dict[str, str] = {}
-    for finding in report.findings:
-        if finding.subject is not None:
-            verdicts.setdefault(finding.subject, finding.id)
-    return verdicts
-
-
 def test_every_unseen_log_has_a_case() -> None:
     assert sorted(p.name for p in UNSEEN.glob("*.log")) == sorted(CASES)
     assert len(CASES) >= 10
@@ -83,7 +75,7 @@ def test_verdicts_on_unseen_logs(name: str) -> None:
 
     report = analyze_log(UNSEEN / name)
 
-    assert _verdicts(report) == verdicts
+    assert task_verdicts(report) == verdicts
     assert report.exit_code() == exit_code
     assert others <= {f.id for f in report.findings}
     assert report.details["damage"]["lines"] == 0

@@ -4,15 +4,9 @@ the rest are cancelled with that reason); a client that stalls its body gets 408
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,66 +17,10 @@ import pytest
 from service.jobs import JobState
 from service.store import JobStore
 from tests.helpers import stream_summary, wait_for
-from tests.service.helpers import free_port
+from tests.service.server import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-    data_dir: Path
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-@contextmanager
-def running_server(
-    tmp_path: Path, shared_cache: Path, media_root: Path, workers: int, **env: str
-) -> Iterator[Server]:
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_SERVICE_")}
-    environ |= {
-        "HEYGEM_SERVICE_PIPELINE__CACHE_DIR": str(shared_cache),
-        "HEYGEM_SERVICE_PIPELINE__BATCH_SIZE": "8",
-        "HEYGEM_SERVICE_LOG_LEVEL": "info",
-    } | {f"HEYGEM_SERVICE_{k.upper()}": v for k, v in env.items()}
-    log = tmp_path / "server.log"
-    data_dir = tmp_path / "data"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers), "--data-dir", str(data_dir),
-             "--media-root", str(media_root)],
-            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = Server(process, f"http://127.0.0.1:{port}", log, data_dir)
-    try:
-        with httpx.Client(base_url=server.base, timeout=10) as client:
-
-            def up() -> bool:
-                if process.poll() is not None:
-                    pytest.fail("server exited:\n" + server.output())
-                try:
-                    response = client.get("/readyz" if workers else "/healthz")
-                except httpx.TransportError:
-                    return False
-                return response.status_code == 200
-
-            wait_for(up, timeout=120, interval=0.2)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
 
 
 def _final(client: httpx.Client, job: str, timeout: float = 60) -> dict[str, Any]:
@@ -96,7 +34,7 @@ def _final(client: httpx.Client, job: str, timeout: float = 60) -> dict[str, Any
 
 @pytest.mark.slow
 def test_uvicorn_submit_poll_download(tmp_path: Path, shared_cache: Path, media_root: Path) -> None:
-    with running_server(tmp_path, shared_cache, media_root, workers=1) as server:
+    with running_server(tmp_path, media_root=media_root, cache=shared_cache, workers=1) as server:
         workers = [c.pid for c in psutil.Process(server.process.pid).children()]
         assert workers, "no worker process"
         with httpx.Client(base_url=server.base, timeout=10) as client:
@@ -144,8 +82,8 @@ def test_sigterm_drains_running_jobs_then_cancels_with_the_reason(
     refs = {"audio_path": "speech.wav", "video_path": "template.mp4"}
     with running_server(
         tmp_path,
-        shared_cache,
-        media_root,
+        media_root=media_root,
+        cache=shared_cache,
         workers=2,
         shutdown_grace="8",
         cancel_grace="5",

@@ -42,8 +42,8 @@ def web_server(
     browser_binaries()  # skip before starting a server nobody would browse
     with running_server(
         tmp_path_factory.mktemp("web-server"),
-        web_media,
-        shared_cache,
+        media_root=web_media,
+        cache=shared_cache,
         workers=1,
         allow_fault_injection="1",
     ) as server:

@@ -252,7 +252,11 @@ def test_diagnose_a_heygem_log_workers_doctor_and_reports(
     # Its own server: the reports it shows live in a directory of their own.
     with (
         running_server(
-            tmp_path, web_media, shared_cache, workers=1, reports_dir=str(reports)
+            tmp_path,
+            media_root=web_media,
+            cache=shared_cache,
+            workers=1,
+            reports_dir=str(reports),
         ) as server,
         chromium(server.base) as browser,
     ):
@@ -290,7 +294,11 @@ def keyed_server(
 ) -> Iterator[Server]:
     browser_binaries()
     with running_server(
-        tmp_path_factory.mktemp("keyed"), web_media, shared_cache, workers=0, api_key=KEYS["ops"]
+        tmp_path_factory.mktemp("keyed"),
+        media_root=web_media,
+        cache=shared_cache,
+        workers=0,
+        api_key=KEYS["ops"],
     ) as server:
         yield server
 
