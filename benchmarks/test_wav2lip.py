@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from benchmarks.precision import calibrated_checkpoint, model_inputs, quantize_int8
-from benchmarks.support import SMOKE, Baselines, Media, Models, Pipelines, pedantic
+from benchmarks.support import SMOKE, Baselines, Media, Models, Pipelines, best_of, pedantic
 from heygem.cgroups import usable_cpus
 from heygem.resources import ThreadBudget
 
@@ -248,7 +248,7 @@ def test_precision_quality(
     streams = budget.model_streams
     low(held_out["face"][:BATCH], held_out["mel"][:BATCH])
     samples = pedantic(benchmark, lambda: _throughput(low, held_out, BATCH, streams), n_rounds=3)
-    base = pedantic_free_best(lambda: _throughput(fp32.run, held_out, BATCH, streams))
+    base = best_of(3, lambda: _throughput(fp32.run, held_out, BATCH, streams))
     out_std = float(reference.std())
     benchmark.extra_info.update(
         kind="w2l_precision",
@@ -266,19 +266,6 @@ def test_precision_quality(
         speedup_vs_fp32=round(base / samples.best, 2),
         offered=precision == "bf16",
     )
-
-
-def pedantic_free_best(fn: Callable[[], object], n: int = 3) -> float:
-    import time
-
-    from benchmarks.support import rounds
-
-    times = []
-    for _ in range(rounds(n)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 @pytest.mark.benchmark(group="wav2lip")
@@ -309,7 +296,7 @@ def test_face_encoder_share(
 
     whole()
     samples = pedantic(benchmark, encoder, n_rounds=3)
-    whole_s = pedantic_free_best(whole)
+    whole_s = best_of(3, whole)
     benchmark.extra_info.update(
         kind="w2l_face_encoder",
         batch=BATCH,

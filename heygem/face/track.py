@@ -23,7 +23,7 @@ def smooth_track(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _drop_size_outliers(boxes, valid)
     _fill_short_gaps(boxes, valid)
     for start, stop in _runs(valid):
-        boxes[start:stop] = _moving_average(boxes[start:stop], SMOOTH_WINDOW)
+        boxes[start:stop] = _smooth_columns(boxes[start:stop], SMOOTH_WINDOW)
     boxes[~valid] = np.nan
     return boxes.astype(np.float32), valid
 
@@ -55,16 +55,6 @@ def _runs(valid: np.ndarray) -> list[tuple[int, int]]:
     padded = np.concatenate([[False], valid, [False]]).astype(np.int8)
     changes = np.flatnonzero(np.diff(padded))
     return list(zip(changes[::2].tolist(), changes[1::2].tolist(), strict=True))
-
-
-def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    if len(values) < 3:
-        return values
-    window = min(window, len(values) if len(values) % 2 else len(values) - 1)
-    half = window // 2
-    padded = np.pad(values, ((half, half), (0, 0)), mode="edge")
-    kernel = np.ones(window) / window
-    return np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(4)], axis=1)
 
 
 STABLE_WINDOW = 7  # nose and eyes: smoothed harder than the moving mouth and jaw
