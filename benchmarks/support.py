@@ -363,10 +363,18 @@ class Models:
         return self._runners[key]
 
     def onnx_path(self, generator: str) -> Path:
-        from heygem.generators.loader import export_paths
+        """The ONNX file jobs run: shipped with the package (rewrite) or exported."""
+        from heygem.generators.loader import prepare_generator
 
         self.runner(generator, "onnxruntime")  # exported on first use
-        return export_paths(generator, self.checkpoint(generator), self.onnx_dir.parent).onnx
+        prepared = prepare_generator(
+            generator,
+            self.checkpoint(generator),
+            backend="onnxruntime",
+            cache_dir=self.onnx_dir.parent,
+        )
+        assert prepared.onnx is not None and not prepared.needs_export
+        return prepared.onnx.onnx
 
     def job_cache(self, path: Path) -> Path:
         """A job cache with the exported models linked in: cold for templates only."""

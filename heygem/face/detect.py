@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -44,13 +45,26 @@ class Box:
         return inter / union if union > 0 else 0.0
 
 
+# dlib's frontal detector as dlib itself serializes it: building it in dlib takes ~0.3 s
+# (it is decompressed from a string in the library), loading this file 1 ms. A test
+# checks that it is the detector the installed dlib builds.
+DETECTOR_FILE = Path(__file__).resolve().parent.parent / "assets" / "frontal_face_detector.svm"
+
+
 @functools.cache
 def _hog_detector() -> tuple[object, threading.Lock]:
-    """The one detector of the process (it takes 0.5 s to build) and the lock that keeps
-    threads from using it at once: concurrent calls corrupt its results or abort."""
+    """The one detector of the process and the lock that keeps threads from using it at
+    once: concurrent calls corrupt its results or abort."""
+    return load_detector(), threading.Lock()
+
+
+def load_detector() -> object:
     import dlib
 
-    return dlib.get_frontal_face_detector(), threading.Lock()
+    try:
+        return dlib.fhog_object_detector(str(DETECTOR_FILE))
+    except RuntimeError:  # missing or unreadable: dlib builds the same detector, slowly
+        return dlib.get_frontal_face_detector()
 
 
 class FaceDetector:

@@ -21,6 +21,7 @@ from heygem.errors import OutputNotWritable
 from heygem.generators.control import OpeningRowsRunner
 from heygem.generators.export import OPSET
 from heygem.generators.runtime import GraphRunner, OrtRunner, TorchRunner
+from heygem.generators.shipped import current_shipped
 from heygem.generators.spec import GeneratorSpec
 from heygem.hashing import content_hash
 from heygem.progress import StepCallback, StepProgress
@@ -32,7 +33,7 @@ _GENERATORS_DIR = Path(__file__).resolve().parent
 # does not change an exported graph (every other module may, and re-exports).
 _RUNTIME_MODULES = frozenset(
     {"__init__.py", "cuda_libs.py", "loader.py", "mouths.py", "runtime.py", "samples.py",
-     "spec.py"}
+     "shipped.py", "spec.py"}
 )  # fmt: skip
 
 
@@ -81,13 +82,17 @@ class PreparedGenerator:
 def prepare_generator(
     name: str, checkpoint: Path | None, *, backend: str, cache_dir: Path
 ) -> PreparedGenerator:
-    """The spec and what to run: the cached ONNX export (read without torch), else the
-    torch graph (and, for ONNX Runtime, the export still to be made)."""
+    """The spec and what to run: the export shipped with the package or the cached one
+    (both read without torch), else the torch graph (and, for ONNX Runtime, the export
+    still to be made)."""
     if backend == "torch":
         from heygem.generators.graphs import build_graph
 
         graph, spec = build_graph(name, checkpoint)
         return PreparedGenerator(spec, None, graph)
+    shipped = current_shipped(name, checkpoint)
+    if shipped is not None:
+        return PreparedGenerator(shipped.spec, ExportPaths(shipped.onnx, shipped.record))
     paths = export_paths(name, checkpoint, cache_dir)
     cached = _cached_spec(paths)
     if cached is not None:

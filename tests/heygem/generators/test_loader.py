@@ -8,8 +8,15 @@ from pathlib import Path
 
 import torch
 
-from heygem.generators.loader import export_paths, prepare_generator
+from heygem.generators.graphs import build_graph
+from heygem.generators.loader import (
+    PreparedGenerator,
+    export_paths,
+    prepare_generator,
+    start_runner,
+)
 from heygem.generators.wav2lip import Wav2Lip, save_wav2lip_checkpoint
+from heygem.progress import StepProgress
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
@@ -40,3 +47,14 @@ def test_a_damaged_cache_entry_is_exported_again(tmp_path: Path) -> None:
         "wav2lip", checkpoint, backend="onnxruntime", cache_dir=tmp_path / "c"
     )
     assert prepared.needs_export and prepared.spec.crop.size == 96
+
+
+def test_an_export_reports_its_progress_and_is_cached(tmp_path: Path) -> None:
+    """What a generator without a shipped export (a checkpoint's) goes through once."""
+    graph, spec = build_graph("rewrite", None)
+    paths = export_paths("rewrite", None, tmp_path)
+    events: list[StepProgress] = []
+    prepared = PreparedGenerator(spec, paths, graph, needs_export=True)
+    start_runner(prepared, device="cpu", threads=1, require_gpu=False, on_step=events.append)
+    assert [(e.step, e.finished) for e in events] == [("export_onnx", False), ("export_onnx", True)]
+    assert paths.onnx.is_file() and paths.spec.is_file()
