@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from diagnostics.regress_scenarios import STEPS
 from matrix.cells import QUICK_PACKAGES, Selection
 from matrix.report import VerdictStatus, build_report
 from matrix.results import Outcome, read_fingerprints, read_results
@@ -109,10 +110,10 @@ def test_every_combination_was_fingerprinted(report):
 
 
 def test_numeric_drift_between_the_ort_versions(report):
-    """The video scenario runs every stage; the matrix's ORT versions agree within the
-    regression tolerances (the README says so: a failure here is a real output change)."""
-    stages = [row["step"] for row in report.drift.rows]
-    assert stages == ["inputs", "audio_features", "face_track", "generate", "composite", "mux"]
+    """The video scenario runs every regression step; the matrix's ORT versions agree within
+    the regression tolerances (the README says so: a failure here is a real output change)."""
+    steps = [row["step"] for row in report.drift.rows]
+    assert steps == list(STEPS)
     packages = set(report.packages)
     for row in report.drift.rows:
         assert row["identical"] or set(row["between"]) <= packages, row

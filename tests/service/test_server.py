@@ -139,7 +139,7 @@ def test_a_client_that_stalls_its_body_gets_408(
 ) -> None:
     """Item 10: headers sent, body stalled: the connection used to stay open for good."""
     with running_server(
-        tmp_path, shared_cache, media_root, workers=0, body_read_timeout="1"
+        tmp_path, media_root=media_root, cache=shared_cache, workers=0, body_read_timeout="1"
     ) as server:
         host, port = server.base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=15) as sock:

@@ -14,7 +14,8 @@ from heygem.audio.synth import synth_speech
 from heygem.demo import write_wav
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.web.browser import Browser, Server, browser_binaries, chromium, running_server
+from tests.service.server import Server, running_server
+from tests.web.browser import Browser, browser_binaries, chromium
 
 SPEECH_SECONDS = 2.0
 # A file name that would run script if a page ever put it into HTML (no '/': it is a file).

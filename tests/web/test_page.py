@@ -22,14 +22,8 @@ from selenium.webdriver.support.ui import Select
 
 from tests.helpers import stream_summary
 from tests.service.helpers import KEYS
-from tests.web.browser import (
-    ROOT,
-    Browser,
-    Server,
-    browser_binaries,
-    chromium,
-    running_server,
-)
+from tests.service.server import Server, running_server
+from tests.web.browser import ROOT, Browser, browser_binaries, chromium
 from tests.web.conftest import SPEECH_SECONDS, XSS_NAME
 
 pytestmark = pytest.mark.slow
