@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 
@@ -29,7 +30,14 @@ from heygem.face.geometry import CropSpec
 from heygem.face.landmarks import LANDMARKS_VERSION, landmarks
 from heygem.face.track import smooth_landmarks, smooth_track
 from heygem.hashing import content_hash
-from heygem.media.frames import crop_bgr, iter_template_frames, planes
+from heygem.media.frames import (
+    Region,
+    crop_bgr,
+    crop_planes_bgr,
+    i420_region,
+    iter_template_frames,
+    planes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +93,28 @@ def plan_template(
         except (OSError, ValueError, KeyError) as exc:  # a damaged entry is rebuilt, not fatal
             log.warning("template cache entry %s unreadable (%s); rebuilding", entry, exc)
     entry.mkdir(parents=True, exist_ok=True)
+    track: tuple[np.ndarray, np.ndarray] | None = None
     if use_cache and track_file.exists():
         try:
             with np.load(track_file) as data:
-                points, valid = data["landmarks"], data["valid"]
+                track = data["landmarks"], data["valid"]
         except (OSError, ValueError, KeyError):
-            points, valid = _detect_track(path, width, height, max_frames, on_progress)
-    else:
-        points, valid = _detect_track(path, width, height, max_frames, on_progress)
-        _atomic_savez(track_file, landmarks=points, valid=valid)
-    if not valid.any():
-        raise NoFaceFound(
-            f"no face was found in any of the {len(valid)} frames of {str(path)!r}",
-            hint="use a template where a frontal face is clearly visible (at least ~24 px wide)",
-        )
-    regions = np.zeros((len(valid), 4), dtype=np.int32)
-    for i in np.flatnonzero(valid):
-        regions[i] = spec.region(points[i], width, height)
-    _extract_crops(path, width, height, spec, regions, valid, crops_array)
+            track = None
+    with FrameWindows(entry) as windows:
+        if track is None:
+            track = _analyse(path, width, height, spec, max_frames, on_progress, windows)
+            _atomic_savez(track_file, landmarks=track[0], valid=track[1])
+        points, valid = track
+        if not valid.any():
+            raise NoFaceFound(
+                f"no face was found in any of the {len(valid)} frames of {str(path)!r}",
+                hint="use a template where a frontal face is clearly visible "
+                "(at least ~24 px wide)",
+            )
+        regions = np.zeros((len(valid), 4), dtype=np.int32)
+        for i in np.flatnonzero(valid):
+            regions[i] = spec.region(points[i], width, height)
+        _extract_crops(path, width, height, spec, regions, valid, crops_array, windows)
     _atomic_savez(crops_file, regions=regions, valid=valid)
     return TemplatePlan(
         len(valid), width, height, valid, points, regions, crops_array, from_cache=False
@@ -125,15 +137,23 @@ def _load(
     )
 
 
-def _detect_track(
-    path: Path, width: int, height: int, max_frames: int, on_progress: Progress | None
+def _analyse(
+    path: Path,
+    width: int,
+    height: int,
+    spec: CropSpec,
+    max_frames: int,
+    on_progress: Progress | None,
+    windows: FrameWindows,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: (68, 2) landmarks (NaN rows without a face) and whether it is usable."""
+    """One decode of the template: per frame (68, 2) landmarks (NaN rows without a face)
+    and whether the frame is usable; the pixels around each frame's crop are kept in
+    ``windows``, so the crops need no second decode."""
     detector = FaceDetector()
+    previous: Box | None = None
     raw: list[tuple[float, float, float, float]] = []
     raw_points: list[np.ndarray] = []
     missing = np.full((68, 2), np.nan, dtype=np.float32)
-    previous: Box | None = None
     for index, frame in enumerate(iter_template_frames(path, width, height)):
         if index >= max_frames:
             raise InputTooLarge(
@@ -143,8 +163,14 @@ def _detect_track(
         luma = planes(frame)[0]
         box = detector.detect(luma, previous)
         previous = box or previous
-        raw.append((box.x, box.y, box.w, box.h) if box else (np.nan,) * 4)
-        raw_points.append(landmarks(luma, box) if box else missing)
+        if box is None:
+            raw.append((np.nan,) * 4)
+            raw_points.append(missing)
+        else:
+            points = landmarks(luma, box)
+            raw.append((box.x, box.y, box.w, box.h))
+            raw_points.append(points)
+            windows.keep(index, frame, spec.region(points, width, height))
         if on_progress:
             on_progress(index + 1)
     _, valid = smooth_track(np.array(raw, dtype=np.float64).reshape(-1, 4))
@@ -152,6 +178,59 @@ def _detect_track(
     valid = valid[: len(points)] & ~np.isnan(points).any(axis=(1, 2))
     log.info("face track: %d/%d frames with a face", int(valid.sum()), len(valid))
     return points, valid
+
+
+class FrameWindows:
+    """The pixels around each analysed frame's crop region (yuv420p, a margin of
+    ``MARGIN`` of the region's side on every side), spooled to an anonymous file: the
+    smoothed regions differ from the per-frame ones by a few pixels, so the crops are cut
+    from here after the analysis instead of decoding the template a second time."""
+
+    MARGIN = 0.25
+
+    def __init__(self, directory: Path) -> None:
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by __exit__)
+        self._where: dict[int, tuple[int, Region]] = {}  # frame -> (offset, window)
+        self._end = 0
+
+    def keep(self, index: int, frame: av.VideoFrame, region: Region) -> None:
+        x0, y0, x1, y1 = region
+        pad = self.MARGIN * max(x1 - x0, y1 - y0)
+        window = _even_window(x0 - pad, y0 - pad, x1 + pad, y1 + pad, frame.width, frame.height)
+        packed = i420_region(frame, window)
+        os.pwrite(self._file.fileno(), packed.tobytes(), self._end)
+        self._where[index] = (self._end, window)
+        self._end += packed.nbytes
+
+    def crop(self, index: int, region: Region) -> np.ndarray | None:
+        """The BGR pixels of ``region`` of frame ``index``; None when not kept."""
+        if index not in self._where:
+            return None
+        offset, window = self._where[index]
+        wx0, wy0, wx1, wy1 = window
+        x0, y0, x1, y1 = region
+        if not (wx0 <= x0 and wy0 <= y0 and x1 <= wx1 and y1 <= wy1):
+            return None
+        w, h = wx1 - wx0, wy1 - wy0
+        data = os.pread(self._file.fileno(), w * h * 3 // 2, offset)
+        packed = np.frombuffer(data, dtype=np.uint8)
+        y = packed[: w * h].reshape(h, w)
+        u = packed[w * h : w * h * 5 // 4].reshape(h // 2, w // 2)
+        v = packed[w * h * 5 // 4 :].reshape(h // 2, w // 2)
+        return crop_planes_bgr((y, u, v), (x0 - wx0, y0 - wy0, x1 - wx0, y1 - wy0))
+
+    def __enter__(self) -> FrameWindows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def _even_window(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> Region:
+    ex0, ey0 = max(0, int(x0) // 2 * 2), max(0, int(y0) // 2 * 2)
+    ex1 = min(width - width % 2, (int(np.ceil(x1)) + 1) // 2 * 2)
+    ey1 = min(height - height % 2, (int(np.ceil(y1)) + 1) // 2 * 2)
+    return ex0, ey0, max(ex1, ex0 + 2), max(ey1, ey0 + 2)
 
 
 def _extract_crops(
@@ -162,22 +241,36 @@ def _extract_crops(
     regions: np.ndarray,
     valid: np.ndarray,
     target: Path,
+    windows: FrameWindows | None = None,
 ) -> None:
+    """The model-sized crop of every usable frame: cut from ``windows`` where they hold
+    the region, the rest (or all, without windows) from a decode of the template."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".npy.part")
     os.close(fd)
     try:
         crops = np.lib.format.open_memmap(
             tmp_name, mode="w+", dtype=np.uint8, shape=(len(valid), spec.size, spec.size, 3)
         )
-        for index, frame in enumerate(iter_template_frames(path, width, height)):
-            if index >= len(valid):
-                break
-            if valid[index]:
-                x0, y0, x1, y1 = (int(v) for v in regions[index])
-                crop = crop_bgr(frame, (x0, y0, x1, y1))
-                crops[index] = cv2.resize(
-                    crop, (spec.size, spec.size), interpolation=cv2.INTER_AREA
-                )
+        size = (spec.size, spec.size)
+        wanted: list[int] = []  # frames whose crop is not in ``windows``
+        for index in np.flatnonzero(valid).tolist():
+            x0, y0, x1, y1 = (int(v) for v in regions[index])
+            bgr = windows.crop(index, (x0, y0, x1, y1)) if windows is not None else None
+            if bgr is None:
+                wanted.append(index)
+            else:
+                crops[index] = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        if wanted:
+            if windows is not None:
+                log.debug("%d crops outside the kept windows: decoding them", len(wanted))
+            todo = set(wanted)
+            for index, frame in enumerate(iter_template_frames(path, width, height)):
+                if index in todo:
+                    x0, y0, x1, y1 = (int(v) for v in regions[index])
+                    bgr = crop_bgr(frame, (x0, y0, x1, y1))
+                    crops[index] = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+                if index >= wanted[-1]:
+                    break
         crops.flush()
         del crops
         os.replace(tmp_name, target)

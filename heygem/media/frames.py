@@ -88,8 +88,28 @@ def from_i420(packed: np.ndarray) -> av.VideoFrame:
 
 def crop_bgr(frame: av.VideoFrame, region: Region) -> np.ndarray:
     """The region (even coordinates) converted to BGR, nothing else of the frame."""
+    return crop_planes_bgr(planes(frame), region)
+
+
+def i420_region(frame: av.VideoFrame, region: Region) -> np.ndarray:
+    """The region (even coordinates) as packed I420: Y rows, then U, then V."""
     x0, y0, x1, y1 = region
     y, u, v = planes(frame)
+    w, h = x1 - x0, y1 - y0
+    packed = np.empty(w * h * 3 // 2, dtype=np.uint8)
+    packed[: w * h].reshape(h, w)[...] = y[y0:y1, x0:x1]
+    quarter = (h // 2) * (w // 2)
+    packed[w * h : w * h + quarter].reshape(h // 2, w // 2)[...] = u[
+        y0 // 2 : y1 // 2, x0 // 2 : x1 // 2
+    ]
+    packed[w * h + quarter :].reshape(h // 2, w // 2)[...] = v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+    return packed
+
+
+def crop_planes_bgr(yuv: tuple[np.ndarray, np.ndarray, np.ndarray], region: Region) -> np.ndarray:
+    """``crop_bgr`` on Y, U, V planes (any arrays holding the region, even coordinates)."""
+    x0, y0, x1, y1 = region
+    y, u, v = yuv
     w, h = x1 - x0, y1 - y0
     packed = np.empty((h * 3 // 2, w), dtype=np.uint8)
     packed[:h] = y[y0:y1, x0:x1]
