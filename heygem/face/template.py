@@ -1,8 +1,10 @@
 """Analyse a template once: frame count, smoothed face track and landmarks, model-sized
 crops. Cached.
 
-Every template frame gets a face box (dlib HOG, tracked) and 68 landmarks (dlib's shape
-predictor), smoothed over time; the generator's crop region is placed by the landmarks.
+Every template frame gets 68 landmarks (dlib's shape predictor; the HOG detector runs on
+key frames and cuts, heygem.face.tracker carries the face between them), smoothed over
+time; the generator's crop region is placed by the landmarks. The template is decoded
+once: the pixels around each crop are kept while it is analysed (``FrameWindows``).
 The cache is keyed by the template's content hash (plus output size, detector and
 landmark model versions and ``CACHE_VERSION``), so a second job on the same avatar skips
 detection, landmarks and crop extraction, and an older cache layout is never misread. Files
@@ -25,10 +27,11 @@ import cv2
 import numpy as np
 
 from heygem.errors import InputTooLarge, NoFaceFound
-from heygem.face.detect import DETECTOR_VERSION, Box, FaceDetector
+from heygem.face.detect import DETECTOR_VERSION
 from heygem.face.geometry import CropSpec
-from heygem.face.landmarks import LANDMARKS_VERSION, landmarks
+from heygem.face.landmarks import LANDMARKS_VERSION
 from heygem.face.track import smooth_landmarks, smooth_track
+from heygem.face.tracker import FaceTracker
 from heygem.hashing import content_hash
 from heygem.media.frames import (
     Region,
@@ -42,8 +45,9 @@ from heygem.media.frames import (
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-# Bump when what an entry holds changes (v2: landmarks in track.npz, landmark-placed crops).
-CACHE_VERSION = 2
+# Bump when what an entry holds changes (v2: landmarks in track.npz, landmark-placed crops;
+# v3: landmarks carried between key-frame detections, heygem.face.tracker).
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,7 @@ def _analyse(
     """One decode of the template: per frame (68, 2) landmarks (NaN rows without a face)
     and whether the frame is usable; the pixels around each frame's crop are kept in
     ``windows``, so the crops need no second decode."""
-    detector = FaceDetector()
-    previous: Box | None = None
+    tracker = FaceTracker()
     raw: list[tuple[float, float, float, float]] = []
     raw_points: list[np.ndarray] = []
     missing = np.full((68, 2), np.nan, dtype=np.float32)
@@ -160,14 +163,12 @@ def _analyse(
                 f"template video has more than {max_frames} frames",
                 hint="trim the template; a few seconds to a minute of footage is enough",
             )
-        luma = planes(frame)[0]
-        box = detector.detect(luma, previous)
-        previous = box or previous
-        if box is None:
+        found = tracker.track(planes(frame)[0])
+        if found is None:
             raw.append((np.nan,) * 4)
             raw_points.append(missing)
         else:
-            points = landmarks(luma, box)
+            box, points = found
             raw.append((box.x, box.y, box.w, box.h))
             raw_points.append(points)
             windows.keep(index, frame, spec.region(points, width, height))
@@ -176,7 +177,12 @@ def _analyse(
     _, valid = smooth_track(np.array(raw, dtype=np.float64).reshape(-1, 4))
     points = smooth_landmarks(np.stack(raw_points) if raw_points else missing[None], valid)
     valid = valid[: len(points)] & ~np.isnan(points).any(axis=(1, 2))
-    log.info("face track: %d/%d frames with a face", int(valid.sum()), len(valid))
+    log.info(
+        "face track: %d/%d frames with a face (%d detections)",
+        int(valid.sum()),
+        len(valid),
+        tracker.detections,
+    )
     return points, valid
 
 
