@@ -174,7 +174,7 @@ def test_full_job_status_and_download(live: TestClient) -> None:
 
     full = live.get(status["result_url"])
     assert full.status_code == 200 and full.headers["content-type"] == "video/mp4"
-    with av.open(io.BytesIO(full.content)) as container:
+    with av.open(io.BytesIO(full.content), mode="r") as container:
         assert container.streams.audio and container.streams.video
         assert sum(1 for _ in container.decode(video=0)) == status["frames"]
     size = len(full.content)
