@@ -173,9 +173,7 @@ class ServiceSettings(BaseSettings):
     retention_interval: float = Field(default=300.0, gt=0)
 
     # The warm pipeline every worker holds (jobs may override the per-job options).
-    pipeline: PipelineSettings = Field(  # type: ignore[valid-type]
-        default_factory=PipelineSettings
-    )
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     # Lets a job carry a FaultInjection spec (tests, rehearsing alerts). Never in production.
     allow_fault_injection: bool = False
 

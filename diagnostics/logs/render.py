@@ -160,6 +160,7 @@ def _detail(event: Event) -> str:
 
 def _task_dict(result: TaskResult) -> dict[str, Any]:
     task, pace = result.task, result.pace
+    late = {id(e) for e in task.late}
     data: dict[str, Any] = {
         "label": task.label,
         "task_id": task.task_id,
@@ -178,7 +179,7 @@ def _task_dict(result: TaskResult) -> dict[str, Any]:
                 "time": e.time.isoformat(),
                 "line": e.line,
                 "kind": e.kind.value,
-                "late": e in task.late,
+                "late": id(e) in late,
                 "detail": _detail(e),
             }
             for e in sorted([*task.events, *task.late], key=lambda e: (e.time, e.line))

@@ -147,6 +147,9 @@ class _Model:
         self.tasks: list[_Builder] = []
         self.open: dict[str, list[_Builder]] = {}
         self.closed: dict[str, list[_Builder]] = {}
+        # Closed tasks by id: every tagged line asks for its task's ended runs, and a day's
+        # log holds thousands of tasks (a scan per line made long logs quadratic).
+        self.closed_by_id: dict[str, list[_Builder]] = {}
         self.service: list[Event] = []
         self.runs: Counter[str] = Counter()
         self.clock = 0
@@ -165,6 +168,8 @@ class _Model:
         if task in self.open.get(task.stream, []):
             self.open[task.stream].remove(task)
         self.closed.setdefault(task.stream, []).append(task)
+        if task.task_id is not None:
+            self.closed_by_id.setdefault(task.task_id, []).append(task)
 
     def open_in(self, stream: str) -> list[_Builder]:
         return self.open.get(stream, [])
@@ -217,9 +222,7 @@ class _Model:
             self.runs[task_id] += 1
             unnamed.task_id, unnamed.run = task_id, self.runs[task_id]
             return unnamed
-        ended = self.latest(
-            t for tasks in self.closed.values() for t in tasks if t.task_id == task_id
-        )
+        ended = self.latest(self.closed_by_id.get(task_id, []))
         if ended is not None:  # after its end line: the init_wh answer, a result, an error
             ended.late.append(event)
             return None

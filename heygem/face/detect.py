@@ -88,8 +88,11 @@ class FaceDetector:
         return self._search(gray, previous, upsample=upsample)
 
     def _run(self, image: np.ndarray, upsample: int) -> list[tuple[Box, float]]:
+        # dlib ignores a numpy view's row stride: a plane view with padded rows (line_size >
+        # width) would be read as garbage, so it always gets contiguous pixels.
+        pixels = np.ascontiguousarray(image)
         with self._lock:
-            rects, scores, _ = self._detector.run(image, upsample, 0.0)  # type: ignore[attr-defined]
+            rects, scores, _ = self._detector.run(pixels, upsample, 0.0)  # type: ignore[attr-defined]
         return [
             (Box(r.left(), r.top(), r.right() - r.left() + 1, r.bottom() - r.top() + 1), s)
             for r, s in zip(rects, scores, strict=True)

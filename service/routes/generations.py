@@ -36,7 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class SubmitForm(JobOptions):  # type: ignore[misc, valid-type]
+class SubmitForm(JobOptions):
     """The form fields of a submission: where the inputs are, and the per-job options."""
 
     # The file fields arrive in the same form; they are File parameters, not options.

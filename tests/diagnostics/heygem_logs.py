@@ -483,10 +483,10 @@ class _Sim:
             self.truths[code] = truth
             return end
         if restart_at is not None:
-            when = at(cutoff)
-            self.truths[code] = replace(truth, restart_at=when)
-            self.poll(code, t0, when)
-            return self.start_up(when - timedelta(seconds=1.6))
+            restart = at(cutoff)
+            self.truths[code] = replace(truth, restart_at=restart)
+            self.poll(code, t0, restart)
+            return self.start_up(restart - timedelta(seconds=1.6))
         if len(done) < count:
             raise ValueError(f"{spec}: the consumer stopped but the queue never filled")
         last_put = put[-1]
@@ -513,19 +513,19 @@ class _Sim:
                 at(finished + 0.071),
                 "  return _VF.meshgrid(tensors, **kwargs)  # type: ignore[attr-defined]",
             )
-        end = finished + self.jitter(1, 20)
-        total = (at(end) - t0).total_seconds()
-        self.add(at(end), f">>> 任务:{code} 耗时:{total} ", source=_THREAD, key=True)
+        end_s = finished + self.jitter(1, 20)
+        total = (at(end_s) - t0).total_seconds()
+        self.add(at(end_s), f">>> 任务:{code} 耗时:{total} ", source=_THREAD, key=True)
         if spec.task_result:
             self.raw(
-                at(end + 0.001),
+                at(end_s + 0.001),
                 f"task_result = (<Status.success: 2>, 100, '/code/data/temp/{code}-r.mp4', "
                 "'任务完成')",
                 key=True,
             )
-        self.poll(code, t0, at(end + 3))
+        self.poll(code, t0, at(end_s + 3))
         self.truths[code] = truth
-        return at(end)
+        return at(end_s)
 
 
 def _median(values: list[float]) -> float:

@@ -11,6 +11,7 @@ from heygem.cli import main
 from heygem.errors import (
     CheckpointError,
     EmptyAudio,
+    HeygemError,
     InputNotFound,
     InputTooLarge,
     InvalidOption,
@@ -80,10 +81,10 @@ def empty_wav(tmp_path: Path) -> Path:
     return write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
 
 
-def _bad(kind: str, paths: dict[str, Path], tmp: Path) -> tuple[list[str], type[Exception], str]:
+def _bad(kind: str, paths: dict[str, Path], tmp: Path) -> tuple[list[str], type[HeygemError], str]:
     audio, video = str(paths["audio"]), str(paths["video"])
     out = str(tmp / "out.mp4")
-    cases: dict[str, tuple[list[str], type[Exception], str]] = {
+    cases: dict[str, tuple[list[str], type[HeygemError], str]] = {
         "missing audio": (
             ["-a", str(tmp / "nope.wav"), "-i", video, "-o", out],
             InputNotFound,

@@ -136,7 +136,7 @@ def test_a_failed_fingerprint_is_recorded_and_the_cells_still_run(
     assert len(records) == 2 and read_results(results) == records
     [fingerprint] = read_fingerprints(results)
     assert fingerprint.packages_id == "torch2.13.0-ort1.16.3-cpu" and not fingerprint.ok
-    assert fingerprint.record is None and fingerprint.error.endswith(error)
+    assert fingerprint.record is None and (fingerprint.error or "").endswith(error)
     if tail:
         assert any(tail in line for line in fingerprint.tail), fingerprint.tail
     assert (tmp_path / "logs" / "torch2.13.0-ort1.16.3-cpu" / "fingerprint.log").is_file()

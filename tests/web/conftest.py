@@ -14,6 +14,7 @@ from heygem.audio.synth import synth_speech
 from heygem.demo import write_wav
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.service.cluster import RedisServer, Worker, worker_env
 from tests.service.server import Server, running_server
 from tests.web.browser import Browser, browser_binaries, chromium
 
@@ -37,18 +38,54 @@ def web_media(
 
 @pytest.fixture(scope="module")
 def web_server(
-    tmp_path_factory: pytest.TempPathFactory, web_media: Path, shared_cache: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    web_media: Path,
+    shared_cache: Path,
 ) -> Iterator[Server]:
-    """``heygem serve`` with one worker and no key (the new user's first run)."""
+    """``heygem serve`` with no key (the new user's first run) and one worker: a local
+    worker process, or with ``indirect`` parameter "celery" a Redis and a ``heygem worker``
+    started as the README's scale-out section says."""
     browser_binaries()  # skip before starting a server nobody would browse
-    with running_server(
-        tmp_path_factory.mktemp("web-server"),
-        media_root=web_media,
-        cache=shared_cache,
-        workers=1,
-        allow_fault_injection="1",
-    ) as server:
-        yield server
+    executor = getattr(request, "param", "local")
+    directory = tmp_path_factory.mktemp(f"web-server-{executor}")
+    if executor == "local":
+        with running_server(
+            directory,
+            media_root=web_media,
+            cache=shared_cache,
+            workers=1,
+            allow_fault_injection="1",
+        ) as server:
+            yield server
+        return
+    redis = RedisServer(directory / "redis")
+    redis.start()
+    celery = {"executor": "celery", "broker_url": redis.url, "celery_queue": "web"}
+    try:
+        with running_server(
+            directory,
+            media_root=web_media,
+            cache=shared_cache,
+            workers=0,
+            allow_fault_injection="1",
+            **celery,
+        ) as server:
+            shared = celery | {
+                "data_dir": str(server.data_dir),
+                "media_root": str(web_media),
+                "pipeline__cache_dir": str(shared_cache),
+                "pipeline__batch_size": "8",
+            }
+            env = worker_env({f"HEYGEM_SERVICE_{k.upper()}": v for k, v in shared.items()})
+            worker = Worker("web@machine-0", directory / "machine-0", env, ["--concurrency", "1"])
+            worker.start()
+            try:
+                yield server
+            finally:
+                worker.stop()
+    finally:
+        redis.stop()
 
 
 @pytest.fixture

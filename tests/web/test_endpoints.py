@@ -159,6 +159,7 @@ def test_avatars_are_a_clients_template_uploads_with_a_thumbnail(
 
     jpeg = np.frombuffer(base64.b64decode(avatar["thumbnail"][len(prefix) :]), np.uint8)
     picture = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    assert picture is not None, "the thumbnail is not a JPEG OpenCV can decode"
     assert picture.shape == (96, 128, 3)
     first = _first_frame(web_media / "template.mp4")
     small = cv2.resize(first, (128, 96), interpolation=cv2.INTER_AREA)

@@ -81,8 +81,17 @@ def no_script_ran(browser: Browser) -> None:
 
 
 # --- a user's round trip -----------------------------------------------------------------
+# The same page on both executors (issue 17): jobs run on a local worker or a Celery worker.
+BOTH_EXECUTORS = pytest.mark.parametrize("web_server", ["local", "celery"], indirect=True)
+
+
+@BOTH_EXECUTORS
 def test_generate_watch_play_download(
-    browser: Browser, web_server: Server, web_media: Path, tmp_path: Path
+    browser: Browser,
+    web_server: Server,
+    web_media: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     browser.open()
     browser.wait(lambda: browser.text("#avatars p") or browser.text("#avatars label"))
@@ -96,6 +105,9 @@ def test_generate_watch_play_download(
         what="live progress with frames",
     )
     assert fact(browser, "progress", "Phase") == "generating"
+    if request.node.callspec.params["web_server"] == "celery":  # it runs on the Celery worker
+        worker_log = web_server.data_dir.parent / "machine-0" / "worker.log"
+        assert f"heygem.generate[{job}] received" in worker_log.read_text()
     browser.wait(lambda: state(browser) == "succeeded", timeout=120, what="the job to succeed")
     assert fact(browser, "progress", "Frames") == "50 of 50"
 
@@ -167,6 +179,7 @@ def _sync_score(api: httpx.Client, job: str) -> float:
     return float(wait_for(measured, timeout=120, interval=0.5, what="the sync score"))
 
 
+@BOTH_EXECUTORS
 def test_cancel_from_the_page(browser: Browser, web_media: Path) -> None:
     submit(browser, web_media / "speech.wav", web_media / "template.mp4", fault="generate:slow:3")
     browser.wait(lambda: fact(browser, "progress", "Phase") == "generating", timeout=120)

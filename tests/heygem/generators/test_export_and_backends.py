@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from heygem.config import GenerateOptions
+from heygem.config import BackendName, GenerateOptions
 from heygem.generators.export import MAX_IR_VERSION, OPSET, export_onnx, verify_parity
 from heygem.generators.graphs import build_graph
 from heygem.generators.rewrite import Control, MouthRenderer
@@ -94,7 +94,11 @@ def test_cpu_fallback_is_detected_when_cuda_is_requested(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_wav2lip_generator_end_to_end(
-    backend: str, wav2lip_checkpoint: Path, speech_wav: Path, template_mp4: Path, tmp_path: Path
+    backend: BackendName,
+    wav2lip_checkpoint: Path,
+    speech_wav: Path,
+    template_mp4: Path,
+    tmp_path: Path,
 ) -> None:
     options = GenerateOptions(
         generator="wav2lip",

@@ -82,11 +82,11 @@ def _with_beard(portrait: np.ndarray) -> np.ndarray:
     """A dark, hair-textured beard on the chin and jaw, below the lower lip."""
     out = portrait.copy()
     rng = np.random.default_rng(7)
-    mask = np.zeros(out.shape[:2], np.uint8)
+    outline = np.zeros(out.shape[:2], np.uint8)
     jaw = np.array([[186, 152], [201, 160], [246, 162], [262, 154], [255, 172], [236, 186],
                     [212, 186], [192, 172]], np.int32)  # fmt: skip
-    cv2.fillPoly(mask, [jaw], 255)
-    mask = cv2.GaussianBlur(mask, (0, 0), 2).astype(np.float32)[..., None] / 255
+    cv2.fillPoly(outline, [jaw], 255)
+    mask = cv2.GaussianBlur(outline, (0, 0), 2).astype(np.float32)[..., None] / 255
     hair = rng.integers(15, 60, out.shape[:2]).astype(np.float32)
     hair = cv2.blur(hair, (1, 4))[..., None] * np.array([0.7, 0.8, 1.0])
     return (out * (1 - mask) + hair * mask).astype(np.uint8)
