@@ -5,7 +5,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem.media.frames import FrameSource, crop_bgr, planes, template_index, to_i420
+from heygem.media.frames import (
+    FrameSource,
+    crop_bgr,
+    from_i420,
+    planes,
+    read_i420,
+    template_index,
+    to_i420,
+    write_i420,
+)
 from tests.helpers import read_gray_frames
 
 
@@ -50,3 +59,24 @@ def test_still_images_become_limited_range_like_the_encoder_expects(still_png: P
     luma = planes(frame)[0]
     # Full-range luma (0..255) in a stream tagged limited range looks harsh in players.
     assert luma.min() >= 16 and luma.max() <= 235
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (482, 362), (96, 64)])
+def test_spooled_frames_read_back_exactly_with_or_without_row_padding(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    """Planes without row padding go straight between file and frame; padded ones are
+    packed first. Either way the file holds packed I420 and reads back bit for bit."""
+    rng = np.random.default_rng(width)
+    packed = [rng.integers(0, 256, (height * 3 // 2, width), dtype=np.uint8) for _ in range(3)]
+    size = width * height * 3 // 2
+    with (tmp_path / "spool").open("w+b") as spool:
+        for index, pixels in enumerate(packed):
+            write_i420(spool.fileno(), from_i420(pixels), index * size)
+        assert (tmp_path / "spool").stat().st_size == 3 * size
+        assert (tmp_path / "spool").read_bytes()[size : 2 * size] == packed[1].tobytes()
+        for index in (2, 0, 1):
+            frame = read_i420(spool.fileno(), width, height, index * size)
+            assert np.array_equal(to_i420(frame), packed[index]), index
+        with pytest.raises(OSError, match="ended early"):
+            read_i420(spool.fileno(), width, height, 2 * size + 1)
