@@ -26,7 +26,7 @@ _REQUIRE = re.compile(r"Require cuDNN (\d+)\.\*? and CUDA (\d+)\.\*?", re.I)
 _LIBRARY = r"(?:lib[\w+\-]+\.so(?:\.\d+)*|[\w+\-]+\.dll)"
 _MISSING = re.compile(
     rf"({_LIBRARY})\s*:\s*cannot open shared object file"
-    rf"|(?:error loading|could not load|cannot load)\s+({_LIBRARY})",
+    rf"|(?:error loading|could not load|cannot load)\s+(?:library\s+)?({_LIBRARY})",
     re.I,
 )
 _CUDNN = re.compile(r"^(?:libcudnn(?:_\w+)?\.so\.(\d+)|cudnn(?:_\w+)?64_(\d+)\.dll)$", re.I)

@@ -7,15 +7,22 @@ the task was open, a task silent for longer than any wait HeyGem allows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from diagnostics.findings import Finding, Severity
-from diagnostics.logs.advice import FIX_CONSUMER_DEAD, FIX_HUNG, FIX_STOPPED, cpu_fix
+from diagnostics.logs.advice import (
+    FIX_CONSUMER_DEAD,
+    FIX_HUNG,
+    FIX_STOPPED,
+    cpu_fix,
+    cuda_needs,
+)
 from diagnostics.logs.causes import failure_finding
 from diagnostics.logs.context import Context, evidence
 from diagnostics.logs.events import FAILURES, SUCCESSES, Event, EventKind, tracebacks
 from diagnostics.logs.pace import Pace, by_time
-from diagnostics.logs.reading import Record
+from diagnostics.logs.reading import Line, Record
 from diagnostics.logs.tasks import Ending, Task
 
 __all__ = ["STALLS", "still_open", "verdict"]
@@ -43,9 +50,43 @@ def verdict(task: Task, facts: Pace, ctx: Context) -> Finding:
         return failure_finding(task, facts, ctx, failures, result)
     # No end line but the frames were all processed (the log ends during the mux, or the
     # end line was lost): finished, not running.
-    if task.ending is Ending.ENDED or any(e.kind in SUCCESSES for e in task.events):
+    if task.ending is Ending.ENDED:
         return _finished(task, facts, ctx)
+    if any(e.kind in SUCCESSES for e in task.events):
+        return _mux_hung(task, facts, ctx) or _finished(task, facts, ctx)
     return still_open(task, facts, ctx)
+
+
+def _mux_hung(task: Task, facts: Pace, ctx: Context) -> Finding | None:
+    """All frames written, no end line, and the log went on far longer than the final mux
+    takes: HeyGem's last ffmpeg (audio + video, a re-encode) never came back. The mux is
+    faster than making the frames, so the limit is the time the task took to get there
+    (and at least the put timeout, so a short task's excerpt is not judged by seconds).
+    HeyGem runs one task at a time: a later task in the same stream means this one ended."""
+    if not ctx.timed:
+        return None
+    if any(
+        other.stream == task.stream and other.first.line > task.last.line
+        for other in ctx.timeline.tasks
+    ):
+        return None  # the service went on to another task: this one's end line was lost
+    silent = (ctx.timeline.end_time - task.last.time).total_seconds()
+    working = (task.last.time - task.first.time).total_seconds()
+    if silent < max(ctx.config.put_timeout_s, working):
+        return None
+    return Finding(
+        "task-hung",
+        Severity.FAIL,
+        f"task {task.label} hung in its final mux: all its frames were written "
+        f"{ctx.at(task.last)}, then no line about it for the {silent:.0f} s the log went on "
+        f"(making the frames took {working:.0f} s; the mux takes less)",
+        evidence([task.first, task.last], ctx.config.max_evidence),
+        fix="HeyGem's final ffmpeg (merging the audio into the video) never returned: look "
+        "for a stuck or `<defunct>` ffmpeg child (`heygem-diagnose ps --pid <service pid>`), "
+        "a full disk under /code/data/temp (`df -h`), and ffmpeg's own messages around the "
+        "task's last line. " + FIX_HUNG,
+        subject=task.label,
+    )
 
 
 def _finished(task: Task, facts: Pace, ctx: Context) -> Finding:
@@ -156,16 +197,22 @@ def _stalled(task: Task, facts: Pace, ctx: Context, full: Event | None) -> Findi
         when = f"{ctx.at(last.record)}, {silent:.0f} s before {before}"
         if not ctx.timed:
             when = f"{ctx.at(last.record)}, and nothing more before {before}"
-        title = (
-            f"the consumer stopped during task {task.label}: its last batch (frame "
-            f"{last.index}) was {when}; {what}"
+        did = (
+            f"it took the batch up to frame {last.index} {when} and never finished it"
+            if last.kind is EventKind.TAKE
+            else f"its last batch (frame {last.index}) was {when}"
+        )
+        death, death_lines, fix = _death_notes(ctx, last.record, end)
+        title = f"the consumer stopped during task {task.label}: {did}; {what}" + (
+            f"; just before, the log says: {death[0]}" if death else ""
         )
         return Finding(
             "consumer-stopped",
             Severity.FAIL,
             title,
-            evidence([*hint_lines, last.record, last_send, end], cfg.max_evidence) + tuple(hints),
-            fix=FIX_STOPPED,
+            evidence([*hint_lines, last.record, *death_lines, last_send, end], cfg.max_evidence)
+            + tuple(hints),
+            fix=fix,
             subject=task.label,
         )
     cost = f"{facts.steady_cost_s:.1f} s per batch" if facts.steady_cost_s else "slow batches"
@@ -236,6 +283,49 @@ def _consumer_hints(
             f"{ctx.config.put_timeout_s:g} s put timeout to take its first item"
         )
     return hints, lines
+
+
+# Native failures a process prints to stderr before it dies (no Python traceback).
+_FATAL = re.compile(
+    r"Could not load library \S+|cannot open shared object file|CUDNN_STATUS_\w+"
+    r"|CUDA error: [^\n]+|Aborted \(core dumped\)|core dumped|Segmentation fault|Bus error"
+    r"|terminate called after throwing",
+    re.I,
+)
+
+
+def _death_notes(
+    ctx: Context, last: Record, end: Record | None
+) -> tuple[list[str], list[Line], str]:
+    """What the log printed between the consumer's last batch and the error (or the log's
+    end): a library it could not load, an abort. Bare stderr lines of a dying process have
+    no timestamp of their own; they are read in file order, within the consumer's stream."""
+    start = ctx.position.get(id(last))
+    stop = ctx.position.get(id(end)) if end is not None else len(ctx.log.records) - 1
+    if start is None or stop is None:
+        return [], [], FIX_STOPPED
+    lines: list[Line] = []
+    for record in ctx.log.records[start : stop + 1]:
+        if record.stream != last.stream:
+            continue
+        candidates = [Line(record.line, record.message), *record.continuation]
+        lines += [line for line in candidates if _FATAL.search(line.text)]
+    if not lines:
+        return [], [], FIX_STOPPED
+    notes = [f"'{lines[0].text.strip()}' (line {lines[0].number})"]
+    needs = cuda_needs(line.text for line in lines)
+    if not needs.missing:
+        return notes, lines[:2], FIX_STOPPED
+    fix = (
+        f"The consumer died loading {', '.join(needs.missing)}: make them visible to the "
+        "service's processes, built for the CUDA its torch/onnxruntime use (pip "
+        "`nvidia-cudnn-cu<CUDA major>` for libcudnn*, `nvidia-cuda-nvrtc-cu<CUDA major>` for "
+        "libnvrtc, which cuDNN 8 loads to compile kernels at run time) with their lib "
+        "directories on LD_LIBRARY_PATH, or use a CUDA base image that has them; "
+        "`heygem-diagnose env` where the service runs shows which libraries load. Then restart "
+        "the service: HeyGem does not recover the stuck task."
+    )
+    return notes, lines[:2], fix
 
 
 def still_open(task: Task, facts: Pace, ctx: Context) -> Finding:
