@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from diagnostics.findings import Severity
 from diagnostics.logs import analyze_log, task_verdicts
+from tests.diagnostics.log_cases import Case, check_case
 
 INDEPENDENT = Path(__file__).parent / "fixtures" / "independent"
 
-# file: (exit code, {task: verdict}, other finding ids that must be there)
-CASES: dict[str, tuple[int, dict[str, str], set[str]]] = {
+CASES: dict[str, Case] = {
     "L01_dh.log": (
         0,
         {
@@ -103,17 +102,7 @@ def test_every_independent_log_has_a_case() -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_verdicts_on_independent_logs(name: str) -> None:
-    exit_code, verdicts, others = CASES[name]
-
-    report = analyze_log(INDEPENDENT / name)
-
-    assert task_verdicts(report) == verdicts
-    assert report.exit_code() == exit_code
-    assert others <= {f.id for f in report.findings}
-    if exit_code == 0:  # healthy: nothing about a task above INFO/OK
-        assert not [
-            f for f in report.findings if f.subject and f.severity in (Severity.WARN, Severity.FAIL)
-        ]
+    check_case(INDEPENDENT / name, CASES[name])
 
 
 def test_a_bare_library_error_before_the_consumer_died_is_named_with_its_fix() -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from diagnostics.findings import Severity
-from diagnostics.logs import analyze_log, task_verdicts
+from diagnostics.logs import analyze_log
+from tests.diagnostics.log_cases import Case, check_case
 
 UNSEEN = Path(__file__).parent / "fixtures" / "unseen"
 
-# file: (exit code, {task: verdict}, other finding ids that must be there)
-CASES: dict[str, tuple[int, dict[str, str], set[str]]] = {
+CASES: dict[str, Case] = {
     # loguru's "ts | LEVEL | module:function:line - msg"
     "loguru_healthy.log": (0, {"task-0601-a": "task-finished"}, set()),
     # Python's "%(asctime)s - %(name)s - %(levelname)s - %(message)s", batches of 8
@@ -71,18 +71,7 @@ def test_every_unseen_log_has_a_case() -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_verdicts_on_unseen_logs(name: str) -> None:
-    exit_code, verdicts, others = CASES[name]
-
-    report = analyze_log(UNSEEN / name)
-
-    assert task_verdicts(report) == verdicts
-    assert report.exit_code() == exit_code
-    assert others <= {f.id for f in report.findings}
-    assert report.details["damage"]["lines"] == 0
-    if exit_code == 0:  # healthy: nothing about a task above INFO/OK
-        assert not [
-            f for f in report.findings if f.subject and f.severity in (Severity.WARN, Severity.FAIL)
-        ]
+    check_case(UNSEEN / name, CASES[name])
 
 
 def test_unseen_details() -> None:
