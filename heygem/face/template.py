@@ -2,9 +2,10 @@
 crops. Cached.
 
 Every template frame gets 68 landmarks (dlib's shape predictor; the HOG detector runs on
-key frames and cuts, heygem.face.tracker carries the face between them), smoothed over
-time; the generator's crop region is placed by the landmarks. The template is decoded
-once: the pixels around each crop are kept while it is analysed (``FrameWindows``).
+key frames and cuts, heygem.face.tracker carries the face between them, and a frame
+whose lower face did not change keeps the previous frame's), smoothed over time; the
+generator's crop region is placed by the landmarks. The template is decoded once: the
+pixels around each crop are kept while it is analysed (``FrameWindows``).
 The cache is keyed by the template's content hash (plus output size, detector and
 landmark model versions and ``CACHE_VERSION``), so a second job on the same avatar skips
 detection, landmarks and crop extraction, and an older cache layout is never misread. Files
@@ -46,8 +47,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 # Bump when what an entry holds changes (v2: landmarks in track.npz, landmark-placed crops;
-# v3: landmarks carried between key-frame detections, heygem.face.tracker).
-CACHE_VERSION = 3
+# v3: landmarks carried between key-frame detections, heygem.face.tracker; v4: a frame
+# whose lower face did not change keeps the previous landmarks exactly).
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -178,10 +180,11 @@ def _analyse(
     points = smooth_landmarks(np.stack(raw_points) if raw_points else missing[None], valid)
     valid = valid[: len(points)] & ~np.isnan(points).any(axis=(1, 2))
     log.info(
-        "face track: %d/%d frames with a face (%d detections)",
+        "face track: %d/%d frames with a face (%d detections, %d landmark predictions)",
         int(valid.sum()),
         len(valid),
         tracker.detections,
+        tracker.predictions,
     )
     return points, valid
 

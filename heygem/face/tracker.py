@@ -10,6 +10,14 @@ looks lost: the luma under the previous landmarks no longer resembles the previo
 frame's there (a cut, the face leaving, a grey card) or the landmarks jumped in size.
 Measured on the 720p demo template: the analysis' detection cost drops ~7x and landmarks
 move 0.4 px on average from per-frame detection (they jitter less: the box does not).
+
+A frame whose lower face (mouth, chin, jaw) shows the same pixels as the anchor's (the
+last frame that got landmarks), within video coding noise, gets the anchor's box and
+landmarks exactly, without a new prediction. dlib's predictor is unstable on some faces
+(a beard below the lips: the inner lower lip lands anywhere between closed and a quarter
+interocular open for boxes a few pixels apart), and the coding noise of a still template
+is enough to move it; the mouths then looked open and the edit landed on the beard.
+Comparing with the anchor, not the previous frame, keeps slow drift from accumulating.
 """
 
 from __future__ import annotations
@@ -26,6 +34,15 @@ DETECT_EVERY = 8  # frames; a key frame re-anchors the box on a detection
 SAME_FACE = 0.6  # normalised correlation of the face patch with the previous frame's
 MAX_SCALE_STEP = 0.15  # landmark extent change between frames that still counts as smooth
 PATCH = 24  # side of the compared face patch, pixels
+# The lower face is compared on a HOLD_PATCH-square, HOLD_BLUR-blurred luma patch by the
+# HOLD_PERCENTILE-th absolute difference. Measured: stills encoded at CRF 15-30 stay
+# below 0.1 levels against their first frame (x264 repeats a static picture), with
+# sigma 2-3 grain added before encoding below 1.5; a shift of 0.25 px moves it 5-14
+# levels, a swaying template's slowest frame-to-frame step 2.5, a talking mouth tens.
+HOLD_PATCH = 48
+HOLD_BLUR = 1.0  # sigma, patch pixels
+HOLD_PERCENTILE = 98.0
+HOLD_LEVELS = 3.0  # luma levels: at or below, the frame is the anchor's face again
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,43 @@ def _patch(gray: np.ndarray, box: Box) -> np.ndarray | None:
     return values / norm if norm > 1e-3 * PATCH else None
 
 
+def _lower_face_box(points: np.ndarray) -> Box:
+    """Mouth, chin and jaw: from the nose's base to a little below the chin, between the
+    jaw points level with the mouth."""
+    x0, x1 = float(points[3:14, 0].min()), float(points[3:14, 0].max())
+    y0 = float(points[33, 1])
+    y1 = float(points[8, 1]) + 0.1 * (float(points[8, 1]) - y0)
+    return Box(x0, y0, max(x1 - x0, 1.0), max(y1 - y0, 1.0))
+
+
+def lower_face_patch(gray: np.ndarray, box: Box) -> np.ndarray | None:
+    """The luma under ``box`` resampled to HOLD_PATCH square and lightly blurred, in
+    levels (None when less than 8 x 8 pixels of it are in the frame)."""
+    height, width = gray.shape[:2]
+    x0, y0 = max(0, int(box.x)), max(0, int(box.y))
+    x1, y1 = min(width, int(np.ceil(box.x + box.w))), min(height, int(np.ceil(box.y + box.h)))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    size = (HOLD_PATCH, HOLD_PATCH)
+    patch = cv2.resize(gray[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(patch.astype(np.float32), (0, 0), HOLD_BLUR)
+
+
+def patch_change(before: np.ndarray, now: np.ndarray) -> float:
+    """How much a lower-face patch changed, in luma levels (robust to coding noise)."""
+    return float(np.percentile(np.abs(now - before), HOLD_PERCENTILE))
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    """The last frame that got landmarks: what later frames are compared with."""
+
+    box: Box
+    points: np.ndarray
+    region: Box  # its lower face
+    patch: np.ndarray
+
+
 class FaceTracker:
     """``track(luma)`` per frame, in order: the face's box and 68 landmarks, or None."""
 
@@ -87,10 +141,28 @@ class FaceTracker:
         self._calibration: _Calibration | None = None
         self._previous_patch: np.ndarray | None = None  # luma under the previous landmarks
         self._since_detection = 0
+        self._anchor: _Anchor | None = None
         self.detections = 0  # frames the detector ran on (for tests and measurements)
+        self.predictions = 0  # frames the shape predictor ran on
 
     def track(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
         """``gray``: the frame's uint8 luma plane."""
+        anchor = self._anchor
+        if anchor is not None:
+            now = lower_face_patch(gray, anchor.region)
+            if now is not None and patch_change(anchor.patch, now) <= HOLD_LEVELS:
+                return anchor.box, anchor.points  # the same face: no new prediction
+        found = self._predict(gray)
+        self._anchor = None
+        if found is not None:
+            region = _lower_face_box(found[1])
+            patch = lower_face_patch(gray, region)
+            if patch is not None:
+                self._anchor = _Anchor(found[0], found[1], region, patch)
+        return found
+
+    def _predict(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
+        self.predictions += 1
         points, calibration = self._points, self._calibration
         if points is not None and calibration is not None and self._since_detection < DETECT_EVERY:
             carried = self._carry(gray, points, calibration)
@@ -115,7 +187,12 @@ class FaceTracker:
 
     def _detect(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
         self.detections += 1
-        box = self._detector.detect(gray, self._detected)
+        # Search where the face was on the previous frame, not at the last detection: a
+        # moving face may have gone a long way since.
+        near = self._detected
+        if self._points is not None and self._calibration is not None:
+            near = _box_on(self._points, self._calibration)
+        box = self._detector.detect(gray, near)
         self._detected = box or self._detected
         self._since_detection = 1
         if box is None:

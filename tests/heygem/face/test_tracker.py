@@ -7,23 +7,35 @@ zoom) at several sizes, with cuts to grey cards and to a face-less backdrop.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import cv2
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heygem.demo import load_portrait
+from heygem.demo import load_portrait, write_video
 from heygem.face.detect import FaceDetector
-from heygem.face.landmarks import interocular, landmarks
+from heygem.face.landmarks import LOWER_INNER, STABLE, UPPER_INNER, interocular, landmarks
 from heygem.face.tracker import DETECT_EVERY, FaceTracker
+from tests.helpers import read_gray_frames
+from tests.heygem.generators.test_lipsync import _with_beard
 
 
 def _video(
-    n: int, size: tuple[int, int], face: float, motion: float, gaps: list[tuple[int, int, str]]
+    n: int,
+    size: tuple[int, int],
+    face: float,
+    motion: float,
+    gaps: list[tuple[int, int, str]],
+    *,
+    beard: bool = False,
 ) -> list[np.ndarray]:
     """Luma frames of the portrait (face ``face`` px wide) moving by ``motion`` (0..1);
     ``gaps``: (start, stop, "grey" | "backdrop") frames without a face."""
-    portrait = cv2.cvtColor(load_portrait(), cv2.COLOR_BGR2GRAY)
+    portrait = load_portrait()
+    portrait = cv2.cvtColor(_with_beard(portrait) if beard else portrait, cv2.COLOR_BGR2GRAY)
     width, height = size
     backdrop = cv2.GaussianBlur(cv2.resize(portrait, size), (0, 0), 21)
     frames = []
@@ -101,3 +113,92 @@ def test_a_face_replaced_by_another_scene_is_detected_again() -> None:
     after_cut = tracked[20]
     assert after_cut is not None and reference[20] is not None
     assert np.abs(after_cut[1] - reference[20]).mean() < 2.0
+
+
+def _encoded(frames: list[np.ndarray], path: Path, crf: int) -> list[np.ndarray]:
+    """The luma frames after an H.264 round trip at ``crf`` (what a template file holds)."""
+    write_video(path, [cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) for f in frames], crf=crf)
+    return list(read_gray_frames(path))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.sampled_from([(320, 240), (640, 360), (1280, 720)]),
+    face_share=st.floats(0.12, 0.3),
+    crf=st.integers(15, 30),
+    grain=st.floats(0.0, 2.5),
+    beard=st.booleans(),
+)
+def test_a_still_video_keeps_one_set_of_landmarks(
+    size: tuple[int, int], face_share: float, crf: int, grain: float, beard: bool
+) -> None:
+    """A still encoded as a video (coding noise, sensor-like grain added before encoding)
+    gets the same landmarks on every frame, where they belong: dlib's predictor must not
+    re-read the noise as a moving mouth."""
+    still = _video(1, size, face_share * size[1], 0.0, [], beard=beard)[0]
+    rng = np.random.default_rng(crf)
+    noisy = [
+        np.clip(still + rng.normal(0, grain, still.shape), 0, 255).astype(np.uint8)
+        for _ in range(40)
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        frames = _encoded(noisy, Path(folder) / "still.mp4", crf)
+    tracker = FaceTracker()
+    tracked = [tracker.track(gray) for gray in frames]
+    assert all(t is not None for t in tracked)
+    first = tracked[0][1]  # type: ignore[index]
+    assert all(np.array_equal(t[1], first) for t in tracked if t is not None)
+    reference = _per_frame(frames[:1])[0]
+    assert reference is not None
+    assert float(np.abs(first - reference).mean() / interocular(reference)) < 0.02
+
+
+def test_a_slowly_drifting_face_is_followed() -> None:
+    """A face moving 0.1 px a frame (too little between two frames to tell from coding
+    noise) is not held where it was: its landmarks follow the known motion."""
+    n, step = 80, 0.1
+    still = _video(1, (640, 360), 90, 0.0, [])[0]
+    moved = [
+        cv2.warpAffine(still, np.array([[1, 0, step * i], [0, 1, 0]], np.float32), (640, 360))
+        for i in range(n)
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        frames = _encoded(moved, Path(folder) / "drift.mp4", 23)
+    tracker = FaceTracker()
+    tracked = [tracker.track(gray) for gray in frames]
+    assert all(t is not None for t in tracked)
+    x = np.array([t[1][list(STABLE), 0].mean() for t in tracked if t is not None])
+    assert np.abs((x - x[0]) - step * np.arange(n)).max() < 1.0
+
+
+def test_a_mouth_that_opens_gets_new_landmarks() -> None:
+    """A still face whose mouth opens for a few frames: those frames are predicted afresh
+    (their inner lips open), and the frames after it close again."""
+    size = (640, 360)
+    closed = _video(1, size, 100, 0.0, [])[0]
+    # Where the portrait's lips are in this frame (the portrait's mouth, as _video places it).
+    scale = 100 / 88.0
+    cx, cy = 320 + (223.5 - 223.0) * scale, 180 + (150.0 - 127.0) * scale
+    opened = closed.copy()
+    cv2.ellipse(
+        opened, (round(cx), round(cy)), (round(12 * scale), round(6 * scale)), 0, 0, 360, 25, -1
+    )
+    clip = [closed] * 10 + [opened] * 5 + [closed] * 10
+    with tempfile.TemporaryDirectory() as folder:
+        frames = _encoded(clip, Path(folder) / "open.mp4", 23)
+    tracker = FaceTracker()
+    tracked = [tracker.track(gray) for gray in frames]
+    assert all(t is not None for t in tracked)
+
+    def opening(i: int) -> float:
+        points = tracked[i][1]  # type: ignore[index]
+        gap = points[list(LOWER_INNER), 1] - points[list(UPPER_INNER), 1]
+        return float(gap.mean() / interocular(points))
+
+    reference = _per_frame(frames)
+    for i in range(10, 15):
+        truth = reference[i]
+        assert truth is not None
+        truth_gap = truth[list(LOWER_INNER), 1] - truth[list(UPPER_INNER), 1]
+        assert abs(opening(i) - float(truth_gap.mean() / interocular(truth))) < 0.03
+    assert min(opening(i) for i in range(10, 15)) > max(opening(0), opening(24)) + 0.01
