@@ -20,7 +20,7 @@ from heygem.face.detect import FaceDetector
 from heygem.face.landmarks import LOWER_INNER, STABLE, UPPER_INNER, interocular, landmarks
 from heygem.face.tracker import DETECT_EVERY, FaceTracker
 from tests.helpers import read_gray_frames
-from tests.heygem.generators.test_lipsync import _with_beard
+from tests.heygem.generators.test_lipsync import _with_full_beard
 
 
 def _video(
@@ -35,7 +35,7 @@ def _video(
     """Luma frames of the portrait (face ``face`` px wide) moving by ``motion`` (0..1);
     ``gaps``: (start, stop, "grey" | "backdrop") frames without a face."""
     portrait = load_portrait()
-    portrait = cv2.cvtColor(_with_beard(portrait) if beard else portrait, cv2.COLOR_BGR2GRAY)
+    portrait = cv2.cvtColor(_with_full_beard(portrait) if beard else portrait, cv2.COLOR_BGR2GRAY)
     width, height = size
     backdrop = cv2.GaussianBlur(cv2.resize(portrait, size), (0, 0), 21)
     frames = []

@@ -52,6 +52,8 @@ def _place(
     portrait = load_portrait()
     if look == "beard":
         portrait = _with_beard(portrait)
+    elif look == "full-beard":
+        portrait = _with_full_beard(portrait)
     if mirror:
         portrait = cv2.flip(portrait, 1)
     scale = face_width / 88.0
@@ -90,6 +92,31 @@ def _with_beard(portrait: np.ndarray) -> np.ndarray:
     hair = rng.integers(15, 60, out.shape[:2]).astype(np.float32)
     hair = cv2.blur(hair, (1, 4))[..., None] * np.array([0.7, 0.8, 1.0])
     return (out * (1 - mask) + hair * mask).astype(np.uint8)
+
+
+def _with_full_beard(portrait: np.ndarray) -> np.ndarray:
+    """A dense, dark grey-brown beard of hair strokes from the mouth corners along the jaw
+    to the chin, right up to the lower lip (the kind an independent tester made, on which
+    dlib's inner lower lip jumps between closed and open from frame to frame)."""
+    h, w = portrait.shape[:2]
+    jaw = [(183, 146), (189, 160), (199, 171), (209, 179), (221, 182), (233, 180), (244, 173),
+           (255, 165), (263, 152), (264, 144)]  # fmt: skip
+    under_lip = [(248, 148), (223, 160), (199, 146)]  # corners and lower lip, a little below
+    mask = np.zeros((h, w), np.float32)
+    cv2.fillPoly(mask, [np.array(jaw + under_lip, np.int32)], 1.0)
+    mask = cv2.GaussianBlur(mask, (7, 7), 2) * 0.9
+    rng = np.random.default_rng(1)
+    hair = np.zeros((h, w, 3), np.float32)
+    hair[:] = (30, 38, 52)
+    hair += rng.normal(0, 14, (h, w, 1))
+    for _ in range(900):
+        x, y = rng.uniform(175, 270), rng.uniform(140, 185)
+        angle, length = rng.uniform(0.35 * np.pi, 0.65 * np.pi), rng.uniform(3, 7)
+        c = float(rng.uniform(10, 80))
+        end = (int(x + length * np.cos(angle)), int(y + length * np.sin(angle)))
+        cv2.line(hair, (int(x), int(y)), end, (c, c * 1.1, c * 1.3), 1)
+    out = portrait.astype(np.float32) * (1 - mask[..., None]) + hair * mask[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 STILLS = {
@@ -140,26 +167,37 @@ def test_still_lip_syncs_on_the_mouth(
 # is unstable on such a face, and each coded frame differs a little from the last.
 STILL_VIDEOS = {
     "beard-1920x1080": lambda: _place(
-        "beard-1920x1080", 330, (1920, 1080), mirror=True, look="beard"
+        "beard-1920x1080", 330, (1920, 1080), mirror=True, look="full-beard"
     ),
     "beard-small-640x360": lambda: _place(
-        "beard-small-640x360", 70, (640, 360), at=(0.4, 0.45), look="beard"
+        "beard-small-640x360", 65, (640, 360), at=(0.62, 0.5), look="full-beard"
     ),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "crf"), [("beard-1920x1080", 18), ("beard-small-640x360", 28)])
+@pytest.mark.parametrize(("name", "crf"), [("beard-1920x1080", 18), ("beard-small-640x360", 23)])
 def test_still_video_lip_syncs_on_the_mouth(
     name: str, crf: int, speech: tuple[Path, Path], pipeline: Pipeline, tmp_path: Path
 ) -> None:
     still = STILL_VIDEOS[name]()
     video = write_video(tmp_path / f"{name}.mp4", [still.image] * 50, crf=crf)
-    _assert_lip_syncs_on_the_mouth(still, video, speech[0], pipeline, tmp_path)
+    # A beard touching the lips is as dark as the mouth's interior: the model-free dark-area
+    # measure cannot tell them apart; where the change sits (below) still can.
+    _assert_lip_syncs_on_the_mouth(
+        still, video, speech[0], pipeline, tmp_path, min_score=0.6, dark_area_measurable=False
+    )
 
 
 def _assert_lip_syncs_on_the_mouth(
-    still: Still, template: Path, audio: Path, pipeline: Pipeline, tmp_path: Path
+    still: Still,
+    template: Path,
+    audio: Path,
+    pipeline: Pipeline,
+    tmp_path: Path,
+    *,
+    min_score: float = 0.7,
+    dark_area_measurable: bool = True,
 ) -> None:
     name = still.name
     out = tmp_path / "out.mp4"
@@ -168,14 +206,15 @@ def _assert_lip_syncs_on_the_mouth(
 
     score = sync_score(out, audio)
     assert score.measured == score.frames
-    assert score.score >= 0.7, score
+    assert score.score >= min_score, score
     assert score.control < score.score - 0.4, score
 
     # Model-free: the mouth interior's dark area follows the voice too.
     frames = read_gray_frames(out).astype(np.float32)
     envelope = loudness_envelope(decode_audio_mono(audio), len(frames), result.fps)
-    dark, _ = best_correlation(_dark_area(frames, still.mouth), envelope, 5)
-    assert dark >= 0.5, dark
+    if dark_area_measurable:
+        dark, _ = best_correlation(_dark_area(frames, still.mouth), envelope, 5)
+        assert dark >= 0.5, dark
 
     # Placement: what moves over time (a still's other pixels do not) concentrates on the
     # lips, not below them (the beard, the chin).
