@@ -187,12 +187,11 @@ class FaceTracker:
 
     def _detect(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
         self.detections += 1
-        # Search where the face was on the previous frame, not at the last detection: a
-        # moving face may have gone a long way since.
-        near = self._detected
-        if self._points is not None and self._calibration is not None:
-            near = _box_on(self._points, self._calibration)
-        box = self._detector.detect(gray, near)
+        box = self._detector.detect(gray, self._detected)
+        if box is None and self._points is not None and self._calibration is not None:
+            # A moving face may have gone a long way since the last detection: look again
+            # where it was on the previous frame.
+            box = self._detector.detect(gray, _box_on(self._points, self._calibration))
         self._detected = box or self._detected
         self._since_detection = 1
         if box is None:
