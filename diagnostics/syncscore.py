@@ -21,13 +21,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 
 from diagnostics.findings import Finding, Report, Severity
 from heygem.face.detect import Box, FaceDetector
 from heygem.face.landmarks import landmarks, mouth_opening
 from heygem.media.audio import decode_audio_mono
+from heygem.media.probe import open_input
 
 SAMPLE_RATE = 16000
 MAX_LAG = 5  # frames
@@ -70,7 +70,7 @@ def mouth_openings(video: Path) -> tuple[np.ndarray, float]:
     detector = FaceDetector()
     values: list[float] = []
     previous: Box | None = None
-    with av.open(str(video)) as container:
+    with open_input(video) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 25)

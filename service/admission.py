@@ -19,9 +19,9 @@ from typing import Any
 from starlette.requests import Request
 
 from service.deps import Caller, Services, admitting
-from service.errors import CLIENT_NAMES_KEY, QueueFull, ServiceUnavailable
+from service.errors import CLIENT_NAMES_KEY, PathNotAllowed, QueueFull, ServiceUnavailable
 from service.jobs import Job, JobState, NewJob
-from service.media import check_audio, check_video
+from service.media import check_audio, check_video, confined
 from service.options import JobOptions, JobOptionsModel
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,23 @@ class Submission:
         known[str(path)] = client_name
         known[str(self.directory)] = "the job directory"
         return path
+
+    def media_path(self, kind: str, reference: str, what: str) -> Path:
+        """A media-root reference, confined to the root; another client's published compat
+        result (``<code>-r.mp4`` in the shared root) is not theirs to use."""
+        root = self.services.settings.media_root
+        resolved = confined(root, reference, what)
+        owner = (
+            self.services.store.published_owner(f"/{resolved.name}")
+            if root is not None and resolved.parent == root.resolve()
+            else None
+        )
+        if owner is not None and self.caller.scope is not None and owner != self.caller.name:
+            raise PathNotAllowed(
+                f"{what}: {reference[:200]!r} is another client's result",
+                hint="use your own files or results",
+            )
+        return self.input(kind, resolved, reference)
 
 
 @contextmanager

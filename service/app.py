@@ -65,6 +65,7 @@ def start_services(settings: ServiceSettings, metrics: Metrics, redactor: Redact
             compat.publish_compat_result,
             settings.media_root if settings.publish_compat_results else None,
         ),
+        unpublish=partial(compat.unpublish_compat_result, settings.media_root),
         data_dir=settings.data_dir,
     )
     executor: Executor

@@ -196,7 +196,8 @@ def _as_heygem(request: Request, exc: Exception) -> tuple[HeygemError, int, Any]
     if isinstance(exc, StarletteHTTPException):
         if request.scope.get(BODY_TIMEOUT_KEY):
             timeout = RequestTimeout(
-                "the request body stopped arriving", hint="send the whole body without pausing"
+                "the request body stopped arriving, or arrived too slowly",
+                hint="send the whole body without pausing (at least 16 KiB/s)",
             )
             return timeout, 408, None
         if exc.status_code == 400 and request.scope.get(BODY_TOO_LARGE_KEY):

@@ -11,6 +11,7 @@ judged the same way on every hop, so an allowed host cannot bounce the service e
 from __future__ import annotations
 
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -72,6 +73,13 @@ def normalize(url: str) -> NormalUrl:
     decoded = urllib.parse.unquote(parts.path, errors="strict")
     if "\x00" in decoded or "\\" in decoded:
         raise ValueError("has an encoded NUL or backslash in its path")
+    # What some servers still read as '..' after us: Tomcat-style ';params' ("..;/"), a
+    # second round of percent-decoding ("%252e"), look-alikes that Unicode normalisation
+    # turns into '.', '/' or '%' (fullwidth '．', '‥'). Media paths need none of them;
+    # other non-ASCII (a Chinese file name) is fine.
+    folded = unicodedata.normalize("NFKC", decoded)
+    if ";" in decoded or "%" in decoded or any(folded.count(c) != decoded.count(c) for c in "./%;"):
+        raise ValueError("has ';', a '%' after decoding, or a dot look-alike in its path")
     segments: list[str] = []
     raw = decoded.split("/")[1:] if decoded.startswith("/") else decoded.split("/")
     for segment in raw:
@@ -155,7 +163,10 @@ def fetch(
                     f"{what} is {declared} bytes, above the {max_bytes} byte limit",
                     hint="use a smaller file",
                 )
-            while chunk := response.read(CHUNK):
+            # read1 returns what has arrived (read() waited for a whole chunk: a source
+            # dripping a few bytes a second held a request thread for minutes past the
+            # deadline). A silent source still costs at most one socket timeout more.
+            while chunk := response.read1(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise UploadTooLarge(

@@ -95,12 +95,14 @@ class JobLifecycle:
         redactor: Redactor,
         *,
         publish: Callable[[Job], str | None] = lambda job: None,
+        unpublish: Callable[[Job], None] = lambda job: None,
         data_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self._redactor = redactor
         self._publish = publish
+        self._unpublish = unpublish
         self._data_dir = data_dir
         self.draining = threading.Event()
 
@@ -140,7 +142,9 @@ class JobLifecycle:
         return job
 
     def remove_files(self, job: Job) -> None:
-        """The job's own directory (its uploads of this request, its result)."""
+        """The job's own directory (its uploads of this request, its result) and the copy
+        of its result published to the media root."""
+        self._unpublish(job)
         directory = Path(job.output_path).parent
         if self._data_dir is not None and directory.parent == self._data_dir / "jobs":
             shutil.rmtree(directory, ignore_errors=True)

@@ -90,7 +90,8 @@ def confined(root: Path | None, reference: str, what: str) -> Path:
         resolved = (base / candidate).resolve()
         inside = _inside(resolved, base)
         exists = inside and resolved.is_file()
-    except (OSError, ValueError) as exc:  # name too long, undecodable, symlink loop
+    except (OSError, ValueError, RuntimeError) as exc:  # too long, undecodable; a symlink
+        # loop is RuntimeError in Python 3.11 (OSError from 3.13)
         raise PathNotAllowed(
             f"{what}: {reference[:200]!r} is not a usable path: {exc}",
             hint="pass a plain relative path under the media root",
@@ -151,20 +152,20 @@ def summarize(path: Path) -> MediaSummary:
 
 def _decode_first(path: Path, kind: str, what: str) -> None:
     """Decode one frame: headers can parse where the content is garbage."""
-    try:
-        with av.open(str(path)) as container:
-            streams = container.streams.audio if kind == "audio" else container.streams.video
-            if not streams:
-                raise (NoAudioStream if kind == "audio" else MediaUnreadable)(
-                    f"{what} has no {kind} stream", hint=f"send a file with {kind}"
-                )
+    with open_container(path, what) as container:
+        streams = container.streams.audio if kind == "audio" else container.streams.video
+        if not streams:
+            raise (NoAudioStream if kind == "audio" else MediaUnreadable)(
+                f"{what} has no {kind} stream", hint=f"send a file with {kind}"
+            )
+        try:
             for _ in container.decode(streams[0]):
                 return
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as exc:
-        raise MediaUnreadable(
-            f"{what} could not be decoded: {exc}",
-            hint="convert it to a common format (MP4/H.264, WAV) and retry",
-        ) from exc
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as exc:
+            raise MediaUnreadable(
+                f"{what} could not be decoded: {exc}",
+                hint="convert it to a common format (MP4/H.264, WAV) and retry",
+            ) from exc
     raise MediaUnreadable(
         f"{what} has no decodable {kind} frame", hint="the file may be truncated; export it again"
     )

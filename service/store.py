@@ -450,6 +450,14 @@ class JobStore:
             ).fetchall()
         return [_job(r) for r in rows]
 
+    def published_owner(self, published_path: str) -> str | None:
+        """The client whose compat job published ``published_path`` ("/<code>-r.mp4")."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT client FROM jobs WHERE published_path = ?", (published_path,)
+            ).fetchone()
+        return str(row["client"]) if row is not None else None
+
     def delete_finished(self, job_id: str, client: str | None = None) -> Job:
         """Remove a finished job's row (its files are the caller's)."""
         with self._tx() as db:

@@ -52,10 +52,46 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+# The demuxers an input is read with: media files, nothing else. A playlist or script
+# demuxer (hls, concat, dash, sdp, ...) follows the paths and URLs written inside the file,
+# so an uploaded .m3u8 naming /some/secret.ts made a service read and return any local
+# media file. Names as FFmpeg gives them ("mov,mp4,..." is one demuxer).
+INPUT_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "flv",
+    "mpegts",
+    "mpeg",
+    "gif",
+    "wav",
+    "aiff",
+    "mp3",
+    "aac",
+    "flac",
+    "ogg",
+    "amr",
+    *sorted(_IMAGE_FORMATS),
+)
+_INPUT_OPTIONS = {"format_whitelist": ",".join(INPUT_FORMATS), "protocol_whitelist": "file"}
+
+
+def open_input(path: Path) -> av.container.InputContainer:
+    """``av.open`` of a local media file, refusing playlists and other indirections (PyAV's
+    errors propagate: ``open_container`` turns them into ours)."""
+    return av.open(str(path), mode="r", options=dict(_INPUT_OPTIONS))
+
+
 def open_container(path: Path, what: str) -> av.container.InputContainer:
     """av.open with our error instead of PyAV's (its messages name no file or fix)."""
     try:
-        return av.open(str(path), mode="r")
+        return open_input(path)
+    except av.error.ArgumentError as exc:  # a demuxer outside INPUT_FORMATS recognised it
+        raise MediaUnreadable(
+            f"{what} {str(path)!r} is not a media file this tool reads (playlists and other "
+            "formats that refer to further files are refused)",
+            hint="send the audio or video itself (e.g. WAV, MP3, MP4/H.264, PNG)",
+        ) from exc
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise MediaUnreadable(
             f"{what} {str(path)!r} could not be decoded: {exc}",

@@ -17,7 +17,7 @@ from service.deps import ClientDep, Services, ServicesDep
 from service.errors import CompatCode, MissingParameter, compat_body
 from service.fetch import fetch, is_url
 from service.jobs import Job, JobState
-from service.media import confined, copy_into, safe_suffix
+from service.media import copy_into, safe_suffix
 from service.models import CompatResponse, CompatSubmit
 from service.observe import JOB_ID_HEADER
 from service.store import CODE
@@ -52,7 +52,7 @@ def _media(sub: Submission, kind: str, reference: str, name: str) -> Path:
             what=name,
         )
         return target
-    return sub.input(kind, confined(settings.media_root, reference, name), reference)
+    return sub.media_path(kind, reference, name)
 
 
 @router.post("/submit", response_model=CompatResponse, summary="Submit a task (HeyGem API)")
@@ -115,6 +115,15 @@ def publish_compat_result(media_root: Path | None, job: Job) -> str | None:
     target = media_root / f"{job.code}-r.mp4"
     copy_into(Path(job.output_path), target)
     return f"/{target.name}"
+
+
+def unpublish_compat_result(media_root: Path | None, job: Job) -> None:
+    """Remove what ``publish_compat_result`` put in the media root (job deleted or expired)."""
+    if media_root is None or not job.published_path or job.code is None:
+        return
+    name = job.published_path.lstrip("/")
+    if name == f"{job.code}-r.mp4":  # only ever the file this job published
+        (media_root / name).unlink(missing_ok=True)
 
 
 def _result(job: Job) -> str:

@@ -24,7 +24,7 @@ from service.errors import (
     UploadNotFound,
 )
 from service.jobs import Job, JobState
-from service.media import confined, safe_suffix, store_stream
+from service.media import safe_suffix, store_stream
 from service.models import ErrorResponse, GenerationList, GenerationStatus
 from service.observe import JOB_ID_HEADER
 from service.options import JobOptions
@@ -89,8 +89,7 @@ def _input(
         services.store.touch_upload(upload_id)
         return sub.input(kind, Path(record["path"]), record["filename"])
     assert path is not None
-    resolved = confined(settings.media_root, path, f"{kind}_path")
-    return sub.input(kind, resolved, path)
+    return sub.media_path(kind, path, f"{kind}_path")
 
 
 def _client_name(filename: str | None, kind: str) -> str:

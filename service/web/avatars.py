@@ -21,7 +21,7 @@ import av
 
 from heygem.errors import HeygemError
 from heygem.hashing import content_hash
-from heygem.media.probe import probe_video
+from heygem.media.probe import open_input, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def template_facts(upload: Path, max_width: int, max_height: int) -> TemplateFac
 
 def thumbnail(video: Path, height: int = THUMBNAIL_HEIGHT) -> bytes:
     """The first frame as a small JPEG (PyAV's MJPEG encoder: no image library needed)."""
-    with av.open(str(video)) as container:
+    with open_input(video) as container:
         frame = next(container.decode(container.streams.video[0]))
     width = max(2, round(frame.width * height / frame.height / 2) * 2)
     small = frame.reformat(width=width, height=height, format="yuvj420p")

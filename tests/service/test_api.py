@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,15 @@ def test_media_root_paths_are_confined(
         _error(escaped, 403, "PathNotAllowed")
     finally:
         link.unlink()
+    loop = media_root / "loop.wav"
+    loop.symlink_to(loop)  # an operator's stray link: resolving it never ends
+    try:
+        looped = client.post(
+            "/v1/generations", data={"audio_path": "loop.wav", "video_path": "template.mp4"}
+        )
+        _error(looped, 403, "PathNotAllowed")  # was a 500 (RuntimeError)
+    finally:
+        loop.unlink()
     _error(
         client.post(
             "/v1/generations", data={"audio_path": "nope.wav", "video_path": "template.mp4"}
@@ -665,3 +675,61 @@ def test_retention_expires_finished_jobs_unused_uploads_and_old_cache_entries(
         uploads = metric(text, "heygem_storage_bytes", area="uploads")
         assert uploads == template_mp4.stat().st_size
         assert (metric(text, "heygem_storage_bytes", area="database") or 0) > 0
+
+
+def test_a_playlist_naming_a_server_file_is_refused_not_read(
+    client: TestClient, template_mp4: Path, tmp_path: Path
+) -> None:
+    """An HLS playlist's segment was read as the job's audio: any local media file."""
+    from tests.heygem.media.test_probe import playlist_naming, write_secret_ts
+
+    (tmp_path / "outside").mkdir()
+    secret = write_secret_ts(tmp_path / "outside" / "secret.ts")
+    playlist = playlist_naming(secret, tmp_path / "speech.m3u8").read_bytes()
+    upload = client.post("/v1/uploads", files={"file": ("speech.m3u8", playlist)})
+    error = _error(upload, 422, "MediaUnreadable")
+    assert "not a media file" in error["message"] and str(tmp_path) not in error["message"]
+    job = client.post(
+        "/v1/generations",
+        files={"audio": ("speech.m3u8", playlist), "video": ("t.mp4", template_mp4.read_bytes())},
+    )
+    _error(job, 422, "MediaUnreadable")
+
+
+def test_a_published_compat_result_is_its_clients_alone_and_goes_with_the_job(
+    make_settings: Callable[..., ServiceSettings], media_root: Path
+) -> None:
+    """HeyGem clients find results as <media root>/<code>-r.mp4: another client could use
+    one as input, and deleting the job left the copy there for good."""
+    settings = make_settings(
+        api_keys={"alice": KEYS["alice"], "bob": KEYS["bob"], "ops": KEYS["ops"]},
+        admin_clients=["ops"],
+        publish_compat_results=True,
+    )
+    alice, bob = ({"X-API-Key": KEYS[n]} for n in ("alice", "bob"))
+    code = f"alice-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(settings)) as client:
+        body = {"audio_url": "speech.wav", "video_url": "template.mp4", "code": code}
+        assert client.post("/easy/submit", json=body, headers=alice).json()["code"] == 10000
+        services = _services(client)
+        job = services.lifecycle.claim("test-worker")  # a worker runs it and succeeds
+        assert job is not None and job.code == code
+        Path(job.output_path).write_bytes((media_root / "template.mp4").read_bytes())
+        services.lifecycle.succeed(job, {"frames": 1})
+        published = media_root / f"{code}-r.mp4"
+        assert published.is_file()
+
+        steal = {"audio_url": "speech.wav", "video_url": published.name, "code": "bob-1"}
+        refused = client.post("/easy/submit", json=steal, headers=bob).json()
+        assert refused["code"] != 10000 and "another client's result" in refused["msg"]
+        native = client.post(
+            "/v1/generations",
+            data={"audio_path": "speech.wav", "video_path": published.name},
+            headers=bob,
+        )
+        _error(native, 403, "PathNotAllowed")
+        own = {"audio_url": "speech.wav", "video_url": published.name, "code": f"{code}-2"}
+        assert client.post("/easy/submit", json=own, headers=alice).json()["code"] == 10000
+
+        assert client.delete(f"/v1/generations/{job.id}", headers=alice).status_code == 204
+        assert not published.exists()

@@ -12,6 +12,7 @@ import http.server
 import posixpath
 import shutil
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,19 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", target)
             self.end_headers()
+            return
+        if self.path.startswith("/ok/drip.wav"):
+            # A hostile source: declares 200 bytes, sends 10 a second.
+            self.send_response(200)
+            self.send_header("Content-Length", "200")
+            self.end_headers()
+            try:
+                for _ in range(20):
+                    self.wfile.write(b"x" * 10)
+                    self.wfile.flush()
+                    time.sleep(1.0)
+            except OSError:  # the client gave up: what the test wants
+                pass
             return
         if self.path.startswith("/redirect"):
             self.send_response(302)
@@ -93,6 +107,12 @@ BYPASSES = (
     "/ok/./../private/secret.wav",
     "/ok-anything/speech.wav",  # '/ok' must not cover '/ok-anything'
     "/../private/secret.wav",
+    # read as '..' by some servers after our check (Tomcat ';', double decoding, Unicode)
+    "/ok/..;/private/secret.wav",
+    "/ok/..;x=1/private/secret.wav",
+    "/ok/%252e%252e/private/secret.wav",
+    "/ok/%E2%80%A5/private/secret.wav",
+    "/ok/%EF%BC%8E%EF%BC%8E/private/secret.wav",
 )
 
 
@@ -211,3 +231,27 @@ def test_fetch_limits(server: FileServer, tmp_path: Path) -> None:
         _fetch(f"{server.base}/ok/bounce?to=%2Fredirect", tmp_path / "c.wav", rules)
     with pytest.raises(DownloadFailed, match="404"):
         _fetch(f"{server.base}/ok/missing.wav", tmp_path / "d.wav", rules)
+
+
+def test_the_timeout_bounds_the_whole_download_of_a_dripping_source(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """Each read used to wait for a whole 256 KiB chunk: a source sending 10 bytes a second
+    held the request for its full 20 s whatever the timeout."""
+    started = time.monotonic()
+    with pytest.raises(DownloadFailed, match="longer than 2 s"):
+        fetch(
+            f"{server.base}/ok/drip.wav",
+            tmp_path / "drip.wav",
+            allowlist=(server.base + "/ok/",),
+            max_bytes=10**6,
+            timeout=2,
+            what="audio_url",
+        )
+    assert time.monotonic() - started < 6  # the deadline and at most one socket timeout
+    assert not (tmp_path / "drip.wav").exists()
+
+
+def test_a_non_ascii_file_name_is_still_fetched(server: FileServer, tmp_path: Path) -> None:
+    """HeyGem's users name files in Chinese: only dot look-alikes are refused."""
+    assert allowed(server.base + "/ok/%E8%AF%AD%E9%9F%B3.wav", (server.base + "/ok/",))

@@ -158,3 +158,38 @@ def test_a_client_that_stalls_its_body_gets_408(
         assert head == b"HTTP/1.1 408 Request Timeout", received[:300]
         assert b'"type":"RequestTimeout"' in received and b"stalled-1" in received
         assert waited < 14  # answered and closed, not left hanging until our own timeout
+
+
+def test_a_client_that_drips_its_body_gets_408(
+    tmp_path: Path, shared_cache: Path, media_root: Path
+) -> None:
+    """A body that never stalls but arrives at a few bytes a second (slowloris) held the
+    request open for as long as the client liked."""
+    with running_server(
+        tmp_path, media_root=media_root, cache=shared_cache, workers=0, body_read_timeout="1"
+    ) as server:
+        host, port = server.base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=15) as sock:
+            sock.sendall(
+                b"POST /easy/submit HTTP/1.1\r\nHost: test\r\nX-Request-ID: drip-1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+            )
+            started = time.monotonic()
+            sock.settimeout(0.2)
+            received = b""
+            while time.monotonic() - started < 14:
+                try:
+                    sock.sendall(b" " * 10)  # 50 bytes a second, never a pause
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:  # the server closed the connection
+                    break
+                if not chunk:
+                    break
+                received += chunk
+            waited = time.monotonic() - started
+        head = received.split(b"\r\n", 1)[0]
+        assert head == b"HTTP/1.1 408 Request Timeout", received[:300]
+        assert b"too slowly" in received and b"drip-1" in received
+        assert waited < 10
