@@ -118,7 +118,9 @@ def lower_face_patch(gray: np.ndarray, box: Box) -> np.ndarray | None:
 
 def patch_change(before: np.ndarray, now: np.ndarray) -> float:
     """How much a lower-face patch changed, in luma levels (robust to coding noise)."""
-    return float(np.percentile(np.abs(now - before), HOLD_PERCENTILE))
+    difference = np.abs(now - before).ravel()
+    rank = min(int(HOLD_PERCENTILE / 100.0 * difference.size), difference.size - 1)
+    return float(np.partition(difference, rank)[rank])  # np.percentile costs 4x more
 
 
 @dataclass(frozen=True)
