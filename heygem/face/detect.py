@@ -75,13 +75,15 @@ class FaceDetector:
         self._search_width = search_width
         self._upsampled_searches = 0
 
-    def detect(self, gray: np.ndarray, previous: Box | None = None) -> Box | None:
+    def detect(
+        self, gray: np.ndarray, previous: Box | None = None, *, overlap: float = 0.3
+    ) -> Box | None:
         """``gray``: a uint8 luma plane. Tracks near ``previous`` first, then searches the
         whole frame; upsampled passes only while no face was ever seen (``previous`` is
         None) and only on the first frames, so a video whose face leaves for a while, or
         that has none, is not searched at 4x per frame. One detector per video."""
         if previous is not None:
-            tracked = self._detect_near(gray, previous)
+            tracked = self._detect_near(gray, previous, overlap)
             if tracked is not None:
                 return tracked
         upsample = previous is None and self._upsampled_searches < MAX_UPSAMPLED_SEARCHES
@@ -119,7 +121,7 @@ class FaceDetector:
                 return best
         return max(found, key=lambda item: item[1])[0]
 
-    def _detect_near(self, gray: np.ndarray, previous: Box) -> Box | None:
+    def _detect_near(self, gray: np.ndarray, previous: Box, overlap: float) -> Box | None:
         height, width = gray.shape[:2]
         margin = 0.5 * previous.w
         x0, y0 = max(0, int(previous.x - margin)), max(0, int(previous.y - margin))
@@ -134,7 +136,7 @@ class FaceDetector:
             for b, _ in self._run(window, 0)
         ]
         best = max(boxes, key=previous.iou, default=None)
-        return best if best is not None and best.iou(previous) > 0.3 else None
+        return best if best is not None and best.iou(previous) > overlap else None
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:

@@ -37,8 +37,10 @@ PATCH = 24  # side of the compared face patch, pixels
 # The lower face is compared on a HOLD_PATCH-square, HOLD_BLUR-blurred luma patch by the
 # HOLD_PERCENTILE-th absolute difference. Measured: stills encoded at CRF 15-30 stay
 # below 0.1 levels against their first frame (x264 repeats a static picture), with
-# sigma 2-3 grain added before encoding below 1.5; a shift of 0.25 px moves it 5-14
-# levels, a swaying template's slowest frame-to-frame step 2.5, a talking mouth tens.
+# sigma 1 grain added before encoding below 3 at every size; sigma 1.5-2.5 grain crosses
+# 3 on an occasional frame (one new prediction in 40 frames), most on small faces; a shift
+# of 0.25 px moves it 5-14 levels, a swaying template's slowest frame-to-frame step 2.5, a
+# talking mouth tens. A higher limit would hold grainier stills but lag slow sways.
 HOLD_PATCH = 48
 HOLD_BLUR = 1.0  # sigma, patch pixels
 HOLD_PERCENTILE = 98.0
@@ -144,6 +146,7 @@ class FaceTracker:
         self._previous_patch: np.ndarray | None = None  # luma under the previous landmarks
         self._since_detection = 0
         self._anchor: _Anchor | None = None
+        self._last_seen: Box | None = None  # where the face was on its last frame
         self.detections = 0  # frames the detector ran on (for tests and measurements)
         self.predictions = 0  # frames the shape predictor ran on
 
@@ -157,6 +160,7 @@ class FaceTracker:
         found = self._predict(gray)
         self._anchor = None
         if found is not None:
+            self._last_seen = found[0]
             region = _lower_face_box(found[1])
             patch = lower_face_patch(gray, region)
             if patch is not None:
@@ -194,6 +198,10 @@ class FaceTracker:
             # A moving face may have gone a long way since the last detection: look again
             # where it was on the previous frame.
             box = self._detector.detect(gray, _box_on(self._points, self._calibration))
+        elif box is None and self._points is None and self._last_seen is not None:
+            # Lost (a cut, a gap): look where it was last seen, not at the older key frame,
+            # and take a face anywhere in that window: after a gap it may have moved on.
+            box = self._detector.detect(gray, self._last_seen, overlap=0.0)
         self._detected = box or self._detected
         self._since_detection = 1
         if box is None:
