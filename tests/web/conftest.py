@@ -61,7 +61,13 @@ def web_server(
         return
     redis = RedisServer(directory / "redis")
     redis.start()
-    celery = {"executor": "celery", "broker_url": redis.url, "celery_queue": "web"}
+    # A cooperative stop gets 5 s before the worker's process is ended (as test_celery's).
+    celery = {
+        "executor": "celery",
+        "broker_url": redis.url,
+        "celery_queue": "web",
+        "cancel_grace": "5",
+    }
     try:
         with running_server(
             directory,

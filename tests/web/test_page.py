@@ -181,7 +181,8 @@ def _sync_score(api: httpx.Client, job: str) -> float:
 
 @BOTH_EXECUTORS
 def test_cancel_from_the_page(browser: Browser, web_media: Path) -> None:
-    submit(browser, web_media / "speech.wav", web_media / "template.mp4", fault="generate:slow:3")
+    # 6 s a batch: the job outlasts the cancel on either executor by far.
+    submit(browser, web_media / "speech.wav", web_media / "template.mp4", fault="generate:slow:6")
     browser.wait(lambda: fact(browser, "progress", "Phase") == "generating", timeout=120)
     browser.click("[data-action=cancel]")
     browser.wait(lambda: state(browser) == "cancelled", timeout=60, what="the job to be cancelled")
