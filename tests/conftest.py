@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from heygem.audio.synth import synth_speech
 from heygem.config import GenerateOptions
 from heygem.demo import iter_template_frames, write_video, write_wav
+from tests.helpers import write_aac
 
 SMALL = (480, 360)
 
@@ -30,18 +30,7 @@ def speech_wav(media: Path) -> Path:
 def speech_48k_stereo(media: Path) -> Path:
     """The same kind of audio as 48 kHz stereo AAC in an M4A: any rate/layout must work."""
     samples = synth_speech(3.0, sample_rate=48000, seed=2)
-    path = media / "speech48.m4a"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=48000, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(
-            np.stack([samples, samples]), format="fltp", layout="stereo"
-        )
-        frame.sample_rate = 48000
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return write_aac(media / "speech48.m4a", np.stack([samples, samples]), 48000)
 
 
 @pytest.fixture(scope="session")

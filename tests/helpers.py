@@ -78,3 +78,18 @@ SENTENCE_B = (
     "Please bring my papers back by Monday morning. I would like to read them again, "
     "and then we can talk about the budget."
 )
+
+
+def write_aac(path: Path, channels: np.ndarray, sample_rate: int, fmt: str | None = None) -> Path:
+    """``channels`` (1 or 2 rows of float samples) as AAC in ``path``'s container (or
+    ``fmt``, e.g. "mpegts")."""
+    layout = "mono" if len(channels) == 1 else "stereo"
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream("aac", rate=sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(channels, dtype=np.float32), format="fltp", layout=layout
+        )
+        frame.sample_rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path

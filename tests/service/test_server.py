@@ -17,7 +17,7 @@ import pytest
 from service.jobs import JobState
 from service.store import JobStore
 from tests.helpers import stream_summary, wait_for
-from tests.service.server import running_server
+from tests.service.server import Server, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -134,6 +134,30 @@ def test_sigterm_drains_running_jobs_then_cancels_with_the_reason(
         store.close()
 
 
+def _raw_request(server: Server, head: bytes, drip: bytes = b"") -> tuple[bytes, float]:
+    """Send ``head`` on a raw connection, then ``drip`` every 0.2 s, reading until the
+    server closes the connection (or 14 s pass): (what it answered, seconds it took)."""
+    host, port = server.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        received = b""
+        while time.monotonic() - started < 14:
+            try:
+                if drip:
+                    sock.sendall(drip)
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # the server closed the connection
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received, time.monotonic() - started
+
+
 def test_a_client_that_stalls_its_body_gets_408(
     tmp_path: Path, shared_cache: Path, media_root: Path
 ) -> None:
@@ -141,19 +165,13 @@ def test_a_client_that_stalls_its_body_gets_408(
     with running_server(
         tmp_path, media_root=media_root, cache=shared_cache, workers=0, body_read_timeout="1"
     ) as server:
-        host, port = server.base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=15) as sock:
-            sock.sendall(
-                b"POST /v1/uploads HTTP/1.1\r\nHost: test\r\nX-Request-ID: stalled-1\r\n"
-                b"Content-Type: multipart/form-data; boundary=b\r\n"
-                b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; "
-                b'name="file"; filename="a.wav"\r\n\r\nRIFF'
-            )
-            started = time.monotonic()
-            received = b""
-            while chunk := sock.recv(65536):  # until the server closes the connection
-                received += chunk
-            waited = time.monotonic() - started
+        received, waited = _raw_request(
+            server,
+            b"POST /v1/uploads HTTP/1.1\r\nHost: test\r\nX-Request-ID: stalled-1\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; "
+            b'name="file"; filename="a.wav"\r\n\r\nRIFF',
+        )
         head = received.split(b"\r\n", 1)[0]
         assert head == b"HTTP/1.1 408 Request Timeout", received[:300]
         assert b'"type":"RequestTimeout"' in received and b"stalled-1" in received
@@ -168,27 +186,12 @@ def test_a_client_that_drips_its_body_gets_408(
     with running_server(
         tmp_path, media_root=media_root, cache=shared_cache, workers=0, body_read_timeout="1"
     ) as server:
-        host, port = server.base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=15) as sock:
-            sock.sendall(
-                b"POST /easy/submit HTTP/1.1\r\nHost: test\r\nX-Request-ID: drip-1\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
-            )
-            started = time.monotonic()
-            sock.settimeout(0.2)
-            received = b""
-            while time.monotonic() - started < 14:
-                try:
-                    sock.sendall(b" " * 10)  # 50 bytes a second, never a pause
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:  # the server closed the connection
-                    break
-                if not chunk:
-                    break
-                received += chunk
-            waited = time.monotonic() - started
+        received, waited = _raw_request(
+            server,
+            b"POST /easy/submit HTTP/1.1\r\nHost: test\r\nX-Request-ID: drip-1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+            drip=b" " * 10,  # 50 bytes a second, never a pause
+        )
         head = received.split(b"\r\n", 1)[0]
         assert head == b"HTTP/1.1 408 Request Timeout", received[:300]
         assert b"too slowly" in received and b"drip-1" in received

@@ -10,22 +10,13 @@ import pytest
 
 from heygem.errors import MediaUnreadable
 from heygem.media.probe import open_container, probe_audio
+from tests.helpers import write_aac
 
 
 def write_secret_ts(path: Path) -> Path:
     """A short MPEG-TS tone: the kind of file an HLS playlist names as its segment."""
-    with av.open(str(path), "w", format="mpegts") as out:
-        stream = out.add_stream("aac", rate=16000, layout="mono")
-        t = np.arange(16000 * 2) / 16000
-        tone = (0.3 * np.sin(2 * np.pi * 1234 * t)).astype(np.float32)[None]
-        for start in range(0, tone.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], "fltp", "mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    t = np.arange(16000 * 2) / 16000
+    return write_aac(path, (0.3 * np.sin(2 * np.pi * 1234 * t))[None], 16000, "mpegts")
 
 
 def playlist_naming(segment: Path, path: Path) -> Path:
