@@ -53,8 +53,9 @@ from heygem.errors import (
     StageCrashed,
 )
 from heygem.face.template import TemplatePlan, plan_template
+from heygem.generators.face_features import CachedFaces, template_face_features
 from heygem.generators.loader import PreparedGenerator, prepare_generator, start_runner
-from heygem.generators.runtime import GraphRunner
+from heygem.generators.runtime import FaceFeatureOrtRunner, GraphRunner
 from heygem.generators.samples import generator_samples
 from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
@@ -338,9 +339,20 @@ class Pipeline:
                 progress(done, total)
             _report(on_step, "generate", done, total, finished=done == total)
 
+        with _timed(timings, "face_features"):
+            faces = self.face_features(runner, spec, plan, cancel, on_step)
         with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
-                inputs, feats, plan, runner, spec, Path(tmp), frames_written, cancel, job_id
+                inputs,
+                feats,
+                plan,
+                runner,
+                spec,
+                Path(tmp),
+                frames_written,
+                cancel,
+                job_id,
+                face_features=faces,
             )
         timings["total"] = round(time.perf_counter() - started, 3)
         return GenerationResult(
@@ -415,6 +427,28 @@ class Pipeline:
         _raise_if_cancelled(cancel)
         return runner, spec, feats, plan
 
+    def face_features(
+        self,
+        runner: GraphRunner,
+        spec: GeneratorSpec,
+        plan: TemplatePlan,
+        cancel: threading.Event,
+        on_step: StepCallback | None = None,
+    ) -> np.ndarray | None:
+        """Wav2Lip's face-encoder output for every template frame, cached with the
+        template (heygem.generators.face_features); None where the runner cannot split
+        (torch back-end) or the template cache is off."""
+        if not isinstance(runner, FaceFeatureOrtRunner) or not self.options.use_face_cache:
+            return None
+
+        def encoded(done: int, total: int) -> None:
+            _raise_if_cancelled(cancel)
+            _report(on_step, "face_features", done, total, finished=done == total)
+
+        return template_face_features(
+            runner, plan.crops_path, spec.fingerprint, on_progress=encoded
+        )
+
     def _audio_step(self, inputs: Inputs, on_step: StepCallback | None) -> AudioFeatures:
         _report(on_step, "audio_features", 0, None)
         feats = self.audio_features(inputs)
@@ -432,6 +466,8 @@ class Pipeline:
         progress: ProgressCallback | None,
         cancel: threading.Event,
         job_id: str = "-",
+        *,
+        face_features: np.ndarray | None = None,
     ) -> dict[str, float]:
         """Run the four streaming stages under the watchdog; return their busy seconds."""
         opts = self.options
@@ -477,6 +513,9 @@ class Pipeline:
         samples = generator_samples(
             spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
         )
+        faces = None
+        if face_features is not None and isinstance(runner, FaceFeatureOrtRunner):
+            faces = CachedFaces(runner, face_features, timing.template_frame)
         stages: dict[str, Callable[[], None]] = {
             "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
@@ -487,6 +526,7 @@ class Pipeline:
                 monitors["generate"],
                 opts.fault,
                 self.budget.model_streams,
+                faces,
             ),
             "compose": lambda: _compose_stage(
                 job_id,
@@ -634,8 +674,10 @@ def _generate_stage(
     monitor: StageMonitor,
     fault: FaultInjection | None,
     streams: int = 1,
+    faces: CachedFaces | None = None,
 ) -> None:
-    """Run batches through the generator, in order. With ``streams`` > 1 each batch is
+    """Run batches through the generator, in order (on the template's cached face
+    features when there are: heygem.generators.face_features). With ``streams`` > 1 each batch is
     cut into that many parts that run at once on helper threads (one session, one
     intra-op thread each): no lock-step between threads inside an operator, which
     measured faster on 2 cores and far more robust when the cores are shared, and every
@@ -648,7 +690,11 @@ def _generate_stage(
         while not isinstance(item := inp.get(), EndOfStream):
             inject(fault, "generate", batch_number)
             batch_number += 1
-            out.put(_run_split(runner, item, pool, streams) if pool else _run_batch(runner, item))
+            out.put(
+                _run_split(runner, item, pool, streams, faces)
+                if pool
+                else _run_batch(runner, item, faces)
+            )
             monitor.beat(len(item[0]))
         out.put(END)
     finally:
@@ -657,12 +703,16 @@ def _generate_stage(
 
 
 def _run_split(
-    runner: GraphRunner, item: Any, pool: ThreadPoolExecutor, streams: int
+    runner: GraphRunner,
+    item: Any,
+    pool: ThreadPoolExecutor,
+    streams: int,
+    faces: CachedFaces | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One batch as ``streams`` parts run at once, put back together in order."""
     parts = np.array_split(np.arange(len(item[0])), streams)
     futures = [
-        pool.submit(_run_batch, runner, tuple(np.asarray(a)[rows] for a in item))
+        pool.submit(_run_batch, runner, tuple(np.asarray(a)[rows] for a in item), faces)
         for rows in parts
         if len(rows)
     ]
@@ -673,10 +723,15 @@ def _run_split(
     )
 
 
-def _run_batch(runner: GraphRunner, item: Any) -> tuple[np.ndarray, np.ndarray]:
+def _run_batch(
+    runner: GraphRunner, item: Any, faces: CachedFaces | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     indices, crops, mels = (np.asarray(part) for part in item)  # numpy or torch batches
-    face = crops.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
-    result = runner.run(np.ascontiguousarray(face), np.ascontiguousarray(mels))
+    if faces is not None:  # the face encoder's part was computed with the template
+        result = faces.run(indices, np.ascontiguousarray(mels))
+    else:
+        face = crops.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+        result = runner.run(np.ascontiguousarray(face), np.ascontiguousarray(mels))
     pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return indices, pixels
 

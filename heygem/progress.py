@@ -2,7 +2,8 @@
 
 Every step that can take more than a second reports through one callback: the model
 load (and its one-off ONNX export), the audio features, the template analysis (face
-detection and crops, cached per template), and the generation itself (frames written).
+detection and crops, cached per template), Wav2Lip's face encoding (cached likewise),
+and the generation itself (frames written).
 Steps before streaming run concurrently, so reports of different steps interleave.
 """
 
@@ -12,12 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-StepName = Literal["load_model", "export_onnx", "audio_features", "template", "generate"]
+StepName = Literal[
+    "load_model", "export_onnx", "audio_features", "template", "face_features", "generate"
+]
 STEP_TITLES: dict[str, str] = {
     "load_model": "loading the generator",
     "export_onnx": "exporting the generator to ONNX (once per model)",
     "audio_features": "audio features",
     "template": "analysing the template (once per template)",
+    "face_features": "encoding the template's faces (once per template and model)",
     "generate": "generating",
 }
 

@@ -22,11 +22,14 @@ if TYPE_CHECKING:  # torch is imported where an export happens, not with this mo
     import torch
     from torch import nn
 
+    from heygem.generators.graphs import Wav2LipGraph
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
 MAX_IR_VERSION = 9
 PARITY_TOLERANCE = 2e-4
+FACE_SIZE = 96  # Wav2Lip's input side (heygem.generators.wav2lip, which imports torch)
 
 
 def example_inputs(
@@ -52,37 +55,16 @@ def condition_name(graph: nn.Module) -> str:
 
 def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET) -> Path:
     """Write ``target`` atomically; raise PipelineError if the export does not match torch."""
-    import torch
 
     if opset > OPSET:
         raise PipelineError(
             f"opset {opset} requested; onnxruntime 1.16 needs <= {OPSET}", stage="export"
         )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
-        os.close(fd)
-    except OSError as exc:
-        raise OutputNotWritable(
-            f"cannot write the ONNX file to {str(target.parent)!r}: {exc}",
-            hint="choose a writable output path",
-        ) from exc
+    tmp_name = _temporary(target)
     try:
         face, mel = example_inputs(size, graph=graph)
         second = condition_name(graph)
-        # torch >= 2.5 defaults towards the dynamo exporter; torch 2.1-2.4 has no `dynamo`
-        # argument and always uses the legacy one.
-        legacy_only = "dynamo" in inspect.signature(torch.onnx.export).parameters
-        legacy: dict[str, Any] = {"dynamo": False} if legacy_only else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # legacy-exporter deprecation notices
-            torch.onnx.export(
-                graph.eval(), (face, mel), tmp_name,
-                input_names=["face", second], output_names=["face_out"],
-                dynamic_axes={"face": {0: "batch"}, second: {0: "batch"},
-                              "face_out": {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, **legacy,
-            )  # fmt: skip
+        _trace(graph, (face, mel), ["face", second], tmp_name, opset)
         _check_and_pin(Path(tmp_name))
         verify_parity(graph, Path(tmp_name), size)
         os.replace(tmp_name, target)
@@ -91,6 +73,72 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
         raise
     log.info("exported %s (opset %d)", target, opset)
     return target
+
+
+def export_face_split(graph: Wav2LipGraph, encoder: Path, decoder: Path) -> None:
+    """Wav2Lip's face encoder and the rest as two graphs (heygem.generators.face_features),
+    checked together against the whole torch graph; both files appear only when both
+    exported and match."""
+    import torch
+
+    from heygem.generators.graphs import Wav2LipDecoder, Wav2LipFaceEncoder
+
+    parts = (Wav2LipFaceEncoder(graph).eval(), Wav2LipDecoder(graph).eval())
+    temporary = [_temporary(target) for target in (encoder, decoder)]
+    try:
+        face, mel = example_inputs(FACE_SIZE, graph=graph)
+        with torch.inference_mode():
+            features = parts[0](face)
+        _trace(parts[0], (face,), ["face"], temporary[0], OPSET, output="features")
+        _trace(parts[1], (features, mel), ["features", "mel"], temporary[1], OPSET)
+        for name in temporary:
+            _check_and_pin(Path(name))
+        _verify_split_parity(graph, Path(temporary[0]), Path(temporary[1]))
+        os.replace(temporary[0], encoder)
+        os.replace(temporary[1], decoder)
+    except BaseException:
+        for name in temporary:
+            Path(name).unlink(missing_ok=True)
+        raise
+    log.info("exported %s and %s (opset %d)", encoder, decoder, OPSET)
+
+
+def _temporary(target: Path) -> str:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
+        os.close(fd)
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"cannot write the ONNX file to {str(target.parent)!r}: {exc}",
+            hint="choose a writable output path",
+        ) from exc
+    return name
+
+
+def _trace(
+    graph: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    names: list[str],
+    target: str,
+    opset: int,
+    *,
+    output: str = "face_out",
+) -> None:
+    """The legacy (TorchScript) exporter, batch dimension dynamic on every input/output."""
+    import torch
+
+    # torch >= 2.5 defaults towards the dynamo exporter; torch 2.1-2.4 has no `dynamo`
+    # argument and always uses the legacy one.
+    legacy_only = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    legacy: dict[str, Any] = {"dynamo": False} if legacy_only else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation notices
+        torch.onnx.export(
+            graph.eval(), inputs, target, input_names=names, output_names=[output],
+            dynamic_axes={name: {0: "batch"} for name in [*names, output]},
+            opset_version=opset, do_constant_folding=True, **legacy,
+        )  # fmt: skip
 
 
 def _check_and_pin(path: Path) -> None:
@@ -116,7 +164,10 @@ def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
         expected = graph.eval()(face, mel).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"face": face.numpy(), condition_name(graph): mel.numpy()})[0]
-    diff = float(np.max(np.abs(expected - got)))
+    return _check_parity(float(np.max(np.abs(expected - got))))
+
+
+def _check_parity(diff: float) -> float:
     if not diff <= PARITY_TOLERANCE:
         raise PipelineError(
             f"ONNX export differs from torch by {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})",
@@ -124,3 +175,21 @@ def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
             hint="report this with `heygem-diagnose env` output",
         )
     return diff
+
+
+def _verify_split_parity(graph: nn.Module, encoder: Path, decoder: Path) -> float:
+    """The two halves on ONNX Runtime against the whole torch graph, as verify_parity."""
+    import onnxruntime as ort
+    import torch
+
+    face, mel = example_inputs(FACE_SIZE, batch=3, seed=1, graph=graph)
+    with torch.inference_mode():
+        expected = graph.eval()(face, mel).numpy()
+    cpu = ["CPUExecutionProvider"]
+    features = ort.InferenceSession(str(encoder), providers=cpu).run(None, {"face": face.numpy()})[
+        0
+    ]
+    got = ort.InferenceSession(str(decoder), providers=cpu).run(
+        None, {"features": features, "mel": mel.numpy()}
+    )[0]
+    return _check_parity(float(np.max(np.abs(expected - got))))

@@ -14,6 +14,7 @@ from torch import nn
 
 from heygem.face.geometry import CropSpec
 from heygem.generators import rewrite
+from heygem.generators.face_features import FACE_FEATURE_SHAPES
 from heygem.generators.spec import GeneratorSpec
 from heygem.generators.wav2lip import FACE_SIZE, Wav2Lip, load_wav2lip_checkpoint
 from heygem.hashing import content_hash
@@ -34,6 +35,47 @@ class Wav2LipGraph(nn.Module):
     def forward(self, face: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         masked = face * self.upper_half
         return self.model(mel, torch.cat([masked, face], dim=1))
+
+
+class Wav2LipFaceEncoder(nn.Module):
+    """``face`` [B,3,96,96] -> ``features`` [B,FACE_FEATURES]: the face encoder's seven
+    block outputs (the decoder's skip connections), flattened and concatenated.
+
+    They depend on the template frame alone, not on the audio, so they are computed once
+    per template frame and cached with the template (heygem.generators.face_features)."""
+
+    def __init__(self, graph: Wav2LipGraph) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([face * self.graph.upper_half, face], dim=1)
+        parts = []
+        for block in self.graph.model.face_encoder_blocks:
+            x = block(x)
+            parts.append(x.flatten(1))
+        return torch.cat(parts, dim=1)
+
+
+class Wav2LipDecoder(nn.Module):
+    """(``features`` [B,FACE_FEATURES], ``mel`` [B,1,80,16]) -> ``face_out`` [B,3,96,96]:
+    the rest of Wav2Lip (audio encoder, face decoder, output block)."""
+
+    def __init__(self, graph: Wav2LipGraph) -> None:
+        super().__init__()
+        self.model = graph.model
+
+    def forward(self, features: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        skips, start = [], 0
+        for channels, side in FACE_FEATURE_SHAPES:
+            size = channels * side * side
+            skips.append(features[:, start : start + size].reshape(-1, channels, side, side))
+            start += size
+        x = self.model.audio_encoder(mel)
+        for block, skip in zip(self.model.face_decoder_blocks, reversed(skips), strict=True):
+            x = torch.cat((block(x), skip), dim=1)
+        out: torch.Tensor = self.model.output_block(x)
+        return out
 
 
 def build_graph(name: str, checkpoint: Path | None) -> tuple[nn.Module, GeneratorSpec]:

@@ -20,7 +20,7 @@ from typing import Any
 from heygem.errors import OutputNotWritable
 from heygem.generators.control import OpeningRowsRunner
 from heygem.generators.export import OPSET
-from heygem.generators.runtime import GraphRunner, OrtRunner, TorchRunner
+from heygem.generators.runtime import FaceFeatureOrtRunner, GraphRunner, OrtRunner, TorchRunner
 from heygem.generators.shipped import current_shipped
 from heygem.generators.spec import GeneratorSpec
 from heygem.hashing import content_hash
@@ -41,6 +41,15 @@ _RUNTIME_MODULES = frozenset(
 class ExportPaths:
     onnx: Path
     spec: Path
+    # Wav2Lip's face encoder and the rest as two graphs (heygem.generators.face_features).
+    face_split: tuple[Path, Path] | None = None
+    # Where ONNX Runtime's optimised graphs are saved (exports in the cache; not the
+    # package's shipped assets, which may be read-only).
+    optimized: Path | None = None
+
+    def complete(self) -> bool:
+        files = [self.onnx, self.spec, *(self.face_split or ())]
+        return all(path.is_file() for path in files)
 
 
 def export_paths(name: str, checkpoint: Path | None, cache_dir: Path) -> ExportPaths:
@@ -60,7 +69,12 @@ def export_paths(name: str, checkpoint: Path | None, cache_dir: Path) -> ExportP
     ):
         digest.update(part.encode() + b"\0")
     stem = cache_dir / "onnx" / f"{name}-{digest.hexdigest()}"
-    return ExportPaths(stem.with_suffix(".onnx"), stem.with_suffix(".spec.json"))
+    split = None
+    if name == "wav2lip":
+        split = (stem.with_suffix(".encoder.onnx"), stem.with_suffix(".decoder.onnx"))
+    return ExportPaths(
+        stem.with_suffix(".onnx"), stem.with_suffix(".spec.json"), split, stem.parent / "optimized"
+    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,16 @@ def start_runner(
     else:
         if prepared.needs_export:
             _export(prepared, on_step)
-        runner = OrtRunner(prepared.onnx.onnx, device, threads, require_gpu)
+        optimized = prepared.onnx.optimized
+        if prepared.onnx.face_split is not None:
+            encoder, decoder = prepared.onnx.face_split
+            runner = FaceFeatureOrtRunner(
+                encoder, decoder, device, threads, require_gpu, optimized_dir=optimized
+            )
+        else:
+            runner = OrtRunner(
+                prepared.onnx.onnx, device, threads, require_gpu, optimized_dir=optimized
+            )
     if prepared.spec.name == "rewrite":
         runner = OpeningRowsRunner(runner)
     return runner
@@ -150,7 +173,7 @@ def load_generator(
 
 
 def _cached_spec(paths: ExportPaths) -> GeneratorSpec | None:
-    if not (paths.onnx.is_file() and paths.spec.is_file()):
+    if not paths.complete():
         return None
     try:
         return GeneratorSpec.from_json(paths.spec.read_text())
@@ -160,13 +183,15 @@ def _cached_spec(paths: ExportPaths) -> GeneratorSpec | None:
 
 
 def _export(prepared: PreparedGenerator, on_step: StepCallback | None) -> None:
-    from heygem.generators.export import export_onnx
+    from heygem.generators.export import export_face_split, export_onnx
 
     assert prepared.onnx is not None
     if on_step is not None:
         on_step(StepProgress("export_onnx", 0, None))
     log.info("exporting %s to ONNX (once per model)", prepared.spec.name)
     export_onnx(prepared.graph, prepared.spec.crop.size, prepared.onnx.onnx, opset=OPSET)
+    if prepared.onnx.face_split is not None:
+        export_face_split(prepared.graph, *prepared.onnx.face_split)
     # The spec last: its presence marks a complete entry.
     _write_atomically(prepared.onnx.spec, prepared.spec.to_json())
     if on_step is not None:

@@ -15,16 +15,8 @@ from heygem.generators.export import MAX_IR_VERSION, OPSET, export_onnx, verify_
 from heygem.generators.graphs import build_graph
 from heygem.generators.rewrite import Control, MouthRenderer
 from heygem.generators.runtime import OrtRunner, TorchRunner
-from heygem.generators.wav2lip import Wav2Lip, save_wav2lip_checkpoint
 from heygem.pipeline import Pipeline
 from tests.helpers import stream_summary
-
-
-@pytest.fixture(scope="module")
-def wav2lip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "wav2lip.pth"
-    return save_wav2lip_checkpoint(Wav2Lip(), path, global_step=1234)
 
 
 def _assert_loadable_by_old_ort(path: Path) -> None:
