@@ -160,9 +160,11 @@ class FrameSource:
     """Yields a fresh writable frame for each output index, in order.
 
     The first forward pass comes straight from the decoder. If the audio outlasts the
-    template, that pass is also spooled to a raw I420 file on disk, and later (reversed or
-    repeated) frames are read back from it: memory stays flat however long the audio,
-    and the template is decoded exactly once.
+    template (or the output rate repeats frames), the frames that will be shown again
+    are also spooled to a raw I420 file on disk as they are decoded, and the later
+    (reversed or repeated) frames are read back from it: memory stays flat however long
+    the audio, the template is decoded exactly once, and a job that runs only a little
+    past the template's end spools only the few frames it plays backwards.
     """
 
     def __init__(
@@ -181,16 +183,30 @@ class FrameSource:
         self._n_template, self._tfps, self._ofps = n_template, template_fps, out_fps
         self._n_frames = n_frames
         self._frame_bytes = width * height * 3 // 2
-        last_unfolded = unfolded_index(n_frames - 1, out_fps, template_fps)
-        self._needs_spool = last_unfolded >= n_template or self._repeats_frames()
+        # Template frame -> its slot in the spool, for every frame shown more than once.
+        self._slots = {
+            frame: slot for slot, frame in enumerate(sorted(set(self._replayed_frames())))
+        }
         self._spool_dir = spool_dir
 
-    def _repeats_frames(self) -> bool:
-        return self._ofps > self._tfps + 1e-6
+    def _replayed_frames(self) -> Iterator[int]:
+        """The template frames read back from the spool, as ``_frames`` walks them."""
+        next_decoded = 0
+        for i in range(self._n_frames):
+            unfolded = unfolded_index(i, self._ofps, self._tfps)
+            wanted = template_index(i, self._ofps, self._tfps, self._n_template)
+            if unfolded < self._n_template and wanted >= next_decoded:
+                next_decoded = wanted + 1
+            else:
+                yield wanted
+
+    @property
+    def spooled_frames(self) -> int:
+        return len(self._slots)
 
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
         spool_fd: int | None = None
-        if self._needs_spool:
+        if self._slots:
             spool_fd, name = tempfile.mkstemp(
                 prefix="heygem-spool-", suffix=".i420", dir=self._spool_dir
             )
@@ -204,7 +220,6 @@ class FrameSource:
     def _frames(self, spool: int | None) -> Iterator[tuple[int, av.VideoFrame]]:
         decoded = iter_template_frames(self._path, self._w, self._h)
         next_decoded = 0  # template index the decoder yields next
-        spooled = 0
         for i in range(self._n_frames):
             unfolded = unfolded_index(i, self._ofps, self._tfps)
             wanted = template_index(i, self._ofps, self._tfps, self._n_template)
@@ -218,19 +233,16 @@ class FrameSource:
                             f"expected {self._n_template}",
                             hint="the file changed since it was analysed; run again",
                         )
-                    if spool is not None:
-                        write_i420(spool, frame, spooled * self._frame_bytes)
-                        spooled += 1
+                    slot = self._slots.get(next_decoded)
+                    if spool is not None and slot is not None:
+                        write_i420(spool, frame, slot * self._frame_bytes)
                     next_decoded += 1
                 assert frame is not None
                 yield i, frame
             else:
                 assert spool is not None  # repeats and reversals only happen when spooling
-                yield i, self._read_spooled(spool, wanted)
+                yield i, read_i420(spool, self._w, self._h, self._slots[wanted] * self._frame_bytes)
         decoded.close()  # type: ignore[attr-defined]
-
-    def _read_spooled(self, spool: int, index: int) -> av.VideoFrame:
-        return read_i420(spool, self._w, self._h, index * self._frame_bytes)
 
 
 # Spooled frames go between the file and the frame's own planes without an intermediate

@@ -26,17 +26,40 @@ def test_ping_pong_order() -> None:
     assert [template_index(i, 50, 25, 3) for i in range(6)] == [0, 0, 1, 1, 2, 2]
 
 
-@pytest.mark.parametrize("out_fps", [25.0, 50.0])
-def test_frame_source_ping_pongs_from_the_spool(template_mp4: Path, out_fps: float) -> None:
+@pytest.mark.parametrize("out_fps", [25.0, 50.0, 30.0, 15.0])
+@pytest.mark.parametrize("length", [3.0, 1.14, 0.5])
+def test_frame_source_ping_pongs_from_the_spool(
+    template_mp4: Path, out_fps: float, length: float
+) -> None:
+    """Every output frame shows the right template frame, whether decoded or read back
+    (repeats at 30/50 fps, skips at 15 fps, reversals after the end)."""
     template = read_gray_frames(template_mp4)
     n = len(template)
+    n_frames = round(length * n * out_fps / 25.0)
     source = FrameSource(
-        template_mp4, 480, 360, n_template=n, template_fps=25.0, out_fps=out_fps, n_frames=3 * n
+        template_mp4, 480, 360, n_template=n, template_fps=25.0, out_fps=out_fps, n_frames=n_frames
     )
+    shown = [template_index(i, out_fps, 25.0, n) for i in range(n_frames)]
+    seen = 0
     for index, frame in source:
-        expected = template[template_index(index, out_fps, 25.0, n)]
         luma = planes(frame)[0]
-        assert np.array_equal(luma, expected), index
+        assert np.array_equal(luma, template[shown[index]]), index
+        seen += 1
+    assert seen == n_frames
+    # The decoder only moves forward: a frame at or before one already decoded (shown
+    # again, or skipped on the way and shown backwards) is read back; only those are
+    # spooled, none when the output walks the template once.
+    read_back = {t for i, t in enumerate(shown) if i and t <= max(shown[:i])}
+    assert source.spooled_frames == len(read_back)
+
+
+def test_an_output_a_little_longer_than_the_template_spools_only_its_tail(
+    template_mp4: Path,
+) -> None:
+    source = FrameSource(
+        template_mp4, 480, 360, n_template=50, template_fps=25.0, out_fps=25.0, n_frames=57
+    )
+    assert source.spooled_frames == 7  # frames 48..42, played backwards after the end
 
 
 def test_crops_convert_only_the_region(template_mp4: Path) -> None:
