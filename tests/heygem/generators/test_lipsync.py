@@ -291,3 +291,30 @@ def test_video_template_with_a_small_face(speech: tuple[Path, Path], tmp_path: P
     result = Pipeline(options).generate(speech[0], video, out)
     assert result.faceless_frames == 0
     assert sync_score(out, speech[0]).score >= 0.6
+
+
+@pytest.mark.slow
+def test_tilted_still_opens_along_the_face(
+    speech: tuple[Path, Path], pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A portrait leaning 15 degrees (12 turned, plus its own 2.9) lip-syncs, and the edit
+    is centred on the tilted lips (the band's direction: tests/heygem/generators/
+    test_control.py)."""
+    still = _place("tilted", 120, (640, 480))
+    turn = cv2.getRotationMatrix2D((320.0, 246.0), -12.0, 1.0)  # clockwise
+    image = cv2.warpAffine(
+        still.image, turn, (640, 480), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+    )
+    video = write_video(tmp_path / "tilted.mp4", [image] * 50)
+    out = tmp_path / "out.mp4"
+    pipeline.generate(speech[0], video, out)
+    score = sync_score(out, speech[0])
+    assert score.score >= 0.7, score
+    assert score.control < score.score - 0.4, score
+
+    change = read_gray_frames(out).astype(np.float32).std(axis=0)
+    ys, xs = np.nonzero(change > 0.5 * change.max())
+    x0, _, x1, y1 = still.mouth
+    # The change centres on the opened band and the lowered lip: the lips' lower edge.
+    mouth = turn @ np.array([0.5 * (x0 + x1), y1, 1.0])
+    assert np.hypot(xs.mean() - mouth[0], ys.mean() - mouth[1]) < 0.15 * (x1 - x0)
