@@ -40,6 +40,7 @@ SPEECH_BANDS = slice(2, 60)  # mel bands ~100 Hz - 3.5 kHz: the voice, not hiss 
 DYNAMIC_RANGE = 2.4  # normalised mel units (30 dB) from closed to fully open
 # Opening scale, in interocular distances (inner-lip gap / eye distance).
 NOMINAL_SPAN = 0.22  # closed -> wide speech opening, when the template shows less
+SLIT = 0.05  # openness (0..1) below which the mouth stays closed
 CLOSED_TEETH = 0.04  # a mouth this closed shows no teeth: the renderer draws their edge
 MAX_CANDIDATES = 400  # template frames considered per output frame
 CHUNK = 2048  # output frames per Viterbi pass (bounded memory for hour-long audio)
@@ -182,7 +183,10 @@ def plan_mouths(
     closed = float(np.percentile(openings[usable], 5))
     widest = float(np.percentile(openings[usable], 95))
     span = max(widest - closed, NOMINAL_SPAN)
-    wanted = closed + openness.astype(np.float64) * span
+    # The quietest voiced frames close the mouth: a slit barely open reads as neither
+    # open nor closed (and a talking template made of such frames has no clean closures).
+    voiced = np.clip((openness.astype(np.float64) - SLIT) / (1.0 - SLIT), 0.0, 1.0)
+    wanted = closed + voiced * span
 
     step = max(1, int(np.ceil(len(usable) / MAX_CANDIDATES)))
     candidates = usable[::step]
