@@ -96,3 +96,16 @@ def test_face_roll_reads_the_eye_line() -> None:
         turned = points @ turn[:, :2].T + turn[:, 2]
         to_crop = np.diag([2.0, 2.0, 1.0])  # a square crop's scale does not change the angle
         assert math.degrees(face_roll(turned, to_crop)) == pytest.approx(degrees, abs=1e-6)
+
+
+def test_graph_rows_with_some_closed_run_only_the_open_ones() -> None:
+    """Rows without the plan's roll columns (benchmarks, fingerprints) still work when only
+    some rows open the mouth."""
+    face = _crops(3)
+    control = _plan_rows(3, 0.0)[:, :CONTROL].copy()
+    control[1, Control.OPEN] = 0.0
+    band = BandRunner()
+    out = OpeningRowsRunner(band).run(face, control)
+    assert len(band.seen[0]) == 2
+    assert np.array_equal(out[1], face[1])
+    assert np.array_equal(out[[0, 2]], BandRunner().run(face[[0, 2]], control[[0, 2]]))
