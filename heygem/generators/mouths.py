@@ -33,13 +33,14 @@ from heygem.audio.features import MAX_ABS, MEL_FPS
 from heygem.config import FaultInjection
 from heygem.face.geometry import crop_transform
 from heygem.face.landmarks import STABLE, interocular, mouth_opening
-from heygem.generators.control import CONTROL, Control
+from heygem.generators.control import PLAN_CONTROL, ROLL_MIN, Control, Upright, upright_matrix
 from heygem.runner.faults import inject
 
 SPEECH_BANDS = slice(2, 60)  # mel bands ~100 Hz - 3.5 kHz: the voice, not hiss or hum
 DYNAMIC_RANGE = 2.4  # normalised mel units (30 dB) from closed to fully open
 # Opening scale, in interocular distances (inner-lip gap / eye distance).
-NOMINAL_SPAN = 0.16  # closed -> wide speech opening, when the template shows less
+NOMINAL_SPAN = 0.22  # closed -> wide speech opening, when the template shows less
+SLIT = 0.05  # openness (0..1) below which the mouth stays closed
 CLOSED_TEETH = 0.04  # a mouth this closed shows no teeth: the renderer draws their edge
 MAX_CANDIDATES = 400  # template frames considered per output frame
 CHUNK = 2048  # output frames per Viterbi pass (bounded memory for hour-long audio)
@@ -77,7 +78,7 @@ class MouthPlan:
 
     source: np.ndarray  # (n,) int32
     warp: np.ndarray  # (n, 2, 3) float32
-    control: np.ndarray  # (n, CONTROL) float32
+    control: np.ndarray  # (n, PLAN_CONTROL) float32: the graph's columns, then Upright
 
     def save(self, path: Path) -> Path:
         np.savez(path, source=self.source, warp=self.warp, control=self.control)
@@ -182,7 +183,10 @@ def plan_mouths(
     closed = float(np.percentile(openings[usable], 5))
     widest = float(np.percentile(openings[usable], 95))
     span = max(widest - closed, NOMINAL_SPAN)
-    wanted = closed + openness.astype(np.float64) * span
+    # The quietest voiced frames close the mouth: a slit barely open reads as neither
+    # open nor closed (and a talking template made of such frames has no clean closures).
+    voiced = np.clip((openness.astype(np.float64) - SLIT) / (1.0 - SLIT), 0.0, 1.0)
+    wanted = closed + voiced * span
 
     step = max(1, int(np.ceil(len(usable) / MAX_CANDIDATES)))
     candidates = usable[::step]
@@ -191,7 +195,7 @@ def plan_mouths(
     source = _choose(wanted, shown_safe, candidates, openings, poses)
 
     warp = np.zeros((n, 2, 3), dtype=np.float32)
-    control = np.zeros((n, CONTROL), dtype=np.float32)
+    control = np.zeros((n, PLAN_CONTROL), dtype=np.float32)
     cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for i in range(n):
         t, k = int(shown_safe[i]), int(source[i])
@@ -212,7 +216,11 @@ def plan_mouths(
 def _align(
     points: np.ndarray, regions: np.ndarray, size: int, k: int, t: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(3x3 warp crop k -> crop t, control geometry of k's mouth in crop t's coordinates)."""
+    """(3x3 warp crop k -> crop t, control geometry of k's mouth in crop t's coordinates).
+
+    On a face tilted by more than ``ROLL_MIN`` (its eye line, in crop t) the geometry is
+    that of the crop turned upright about the mouth (``Upright`` columns say how): the
+    renderer's jaw moves down the face, not down the frame."""
     to_crop_t = np.vstack([crop_transform(tuple(regions[t]), size), [0, 0, 1]])
     to_crop_k = np.vstack([crop_transform(tuple(regions[k]), size), [0, 0, 1]])
     if k == t:
@@ -225,8 +233,15 @@ def _align(
     matrix = to_crop_t @ head @ np.linalg.inv(to_crop_k)
     mouth = points[k].astype(np.float64)
     in_t = (to_crop_t @ head @ np.c_[mouth, np.ones(len(mouth))].T).T[:, :2]
+    geometry = np.zeros(PLAN_CONTROL, dtype=np.float32)
+    roll = face_roll(points[t], to_crop_t)
+    if abs(roll) > ROLL_MIN:
+        pivot = in_t[48:68].mean(axis=0)
+        turn = upright_matrix(roll, float(pivot[0]), float(pivot[1]))
+        in_t = in_t @ turn[:, :2].T + turn[:, 2]
+        geometry[Upright.ROLL] = roll
+        geometry[Upright.PIVOT_X], geometry[Upright.PIVOT_Y] = pivot
     norm = in_t * (2.0 / (size - 1)) - 1.0
-    geometry = np.zeros(CONTROL, dtype=np.float32)
     geometry[Control.CENTER_X] = 0.5 * (norm[48, 0] + norm[54, 0])
     geometry[Control.HALF_WIDTH] = 0.5 * abs(norm[54, 0] - norm[48, 0])
     geometry[Control.UPPER] = norm[[61, 62, 63], 1].mean()
@@ -236,9 +251,18 @@ def _align(
     return matrix, geometry
 
 
+def face_roll(points: np.ndarray, to_crop: np.ndarray) -> float:
+    """The face's roll in a crop (radians, positive when its image-right eye is lower):
+    the eye line of (68, 2) frame ``points`` mapped by the 3x3 ``to_crop``."""
+    eyes = np.array([points[36:42].mean(axis=0), points[42:48].mean(axis=0)], np.float64)
+    in_crop = eyes @ to_crop[:2, :2].T
+    dx, dy = in_crop[1] - in_crop[0]
+    return float(np.arctan2(dy, dx))
+
+
 class MouthSamples:
     """Item i: (i, the chosen mouth's crop aligned to frame i's crop [S,S,3] uint8 BGR,
-    the renderer's control [CONTROL] float32). Workers open the memory maps themselves;
+    the renderer's control [PLAN_CONTROL] float32). Workers open the memory maps themselves;
     without workers ``batch`` stacks the items in the load thread (heygem.batches)."""
 
     def __init__(

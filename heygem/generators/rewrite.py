@@ -104,7 +104,7 @@ class MouthRenderer(nn.Module):
         # darker toward the corners.
         tongue = torch.sigmoid((depth - 0.55) * 8.0)[:, None]
         dark = skin * torch.tensor([0.12, 0.1, 0.2]).view(1, 3, 1, 1)
-        red = skin * torch.tensor([0.38, 0.36, 0.66]).view(1, 3, 1, 1)
+        red = skin * torch.tensor([0.22, 0.2, 0.42]).view(1, 3, 1, 1)
         cavity = (dark * (1.0 - tongue) + red * tongue) * (0.6 + 0.4 * across)[:, None]
         # The upper teeth's edge: a pale band under the upper lip, shaded toward the corners.
         tooth_height = (0.35 * opening).clamp(max=0.07)

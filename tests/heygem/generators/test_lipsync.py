@@ -291,3 +291,41 @@ def test_video_template_with_a_small_face(speech: tuple[Path, Path], tmp_path: P
     result = Pipeline(options).generate(speech[0], video, out)
     assert result.faceless_frames == 0
     assert sync_score(out, speech[0]).score >= 0.6
+
+
+@pytest.mark.slow
+def test_tilted_still_opens_along_the_face(
+    speech: tuple[Path, Path], pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A portrait leaning 15 degrees (12 turned, plus its own 2.9) lip-syncs, the edit is
+    centred on the tilted lips, and the opening's upper edge (the lip seam) follows the
+    tilt; a level band (the renderer's jaw moving down the frame) measured 5.5 degrees."""
+    still = _place("tilted", 120, (640, 480))
+    turn = cv2.getRotationMatrix2D((320.0, 246.0), -12.0, 1.0)  # clockwise
+    image = cv2.warpAffine(
+        still.image, turn, (640, 480), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+    )
+    video = write_video(tmp_path / "tilted.mp4", [image] * 50)
+    out = tmp_path / "out.mp4"
+    pipeline.generate(speech[0], video, out)
+    score = sync_score(out, speech[0])
+    assert score.score >= 0.7, score
+    assert score.control < score.score - 0.4, score
+
+    change = read_gray_frames(out).astype(np.float32).std(axis=0)
+    x0, y0, x1, y1 = still.mouth
+    width = x1 - x0
+    ys, xs = np.nonzero(change > 0.5 * change.max())
+    # The change centres on the opened band and the lowered lip: the lips' lower edge.
+    lower = turn @ np.array([0.5 * (x0 + x1), y1, 1.0])
+    assert np.hypot(xs.mean() - lower[0], ys.mean() - lower[1]) < 0.15 * width
+    # Across the middle 60 % of the mouth, the first changed row of each column: the seam.
+    cx, cy = turn @ np.array([0.5 * (x0 + x1), 0.5 * (y0 + y1), 1.0])
+    columns = np.arange(round(cx - 0.3 * width), round(cx + 0.3 * width) + 1)
+    window = change[round(cy - 0.5 * width) : round(cy + 0.5 * width)]
+    seam = [np.flatnonzero(window[:, c] > 0.3 * change.max()) for c in columns]
+    found = np.array([len(rows) > 0 for rows in seam])
+    assert found.mean() > 0.9
+    top = np.array([rows[0] for rows in seam if len(rows)], np.float64)
+    slope = np.polyfit(columns[found].astype(np.float64), top, 1)[0]
+    assert 10.0 < np.degrees(np.arctan(slope)) < 22.0, np.degrees(np.arctan(slope))
