@@ -7,7 +7,7 @@ directory, see ``service.shared``); a broker that cannot take it makes the submi
 in flight (queued or running in the store) and turns what the workers wrote into the
 same lifecycle transitions the local pool makes:
 
-- ``PROGRESS`` (meta: attempt, worker, phase, percent, frames): started / progress;
+- ``PROGRESS`` (meta: attempt, worker, phase, percent, frames, step): started / progress;
 - ``RETRY``: a pool process died with the job and Celery sent it again: back to queued,
   with a warning saying how the attempt ended;
 - ``SUCCESS``: the job's outcome payload (succeeded, failed, cancelled, timed out);
@@ -63,7 +63,7 @@ class _Tracked:
     """What the follower remembers about one job in flight."""
 
     attempt: int = 0
-    progress: tuple[str, int] | None = None
+    progress: tuple[Any, ...] | None = None  # the last progress applied (phase, percent...)
     cancel_sent: float | None = None
     cancel_repeated: float = 0.0
     killed: float | None = None
@@ -324,15 +324,21 @@ class CeleryExecutor:
             self._revoked(job, tracked)
 
     def _progress(self, job: Job, tracked: _Tracked, info: dict[str, Any]) -> None:
-        progress = (str(info.get("phase")), int(info.get("percent") or 0))
+        phase, percent = str(info.get("phase")), int(info.get("percent") or 0)
+        step = str(info["step"]) if info.get("step") else None
+        done, total = _count(info.get("step_done")), _count(info.get("step_total"))
+        progress = (phase, percent, step, done, total)
         if job.state is JobState.RUNNING and progress != tracked.progress:
             tracked.progress = progress
             self._lifecycle.progress(
                 job.id,
-                progress[0],
-                progress[1],
+                phase,
+                percent,
                 frames_done=info.get("frames_done"),
                 frames_total=info.get("frames_total"),
+                step=step,
+                step_done=done,
+                step_total=total,
             )
 
     def _running(self, job: Job, tracked: _Tracked, info: dict[str, Any]) -> Job:
@@ -512,3 +518,8 @@ class CeleryExecutor:
         if self._broker_error is None:
             log.error("the Redis broker at %s is unreachable: %s", shown_url(self.settings), text)
         self._broker_error = text[:200]
+
+
+def _count(value: Any) -> int | None:
+    """A count from a worker's progress meta (JSON), or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -80,7 +80,7 @@ log = logging.getLogger("service.celery_worker")
 LOST_KEY = "heygem:lost:{}"  # JSON list of how this job's pool processes died
 STATUS_INTERVAL = 2.0  # seconds between status-file updates
 MAX_WATCHES = 256
-PROGRESS_INTERVAL = 0.25  # seconds between progress reports within one phase
+PROGRESS_INTERVAL = 0.25  # seconds between progress reports within one phase and step
 # A busy pool process seen stopped (state T) this long is killed (checked this often), so
 # its job is handed on within seconds, not at its hard time limit.
 STOPPED_KILL_AFTER = 2.0
@@ -150,14 +150,18 @@ class _BackendReporter:
             message.percent,
             frames_done=message.frames_done,
             frames_total=message.frames_total,
+            step=message.step,
+            step_done=message.step_done,
+            step_total=message.step_total,
         )
 
-    def report(self, phase: str, percent: int, **frames: int | None) -> None:
-        meta = self._meta | {"phase": phase, "percent": percent} | frames
-        same_phase = phase == self.last.get("phase")
+    def report(self, phase: str, percent: int, **details: str | int | None) -> None:
+        """``details``: frames and the step (``Progress``'s fields)."""
+        meta = self._meta | {"phase": phase, "percent": percent} | details
+        same = (phase, meta.get("step")) == (self.last.get("phase"), self.last.get("step"))
         self.last = meta  # the outcome carries it: the API may not have seen this state
         now = time.monotonic()
-        if same_phase and now - self._sent < PROGRESS_INTERVAL:
+        if same and now - self._sent < PROGRESS_INTERVAL:
             return  # each report is a Redis round trip; the API looks twice a second
         self._sent = now
         try:

@@ -3,7 +3,9 @@
 A job has a *state* (queued, running, succeeded, failed, cancelled) and, while it lives, a
 *phase* (queued, starting, preparing, generating, done). "Stage" is kept for what it means
 everywhere else in the project: a pipeline stage (decode, load, generate, compose), named
-where it is known (e.g. the stage that stalled).
+where it is known (e.g. the stage that stalled). While it runs, a job is also in a
+*step* of the pipeline (``heygem.progress``: loading the model, analysing the template...,
+generating), the finer detail an operator watches while the job prepares.
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ class Job:
     stage: str | None = None
     frames_done: int | None = None
     frames_total: int | None = None
+    # The pipeline step it is in (heygem.progress.StepName) with its units done of total
+    # (None: not countable); kept once the job ended (the step it ended in), cleared when
+    # it goes back to the queue.
+    step: str | None = None
+    step_done: int | None = None
+    step_total: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
     worker: str | None = None  # which worker runs it (executor-specific, e.g. "pid 4242")

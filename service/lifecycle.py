@@ -182,9 +182,21 @@ class JobLifecycle:
         *,
         frames_done: int | None = None,
         frames_total: int | None = None,
+        step: str | None = None,
+        step_done: int | None = None,
+        step_total: int | None = None,
     ) -> None:
+        """Where a running job is (executors throttle: about one call per percent of a
+        step or of the frames, and one per step change)."""
         self.store.set_progress(
-            job_id, phase, percent, frames_done=frames_done, frames_total=frames_total
+            job_id,
+            phase,
+            percent,
+            frames_done=frames_done,
+            frames_total=frames_total,
+            step=step,
+            step_done=step_done,
+            step_total=step_total,
         )
 
     def cancel_requested(self, job_id: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from heygem.errors import FailureCause
+from heygem.progress import STEP_TITLES
 from service.jobs import Job, JobError, JobState, Phase
 
 
@@ -51,6 +52,27 @@ class GenerationStatus(BaseModel):
     progress: int = Field(ge=0, le=100)
     frames_done: int | None = Field(default=None, description="Frames written so far")
     frames_total: int | None = Field(default=None, description="Frames the output will have")
+    step: str | None = Field(
+        default=None,
+        description="The pipeline step the job is in: load_model, export_onnx (once per "
+        "model), audio_features, template (the template analysis, once per template), "
+        "face_features (Wav2Lip's face encoding, once per template), generate (frames "
+        "written). Steps before generate overlap; this is the one started last. Kept once "
+        "the job ended (the step it ended in); null before the first report",
+    )
+    step_title: str | None = Field(
+        default=None, description="The step in words, e.g. 'analysing the template'"
+    )
+    step_done: int | None = Field(
+        default=None,
+        description="Units of the step done (frames); a step without countable units says 0 "
+        "while it runs and 1 once it ended",
+    )
+    step_total: int | None = Field(
+        default=None,
+        description="Units the step has (frames; an estimate while a template is analysed); "
+        "null when it has no countable units (a model load or export)",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -100,6 +122,10 @@ class GenerationStatus(BaseModel):
             progress=job.progress,
             frames_done=job.frames_done,
             frames_total=job.frames_total,
+            step=job.step,
+            step_title=STEP_TITLES.get(job.step) if job.step else None,
+            step_done=job.step_done,
+            step_total=job.step_total,
             created_at=datetime.fromtimestamp(job.created_at, UTC),
             started_at=_time(job.started_at),
             finished_at=_time(job.finished_at),
@@ -172,7 +198,11 @@ class CompatQueryData(BaseModel):
     status: int = Field(description="1 running (or queued), 2 success, 3 error")
     progress: int
     result: str
-    msg: str
+    msg: str = Field(
+        description="success; queued (position n); the phase while running, with the "
+        "pipeline step while preparing (e.g. 'preparing: analysing the template (once per "
+        "template), 120 of 250'); cancelling; or why it failed"
+    )
 
 
 class CompatResponse(BaseModel):

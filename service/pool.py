@@ -241,6 +241,9 @@ class WorkerPool:
                 message.percent,
                 frames_done=message.frames_done,
                 frames_total=message.frames_total,
+                step=message.step,
+                step_done=message.step_done,
+                step_total=message.step_total,
             )
         elif isinstance(message, JobDone) and self._owns(slot, message.job_id):
             assert slot.job is not None

@@ -53,11 +53,17 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Progress:
+    """Where a job is; ``step`` (heygem.progress.StepName) with ``step_done`` of
+    ``step_total`` units (None: not countable) is the pipeline step it is in, where known."""
+
     job_id: str
     phase: str  # service.jobs.Phase
     percent: int
     frames_done: int | None = None
     frames_total: int | None = None
+    step: str | None = None
+    step_done: int | None = None
+    step_total: int | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from service.jobs import Job, JobError, JobState, NewJob, Phase
 
 _ID = re.compile(r"^[0-9a-f]{32}$")  # ids are uuid4 hex; anything else cannot exist
 CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # compat task codes (file names)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress INTEGER NOT NULL DEFAULT 0,
     frames_done INTEGER,
     frames_total INTEGER,
+    step TEXT,
+    step_done INTEGER,
+    step_total INTEGER,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -88,7 +91,10 @@ SELECT id, path, filename, size, created_at, info FROM uploads_v1;
 DROP TABLE jobs_v1;
 DROP TABLE uploads_v1;
 """
+# Version 2 had no pipeline step (step, step_done, step_total): added, empty.
+_STEP_COLUMNS = {"step": "TEXT", "step_done": "INTEGER", "step_total": "INTEGER"}
 _ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+_NO_STEP = "step = NULL, step_done = NULL, step_total = NULL"  # a new attempt, or queued again
 
 
 class JobStore:
@@ -109,12 +115,19 @@ class JobStore:
         old = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
         ).fetchone()
-        if old and version < SCHEMA_VERSION:
+        if old and version < 2:
             self._db.executescript(
                 "BEGIN IMMEDIATE;" + _MIGRATE_FROM_1.format(schema=_SCHEMA) + "COMMIT;"
             )
-        else:
-            self._db.executescript(_SCHEMA)
+        elif old and version < SCHEMA_VERSION:
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            added = "".join(
+                f"ALTER TABLE jobs ADD COLUMN {name} {kind};"
+                for name, kind in _STEP_COLUMNS.items()
+                if name not in columns
+            )
+            self._db.executescript(f"BEGIN IMMEDIATE;{added}COMMIT;")
+        self._db.executescript(_SCHEMA)  # new tables and indexes (all IF NOT EXISTS)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -264,7 +277,7 @@ class JobStore:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                f"UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, {_NO_STEP}, "
                 "started_at = ?, attempts = attempts + 1, worker = ? WHERE id = ?",
                 (JobState.RUNNING.value, Phase.STARTING.value, time.time(), worker, row[0]),
             )
@@ -275,7 +288,7 @@ class JobStore:
         started it); None if it was not queued."""
         with self._tx() as db:
             changed = db.execute(
-                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                f"UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, {_NO_STEP}, "
                 "started_at = ?, attempts = attempts + 1, worker = ? WHERE id = ? AND state = ?",
                 (
                     JobState.RUNNING.value,
@@ -301,7 +314,7 @@ class JobStore:
             warnings = [*json.loads(row[0]), warning]
             db.execute(
                 "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
-                "frames_done = NULL, worker = NULL, warnings = ? WHERE id = ?",
+                f"frames_done = NULL, {_NO_STEP}, worker = NULL, warnings = ? WHERE id = ?",
                 (JobState.QUEUED.value, Phase.QUEUED.value, json.dumps(warnings), job_id),
             )
             return True
@@ -325,7 +338,7 @@ class JobStore:
         """Give back a claimed job that never reached its worker."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state = ?, phase = ?, progress = 0, "
+                f"UPDATE jobs SET state = ?, phase = ?, progress = 0, {_NO_STEP}, "
                 "attempts = MAX(attempts - 1, 0), worker = NULL "
                 "WHERE id = ? AND state = ?",
                 (JobState.QUEUED.value, Phase.QUEUED.value, job_id, JobState.RUNNING.value),
@@ -339,20 +352,32 @@ class JobStore:
         *,
         frames_done: int | None = None,
         frames_total: int | None = None,
+        step: str | None = None,
+        step_done: int | None = None,
+        step_total: int | None = None,
     ) -> None:
+        """A running job's progress. Frames and the step are kept when not given; a step
+        comes with its own counts (``step_total`` None: the step has no countable units)."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET phase = ?, progress = ?, "
-                "frames_done = COALESCE(?, frames_done), frames_total = COALESCE(?, frames_total) "
-                "WHERE id = ? AND state = ?",
-                (
-                    phase,
-                    max(0, min(99, progress)),
-                    frames_done,
-                    frames_total,
-                    job_id,
-                    JobState.RUNNING.value,
-                ),
+                "UPDATE jobs SET phase = :phase, progress = :progress, "
+                "frames_done = COALESCE(:frames_done, frames_done), "
+                "frames_total = COALESCE(:frames_total, frames_total), "
+                "step_done = CASE WHEN :step IS NULL THEN step_done ELSE :step_done END, "
+                "step_total = CASE WHEN :step IS NULL THEN step_total ELSE :step_total END, "
+                "step = COALESCE(:step, step) "
+                "WHERE id = :id AND state = :running",
+                {
+                    "phase": phase,
+                    "progress": max(0, min(99, progress)),
+                    "frames_done": frames_done,
+                    "frames_total": frames_total,
+                    "step": step,
+                    "step_done": step_done,
+                    "step_total": step_total,
+                    "id": job_id,
+                    "running": JobState.RUNNING.value,
+                },
             )
 
     def succeed(self, job_id: str, result: dict[str, Any], published_path: str | None) -> bool:
@@ -436,7 +461,7 @@ class JobStore:
     def requeue_after_restart(self, job_id: str) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, "
+                f"UPDATE jobs SET state = ?, phase = ?, stage = NULL, progress = 0, {_NO_STEP}, "
                 "worker = NULL WHERE id = ? AND state = ?",
                 (JobState.QUEUED.value, Phase.QUEUED.value, job_id, JobState.RUNNING.value),
             )
@@ -566,6 +591,9 @@ def _job(row: sqlite3.Row) -> Job:
         progress=int(row["progress"]),
         frames_done=row["frames_done"],
         frames_total=row["frames_total"],
+        step=row["step"],
+        step_done=row["step_done"],
+        step_total=row["step_total"],
         created_at=row["created_at"],
         audio_path=row["audio_path"],
         video_path=row["video_path"],

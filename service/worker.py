@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from heygem.config import GenerateOptions
 from heygem.errors import Cancelled, FailureCause, HeygemError, PipelineStalled
+from heygem.progress import StepProgress
 from service.jobs import Phase
 from service.observe import ContextFilter
 from service.observe import job_id as current_job
@@ -221,7 +222,18 @@ def run_job(
         percent = STREAM_START + (STREAM_SPAN * done) // max(total, 1)
         if percent != last[0]:  # one message per percent, not per frame
             last[0] = percent
-            sender.send(Progress(task.job_id, Phase.GENERATING.value, percent, done, total))
+            sender.send(
+                Progress(
+                    task.job_id,
+                    Phase.GENERATING.value,
+                    percent,
+                    done,
+                    total,
+                    step="generate",
+                    step_done=done,
+                    step_total=total,
+                )
+            )
 
     stalled = False
     outcome: JobDone | JobFailed
@@ -234,6 +246,7 @@ def run_job(
             progress=progress,
             cancel=cancel,
             job_id=task.job_id,
+            on_step=StepReports(task.job_id, sender),
         )
         outcome = JobDone(task.job_id, result.to_dict() | {"output": task.output})
         jlog.info(
@@ -267,6 +280,56 @@ def run_job(
     if stalled:
         return outcome, "the pipeline stalled; a fresh process is the only sure reset"
     return outcome, None
+
+
+class StepReports:
+    """The pipeline's step reports (``heygem.progress``) as ``Progress`` messages while the
+    job prepares.
+
+    Steps before streaming run concurrently (the model load, the audio features, the
+    template analysis), so the step shown is the one started last that is still running
+    (the one that just finished when none is). A message goes out only when the shown step
+    or its percent changes: about 100 for a 10 000-frame analysis, not 10 000, whatever
+    the other steps report meanwhile. Frames written (``generate``) are ``run_job``'s own
+    frame progress.
+    """
+
+    def __init__(self, job_id: str, sender: Reporter) -> None:
+        self._job_id, self._sender = job_id, sender
+        self._lock = threading.Lock()  # steps report from the pipeline's helper threads
+        self._running: dict[str, StepProgress] = {}  # in the order the steps started
+        self._shown: tuple[str, int, bool] | None = None
+
+    def __call__(self, report: StepProgress) -> None:
+        if report.step == "generate":
+            return
+        with self._lock:
+            if report.finished:
+                self._running.pop(report.step, None)
+            else:
+                self._running[report.step] = report  # a known step keeps its place
+            shown = next(reversed(self._running.values()), report)
+            key = (shown.step, step_percent(shown), shown.finished)
+            if key == self._shown:
+                return
+            self._shown = key
+            self._sender.send(
+                Progress(
+                    self._job_id,
+                    Phase.PREPARING.value,
+                    PREPARING_PERCENT,
+                    step=shown.step,
+                    step_done=shown.done,
+                    step_total=shown.total,
+                )
+            )
+
+
+def step_percent(report: StepProgress) -> int:
+    """0-100 of a step (a step without countable units: 0 until it finishes)."""
+    if not report.total:
+        return 100 if report.finished else 0
+    return max(0, min(100, 100 * report.done // report.total))
 
 
 class WarmPipelines:

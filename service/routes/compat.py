@@ -12,11 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from heygem.progress import STEP_TITLES
 from service.admission import Submission, admit, submission
 from service.deps import ClientDep, Services, ServicesDep
 from service.errors import CompatCode, MissingParameter, compat_body
 from service.fetch import fetch, is_url
-from service.jobs import Job, JobState
+from service.jobs import Job, JobState, Phase
 from service.media import copy_into, safe_suffix
 from service.models import CompatResponse, CompatSubmit
 from service.observe import JOB_ID_HEADER
@@ -138,7 +139,12 @@ def _message(services: Services, job: Job) -> str:
     if job.state is JobState.QUEUED:
         return f"queued (position {services.store.queue_position(job)})"
     if job.state is JobState.RUNNING:
-        return "cancelling" if job.cancel_requested else job.phase
+        if job.cancel_requested:
+            return "cancelling"
+        if job.phase == Phase.PREPARING and job.step in STEP_TITLES:
+            counts = f", {job.step_done} of {job.step_total}" if job.step_total else ""
+            return f"{job.phase}: {STEP_TITLES[job.step]}{counts}"  # progress stays at 5
+        return job.phase
     error = job.error
     text = error.message if error else job.state.value
     if error and error.hint:

@@ -531,6 +531,38 @@ def test_compat_submit_and_query(client: TestClient) -> None:
     assert no_code["code"] == 10002 and "code" in no_code["msg"]
 
 
+def test_a_preparing_job_shows_its_pipeline_step(client: TestClient) -> None:
+    """The native view names the step with its title and counts (documented in the
+    schema); the compat API's free-text msg says it too, its progress stays a number."""
+    body = {"audio_url": "speech.wav", "video_url": "template.mp4", "code": "steps-1"}
+    job_id = client.post("/easy/submit", json=body).json()["data"]["job_id"]
+    lifecycle = _services(client).lifecycle
+    assert lifecycle.claim("test-worker") is not None
+    lifecycle.progress(job_id, "preparing", 5, step="template", step_done=120, step_total=250)
+    native = client.get(f"/v1/generations/{job_id}").json()
+    assert {k: native[k] for k in ("phase", "step", "step_title", "step_done", "step_total")} == {
+        "phase": "preparing",
+        "step": "template",
+        "step_title": "analysing the template (once per template)",
+        "step_done": 120,
+        "step_total": 250,
+    }
+    query = client.get("/easy/query", params={"code": "steps-1"}).json()["data"]
+    assert query["progress"] == 5 and query["status"] == 1
+    assert query["msg"] == "preparing: analysing the template (once per template), 120 of 250"
+    lifecycle.progress(job_id, "preparing", 5, step="export_onnx", step_done=0)
+    native = client.get(f"/v1/generations/{job_id}").json()
+    assert native["step_title"] == "exporting the generator to ONNX (once per model)"
+    assert native["step_total"] is None
+    query = client.get("/easy/query", params={"code": "steps-1"}).json()["data"]
+    assert query["msg"] == "preparing: exporting the generator to ONNX (once per model)"
+
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["GenerationStatus"]
+    for field in ("step", "step_title", "step_done", "step_total"):
+        assert schema["properties"][field]["description"], field
+    assert "template" in schema["properties"]["step"]["description"]
+
+
 def test_draining_service_refuses_new_work_with_503(client: TestClient) -> None:
     """Item 9 (the API side; tests/service/test_server.py sends a real SIGTERM)."""
     _services(client).lifecycle.draining.set()

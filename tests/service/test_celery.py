@@ -399,6 +399,58 @@ def test_settings_name_what_is_wrong(tmp_path: Path) -> None:
         ServiceSettings(executor="celery", data_dir=tmp_path)
 
 
+def test_the_step_goes_through_the_result_backend_to_the_store(tmp_path: Path) -> None:
+    """A worker's step reports as Celery task states, read back by the API's follower into
+    its store: a step change is sent at once, reports within a step at most every
+    PROGRESS_INTERVAL, and the last one travels with the outcome (no Redis needed)."""
+    from heygem.progress import StepProgress
+    from service.celery_app import PROGRESS
+    from service.celery_executor import CeleryExecutor, _Tracked
+    from service.celery_worker import _BackendReporter
+    from service.lifecycle import JobLifecycle
+    from service.metrics import Metrics
+    from service.redact import Redactor
+    from service.worker import StepReports
+
+    settings = ServiceSettings(
+        data_dir=tmp_path, executor="celery", broker_url="redis://127.0.0.1:1/0"
+    )
+    store = JobStore(settings.database)
+    job = store.create(
+        NewJob("a" * 32, "a.wav", "v.mp4", "o.mp4", {}),
+        max_queued=1,
+        max_queued_per_client=1,
+        retry_after=1,
+    )
+    states: list[dict[str, Any]] = []
+
+    class Task:  # what update_state writes to the result backend
+        def update_state(self, task_id: str, state: str, meta: dict[str, Any]) -> None:
+            assert task_id == job.id
+            states.append({"status": state, "result": meta})
+
+    reporter = _BackendReporter(Task(), job.id, {"attempt": 1, "worker": "w0", "pid": 7})
+    report = StepReports(job.id, reporter)
+    report(StepProgress("audio_features", 0, None))
+    for done in range(1, 401):  # well within one interval: only the change is sent
+        report(StepProgress("template", done, 400))
+    assert [(s["result"]["step"], s["result"]["step_done"]) for s in states] == [
+        ("audio_features", 0),
+        ("template", 1),
+    ]
+    assert reporter.last["step_done"] == 400  # what the outcome will carry
+
+    follower = CeleryExecutor(settings, JobLifecycle(store, Metrics(), Redactor([])), Metrics())
+    tracked = _Tracked()
+    for meta in [*states, {"status": PROGRESS, "result": reporter.last}]:
+        follower._apply(store.get(job.id), tracked, meta)
+    seen = store.get(job.id)
+    assert seen.state.value == "running" and seen.worker == "w0 (pid 7)"
+    assert (seen.phase, seen.step) == ("preparing", "template")
+    assert (seen.step_done, seen.step_total) == (400, 400)
+    store.close()
+
+
 def test_visibility_timeout_outlasts_the_longest_job(tmp_path: Path) -> None:
     """Redis must never hand a slow, healthy job to a second worker."""
     from service.celery_app import longest_job_seconds, visibility_timeout

@@ -1,8 +1,10 @@
-"""Small pieces: worker cancel bookkeeping, job options, metrics, redaction, the cache cap."""
+"""Small pieces: worker cancel bookkeeping, step reports, job options, metrics, redaction, the
+cache cap."""
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -12,12 +14,14 @@ from hypothesis import strategies as st
 
 from heygem.config import FaultInjection, GenerateOptions
 from heygem.errors import InvalidOption
+from heygem.progress import StepProgress
 from service.metrics import Metrics
 from service.options import JobOptions, job_options
+from service.protocol import FromWorker, Progress
 from service.redact import HIDDEN, Redactor
 from service.retention import tree_bytes, trim_cache
 from service.settings import ServiceSettings
-from service.worker import _Control
+from service.worker import PREPARING_PERCENT, StepReports, _Control
 from tests.service.helpers import metric
 
 
@@ -31,6 +35,80 @@ def test_cancel_before_the_job_starts_is_not_lost() -> None:
     assert not running.is_set()
     control.cancel()  # Stop: whatever runs
     assert running.is_set()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[Progress] = []
+
+    def send(self, message: FromWorker) -> None:
+        assert isinstance(message, Progress)
+        self.sent.append(message)
+
+
+def _frames(step: str, total: int) -> list[StepProgress]:
+    """What the pipeline reports for a counted step: every unit, then the last again."""
+    reports = [StepProgress(step, i, total) for i in range(1, total + 1)]  # type: ignore[arg-type]
+    return [*reports, StepProgress(step, total, total, finished=True)]  # type: ignore[arg-type]
+
+
+def _once(step: str) -> list[StepProgress]:
+    """A step without countable units (a model load or export): its start and its end."""
+    return [StepProgress(step, 0, None), StepProgress(step, 1, None, finished=True)]  # type: ignore[arg-type]
+
+
+def test_a_long_step_sends_one_message_per_percent_and_the_latest_step_is_shown() -> None:
+    sent = _Recorder()
+    report = StepReports("j", sent)
+    audio, load, export = _once("audio_features"), _once("load_model"), _once("export_onnx")
+    template = _frames("template", 10_000)
+    # As they interleave on a first job: the model export starts while the template is
+    # being analysed and hides it until it ends; the audio ends unseen meanwhile.
+    for item in [audio[0], load[0], *template[:100], export[0], *template[100:500], audio[1]]:
+        report(item)
+    for item in [*template[500:3000], export[1], *template[3000:3100], load[1]]:
+        report(item)
+    for item in [*template[3100:], *_frames("face_features", 10_000), *_frames("generate", 50)]:
+        report(item)
+
+    assert len(sent.sent) <= 2 * 102 + 6  # two counted steps, four start/end changes
+    assert {(m.phase, m.percent) for m in sent.sent} == {("preparing", PREPARING_PERCENT)}
+    shown = [m.step for m in sent.sent]
+    assert [s for i, s in enumerate(shown) if i == 0 or shown[i - 1] != s] == [
+        "audio_features",
+        "load_model",
+        "template",
+        "export_onnx",
+        "template",
+        "face_features",
+    ]
+    back = shown.index("template", shown.index("export_onnx"))  # its last count, at once
+    assert sent.sent[back].step_done == 3000 and sent.sent[back].step_total == 10_000
+    last = sent.sent[-1]
+    assert (last.step, last.step_done, last.step_total) == ("face_features", 10_000, 10_000)
+    assert not any(m.step == "generate" for m in sent.sent)  # frames are run_job's own
+
+
+@given(
+    totals=st.lists(st.integers(1, 1500), min_size=1, max_size=4),
+    uncounted=st.integers(0, 3),
+    rng=st.randoms(use_true_random=False),
+)
+def test_step_messages_stay_bounded_however_steps_interleave(
+    totals: list[int], uncounted: int, rng: random.Random
+) -> None:
+    names = ["template", "face_features", "audio_features", "load_model"]
+    steps = [_frames(names[i], n) for i, n in enumerate(totals)]
+    steps += [_once(name) for name in ["export_onnx", "load_model", "audio_features"][:uncounted]]
+    sent = _Recorder()
+    report = StepReports("j", sent)
+    pending = [list(s) for s in steps]
+    while any(pending):
+        queue = rng.choice([p for p in pending if p])  # the steps' threads, any order
+        report(queue.pop(0))
+    assert len(sent.sent) <= 104 * len(steps)
+    assert all(m.step_total is None or m.step_done <= m.step_total for m in sent.sent)  # type: ignore[operator]
+    assert sent.sent[-1].step_done == (sent.sent[-1].step_total or 1)  # all ended: an end shown
 
 
 def test_job_options_apply_overrides_and_parse_faults(tmp_path: Path) -> None:

@@ -28,12 +28,13 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
+from heygem.demo import iter_template_frames, write_video
 from service.app import create_app
 from service.settings import ServiceSettings
 from service.store import JobStore
 from tests.helpers import wait_for
 from tests.service.cluster import RedisServer, start_workers, stop_workers, warm_workers
-from tests.service.helpers import KEYS, SPEECH_SECONDS, metric, wait_final
+from tests.service.helpers import FINAL, KEYS, SPEECH_SECONDS, metric, wait_final
 
 REFS = {"audio_path": "speech.wav", "video_path": "template.mp4"}
 SLOW = "generate:slow:0.4"  # 7 batches of 8 frames at 0.4 s: ~3 s of generating
@@ -284,6 +285,45 @@ def test_stalled_pipeline_names_the_stage_and_recycles_the_worker(
     assert metric(metrics, "heygem_stalls_total", kind="pipeline") == 1
     if executor == "local":
         assert metric(metrics, "heygem_worker_restarts_total", reason="recycled") == 1
+
+
+def test_a_new_template_shows_its_analysis_while_the_job_prepares(
+    live: TestClient, executor: str, media_root: Path
+) -> None:
+    """The first job on a template spends seconds analysing it before any frame is
+    written: the job's progress names that step with its counts, on either executor.
+
+    The template is long (400 frames, about 1 s of analysis here) because the celery
+    executor reads the workers' progress twice a second: a step that ends sooner may be
+    skipped, which is fine for operators and would be a flaky test.
+    """
+    name = f"new-template-{executor}.mp4"  # its own content: no cache entry yet
+    sway = {"local": 0.5, "celery": 0.8}[executor]
+    write_video(media_root / name, iter_template_frames(16.0, size=(480, 360), sway=sway))
+    job_id = _submit(live, video_path=name)
+    seen: list[dict[str, Any]] = []
+
+    def final() -> dict[str, Any] | None:
+        status: dict[str, Any] = live.get(f"/v1/generations/{job_id}").json()
+        seen.append(status)
+        return status if status["state"] in FINAL else None
+
+    status = wait_for(final, timeout=60, interval=0.05)
+    assert status["state"] == "succeeded", status
+    steps = [
+        (s["phase"], s["step"], s["step_title"], s["step_done"], s["step_total"]) for s in seen
+    ]
+    template = [s for s in steps if s[1] == "template"]
+    assert template, sorted(set(steps), key=steps.index)
+    for phase, _, title, done, total in template:
+        assert phase == "preparing" and title == "analysing the template (once per template)"
+        assert total == 400 and 0 < done <= total
+    first_frames = next(i for i, s in enumerate(steps) if s[1] == "generate")
+    assert steps.index(template[-1]) < first_frames  # the analysis, then the frames
+    assert all(s[0] == "generating" for s in steps[first_frames:] if s[0] != "done")
+    frames = status["frames"]  # at the end: where it ended, as frames_done
+    assert (status["step"], status["step_title"]) == ("generate", "generating")
+    assert status["step_done"] == status["step_total"] == status["frames_done"] == frames
 
 
 def test_heygem_compatible_flow(live: TestClient, media_root: Path) -> None:

@@ -8,6 +8,7 @@ each page go to web-artifacts/ (see tests/web/browser.py).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,10 +185,13 @@ def test_cancel_from_the_page(browser: Browser, web_media: Path) -> None:
     # 6 s a batch: the job outlasts the cancel on either executor by far.
     submit(browser, web_media / "speech.wav", web_media / "template.mp4", fault="generate:slow:6")
     browser.wait(lambda: fact(browser, "progress", "Phase") == "generating", timeout=120)
+    assert re.fullmatch(r"generating: \d+ of 50 \(\d+%\)", fact(browser, "progress", "Step"))
     browser.click("[data-action=cancel]")
     browser.wait(lambda: state(browser) == "cancelled", timeout=60, what="the job to be cancelled")
     assert browser.text("[data-field=reason]") == "Cancelled: cancelled by request"
     assert fact(browser, "diagnosis", "Phase") == "generating"
+    assert fact(browser, "diagnosis", "Pipeline step").startswith("generating: ")
+    assert fact(browser, "progress", "Step") == ""  # an ended job's step is in its diagnosis
     assert browser.js("return document.querySelector('[data-section=result]').hidden")
 
 

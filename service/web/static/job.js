@@ -53,6 +53,7 @@ function showProgress(root, job) {
   const frames = job.frames_total ? `${job.frames_done ?? 0} of ${job.frames_total}` : null;
   facts(field(root, "facts"), [
     ["Phase", job.phase],
+    ["Step", FINAL.has(job.state) ? null : stepText(job)],
     ["Stage", job.stage],
     ["Frames", frames],
     ["Progress", `${job.progress}%`],
@@ -64,6 +65,16 @@ function showProgress(root, job) {
     ["Cancel", job.cancel_requested && !FINAL.has(job.state) ? "requested, stopping…" : null],
   ]);
   root.querySelector("[data-action=cancel]").hidden = FINAL.has(job.state) || job.cancel_requested;
+}
+
+// The pipeline step the job is in: a first job on a template spends seconds analysing it
+// (or exporting the model) before any frame is written, and this is what moves meanwhile.
+function stepText(job) {
+  if (!job.step) return null;
+  const title = job.step_title || job.step;
+  if (!job.step_total) return title;
+  const percent = Math.min(100, Math.floor((100 * job.step_done) / job.step_total));
+  return `${title}: ${job.step_done} of ${job.step_total} (${percent}%)`;
 }
 
 async function cancel(root, id) {
@@ -153,6 +164,7 @@ function showDiagnosis(root, job) {
     ["Cause", `${error.cause} (${error.cause_description})`],
     ["Error type", error.type],
     ["Phase", error.phase],
+    ["Pipeline step", stepText(job)],
     ["Pipeline stage", error.stage],
   ]);
 }

@@ -51,8 +51,14 @@ function row(job) {
   return h("tr", { "data-job": job.id, "data-state": job.state },
     h("td", {}, h("a", { href: `#job/${job.id}`, text: job.id.slice(0, 8) })),
     h("td", { class: "inputs", text: `${names.audio || "?"} + ${names.video || "?"}` }),
-    h("td", {}, badge(job.state), job.state === "running" ? h("span", { class: "muted small", text: ` ${job.phase} ${job.progress}%` }) : null),
+    h("td", {}, badge(job.state), job.state === "running" ? h("span", { class: "muted small", text: ` ${running(job)}` }) : null),
     h("td", { text: age(job.created_at) }),
     h("td", { text: took }),
     h("td", {}, reason));
+}
+
+// A running job's phase and percent; while it prepares, the pipeline step it is in.
+function running(job) {
+  const step = job.phase === "preparing" && job.step_title ? `: ${job.step_title}` : "";
+  return `${job.phase} ${job.progress}%${step}`;
 }
