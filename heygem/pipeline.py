@@ -413,6 +413,9 @@ class Pipeline:
                 _report(on_step, "template", frames, inputs.video.estimated_frames or None)
 
             try:
+                # Shown at once: the first analysed frame can be a second away (the
+                # landmark model loads first).
+                _report(on_step, "template", 0, inputs.video.estimated_frames or None)
                 with _timed(timings, "face_track"):
                     plan = self.plan_template(inputs, spec, analysed)
                 _report(on_step, "template", plan.n_frames, plan.n_frames, finished=True)

@@ -78,10 +78,13 @@ def test_every_long_step_reports_progress(
     frames = [e for e in events if e.step == "generate"]
     assert [e.done for e in frames] == list(range(1, result.frames + 1))
 
-    events.clear()  # warm pipeline, cached template: no export, no load, one template report
+    events.clear()  # warm pipeline, cached template: no export, no load, start and end only
     pipeline.generate(speech_wav, template_mp4, tmp_path / "b.mp4", on_step=record)
     assert {e.step for e in events} == {"audio_features", "template", "generate"}
-    assert [(e.done, e.finished) for e in events if e.step == "template"] == [(50, True)]
+    assert [(e.done, e.finished) for e in events if e.step == "template"] == [
+        (0, False),
+        (50, True),
+    ]
 
 
 def test_cancel_during_the_template_analysis_ends_it_early(
@@ -93,14 +96,15 @@ def test_cancel_during_the_template_analysis_ends_it_early(
     def on_step(progress: StepProgress) -> None:
         if progress.step == "template":
             analysed.append(progress.done)
-            cancel.set()
+            if progress.done:  # cancelled once the first frame is analysed
+                cancel.set()
 
     pipeline = Pipeline(GenerateOptions(cache_dir=tmp_path / "c"))
     with pytest.raises(Cancelled, match="template analysis"):
         pipeline.generate(
             speech_wav, template_mp4, tmp_path / "x.mp4", cancel=cancel, on_step=on_step
         )
-    assert analysed == [1]
+    assert analysed == [0, 1]  # the start, then one frame: the analysis stopped there
     assert not (tmp_path / "x.mp4").exists()
 
 
