@@ -339,8 +339,10 @@ class Pipeline:
                 progress(done, total)
             _report(on_step, "generate", done, total, finished=done == total)
 
-        with _timed(timings, "face_features"):
-            faces = self.face_features(runner, spec, plan, cancel, on_step)
+        encoding_started = time.perf_counter()
+        faces = self.face_features(runner, spec, plan, cancel, on_step)
+        if faces is not None:  # a step of Wav2Lip jobs on ONNX Runtime only
+            timings["face_features"] = round(time.perf_counter() - encoding_started, 3)
         with _timed(timings, "stream"), tempfile.TemporaryDirectory(prefix="heygem-job-") as tmp:
             stage_seconds = self.stream(
                 inputs,

@@ -9,14 +9,14 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heygem.errors import OutputNotWritable, PipelineError
+from heygem.errors import PipelineError
+from heygem.partial import partial_beside
 
 if TYPE_CHECKING:  # torch is imported where an export happens, not with this module
     import torch
@@ -104,16 +104,7 @@ def export_face_split(graph: Wav2LipGraph, encoder: Path, decoder: Path) -> None
 
 
 def _temporary(target: Path) -> str:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
-        os.close(fd)
-    except OSError as exc:
-        raise OutputNotWritable(
-            f"cannot write the ONNX file to {str(target.parent)!r}: {exc}",
-            hint="choose a writable output path",
-        ) from exc
-    return name
+    return str(partial_beside(target, what="the ONNX file", hint="choose a writable output path"))
 
 
 def _trace(

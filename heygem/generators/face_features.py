@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from heygem.errors import OutputNotWritable
+from heygem.partial import partial_beside
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,9 @@ def _compute(
     on_progress: Callable[[int, int], None] | None,
 ) -> None:
     total = len(crops)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".face-features-", suffix=".npy")
-        os.close(fd)
-    except OSError as exc:
-        raise OutputNotWritable(
-            f"cannot write face features to {str(path.parent)!r}: {exc}",
-            hint="choose a writable --cache-dir with enough free space",
-        ) from exc
+    tmp = partial_beside(
+        path, what="face features", hint="choose a writable --cache-dir with enough free space"
+    )
     try:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(total, FACE_FEATURES)
@@ -113,13 +108,13 @@ def _compute(
         del out
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputNotWritable(
             f"cannot write face features to {str(path)!r}: {exc}",
             hint="free some space in --cache-dir (each template frame takes 1.2 MB)",
         ) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

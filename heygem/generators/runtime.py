@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from heygem.errors import ProviderUnavailable
+from heygem.errors import OutputNotWritable, ProviderUnavailable
 from heygem.generators.cuda_libs import ort_cuda_provider_missing_libs
+from heygem.partial import partial_beside
 from heygem.providers import is_cpu_fallback
 
 if TYPE_CHECKING:
@@ -201,13 +201,10 @@ def _cpu_flags() -> str:
 
 def _partial_path(target: Path) -> Path | None:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".part")
-        os.close(fd)
-    except OSError as exc:  # only a speed-up: the session optimises in memory as before
-        log.debug("cannot save the optimised graph in %s: %s", target.parent, exc)
+        return partial_beside(target, what="the optimised graph", hint="")
+    except OutputNotWritable as exc:  # only a speed-up: the session optimises in memory
+        log.debug("%s", exc)
         return None
-    return Path(name)
 
 
 def _publish(partial: Path, target: Path) -> None:

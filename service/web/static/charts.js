@@ -52,6 +52,7 @@ const STEPS = [
   ["load_model", "model"],
   ["audio_features", "audio features"],
   ["face_track", "face analysis"],
+  ["face_features", "face encoding (Wav2Lip)"],
   ["stream", "decode, generate, compose, encode"],
 ];
 const STAGES = [

@@ -143,6 +143,8 @@ def test_jobs_on_cached_features_write_the_same_pixels(
         outputs.append(read_gray_frames(tmp_path / f"{name}.mp4"))
         timings.append(result.timings)
     assert outputs[0].shape[0] == 65  # frames 50-64 play the template backwards
+    assert "face_features" in timings[0] and "face_features" in timings[1]
+    assert "face_features" not in timings[2]  # not a step of a job that runs the whole net
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_array_equal(outputs[0], outputs[2])
     cached = list((tmp_path / "cache" / "templates").glob("*/face-features-*.npy"))
