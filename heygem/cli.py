@@ -66,11 +66,12 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     _add_common(export)
     for name, run in COMMANDS.items():
         sub.choices[name].set_defaults(run=run)
-    from importlib.metadata import entry_points  # 25 ms: only when plugins are wanted
+    if plugins:
+        from importlib.metadata import entry_points  # 15-25 ms: only when plugins are wanted
 
-    for plugin in entry_points(group=COMMAND_PLUGINS) if plugins else ():
-        # e.g. `serve` and `worker` from the service: heygem itself never imports it.
-        plugin.load()(sub, _add_common)
+        for plugin in entry_points(group=COMMAND_PLUGINS):
+            # e.g. `serve` and `worker` from the service: heygem itself never imports it.
+            plugin.load()(sub, _add_common)
     return parser
 
 

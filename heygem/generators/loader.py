@@ -13,7 +13,6 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +234,8 @@ def _weights_digest(checkpoint: Path, cache_dir: Path) -> str:
 
 
 def _torch_version() -> str:
+    from importlib import metadata  # ~10 ms; only exports in the cache need it
+
     try:
         return metadata.version("torch").split("+")[0]
     except metadata.PackageNotFoundError:  # e.g. a source build registered differently
