@@ -451,7 +451,11 @@ class Pipeline:
             _report(on_step, "face_features", done, total, finished=done == total)
 
         return template_face_features(
-            runner, plan.crops_path, spec.fingerprint, on_progress=encoded
+            runner,
+            plan.crops_path,
+            spec.fingerprint,
+            on_progress=encoded,
+            streams=self.budget.model_streams,
         )
 
     def _audio_step(self, inputs: Inputs, on_step: StepCallback | None) -> AudioFeatures:

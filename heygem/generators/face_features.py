@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,6 +59,7 @@ def template_face_features(
     fingerprint: str,
     *,
     on_progress: Callable[[int, int], None] | None = None,
+    streams: int = 1,
 ) -> np.ndarray | None:
     """The features of every template frame as a read-only memory map [N, FACE_FEATURES]:
     read from the cache, or computed and cached now. None when the template is too long
@@ -80,8 +83,35 @@ def template_face_features(
             total * BYTES_PER_FRAME / 1e9,
         )
         return None
-    _compute(runner, crops, path, on_progress)
+    _compute(runner, crops, path, on_progress, streams)
     return np.load(path, mmap_mode="r")
+
+
+def _encoded_batches(
+    runner: FaceFeatureRunner, crops: np.ndarray, streams: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first frame, features) of every batch, in order, ``streams`` batches running at
+    once (the sessions have one intra-op thread each, like the generate stage's). At most
+    ``streams`` are in flight, so a cancel waits for no more than those."""
+
+    def encode(start: int) -> np.ndarray:
+        face = np.asarray(crops[start : start + ENCODE_BATCH]).transpose(0, 3, 1, 2)
+        return runner.encode(np.ascontiguousarray(face.astype(np.float32) * (1.0 / 255.0)))
+
+    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+    with ThreadPoolExecutor(max(1, streams), thread_name_prefix="heygem-face-features") as pool:
+        try:
+            for start in range(0, len(crops), ENCODE_BATCH):
+                pending.append((start, pool.submit(encode, start)))
+                if len(pending) >= streams:
+                    first, future = pending.popleft()
+                    yield first, future.result()
+            while pending:
+                first, future = pending.popleft()
+                yield first, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def _compute(
@@ -89,6 +119,7 @@ def _compute(
     crops: np.ndarray,
     path: Path,
     on_progress: Callable[[int, int], None] | None,
+    streams: int,
 ) -> None:
     total = len(crops)
     tmp = partial_beside(
@@ -98,12 +129,10 @@ def _compute(
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(total, FACE_FEATURES)
         )
-        for start in range(0, total, ENCODE_BATCH):
-            stop = min(start + ENCODE_BATCH, total)
-            face = np.asarray(crops[start:stop]).transpose(0, 3, 1, 2).astype(np.float32)
-            out[start:stop] = runner.encode(np.ascontiguousarray(face * (1.0 / 255.0)))
+        for start, features in _encoded_batches(runner, crops, streams):
+            out[start : start + len(features)] = features
             if on_progress is not None:
-                on_progress(stop, total)
+                on_progress(start + len(features), total)
         out.flush()
         del out
         os.replace(tmp, path)

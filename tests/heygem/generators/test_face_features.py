@@ -64,17 +64,20 @@ def test_the_two_halves_compute_what_the_whole_graph_does(
     np.testing.assert_array_equal(split.run(face, mel), split.decode(features, mel))
 
 
-def test_features_are_computed_once_and_read_back(wav2lip_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("streams", [1, 2])
+def test_features_are_computed_once_and_read_back(
+    wav2lip_checkpoint: Path, tmp_path: Path, streams: int
+) -> None:
     runner = _runner(wav2lip_checkpoint, tmp_path / "c")
-    crops = _crops(tmp_path / "template", 40)
+    crops = _crops(tmp_path / "template", 70)  # batches of 32: the last one partial
     progress: list[tuple[int, int]] = []
     first = template_face_features(
-        runner, crops, "fp", on_progress=lambda d, t: progress.append((d, t))
+        runner, crops, "fp", on_progress=lambda d, t: progress.append((d, t)), streams=streams
     )
-    assert first is not None and first.shape == (40, FACE_FEATURES)
-    assert progress[-1] == (40, 40)
-    face = np.load(crops)[[7, 31]].transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
-    np.testing.assert_array_equal(first[[7, 31]], runner.encode(np.ascontiguousarray(face)))
+    assert first is not None and first.shape == (70, FACE_FEATURES)
+    assert progress == [(32, 70), (64, 70), (70, 70)]  # in order, whatever ran at once
+    face = np.load(crops)[[7, 31, 69]].transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+    np.testing.assert_array_equal(first[[7, 31, 69]], runner.encode(np.ascontiguousarray(face)))
     stamp = features_file(crops, "fp").stat().st_mtime_ns
     progress.clear()
     again = template_face_features(
@@ -107,7 +110,7 @@ def test_a_cancelled_encoding_leaves_no_file(wav2lip_checkpoint: Path, tmp_path:
             raise Cancelled("the job was cancelled")
 
     with pytest.raises(Cancelled):
-        template_face_features(runner, crops, "fp", on_progress=cancel)
+        template_face_features(runner, crops, "fp", on_progress=cancel, streams=2)
     assert sorted(p.name for p in crops.parent.iterdir()) == [crops.name]
 
 
