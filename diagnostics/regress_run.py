@@ -35,7 +35,7 @@ from heygem.batches import FrameTiming
 from heygem.config import BackendName, DeviceName, GenerateOptions
 from heygem.face.template import TemplatePlan
 from heygem.generators.graphs import GeneratorSpec
-from heygem.generators.runtime import BackendInfo, GraphRunner
+from heygem.generators.runtime import BackendInfo, GraphRunner, graph_faces
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import iter_template_frames, planes
 from heygem.pipeline import AudioFeatures, Inputs, Pipeline
@@ -327,7 +327,7 @@ def samples_fingerprint(
     """The generator on the scenario's own inputs at the sampled frames."""
     if not indices:
         return {"indices": []}
-    face = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) * (1.0 / 255.0)
+    face = graph_faces(crops)
     out = runner.run(face, condition)
     return {"indices": indices, **generator_fingerprint(face, out, grid=8)}
 

@@ -55,7 +55,7 @@ from heygem.errors import (
 from heygem.face.template import TemplatePlan, plan_template
 from heygem.generators.face_features import CachedFaces, template_face_features
 from heygem.generators.loader import PreparedGenerator, prepare_generator, start_runner
-from heygem.generators.runtime import FaceFeatureOrtRunner, GraphRunner
+from heygem.generators.runtime import FaceFeatureOrtRunner, GraphRunner, graph_faces
 from heygem.generators.samples import generator_samples
 from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
@@ -739,8 +739,7 @@ def _run_batch(
     if faces is not None:  # the face encoder's part was computed with the template
         result = faces.run(indices, np.ascontiguousarray(mels))
     else:
-        face = crops.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
-        result = runner.run(np.ascontiguousarray(face), np.ascontiguousarray(mels))
+        result = runner.run(graph_faces(crops), np.ascontiguousarray(mels))
     pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return indices, pixels
 

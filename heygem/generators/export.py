@@ -10,6 +10,7 @@ import inspect
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 OPSET = 17
 MAX_IR_VERSION = 9
 PARITY_TOLERANCE = 2e-4
-FACE_SIZE = 96  # Wav2Lip's input side (heygem.generators.wav2lip, which imports torch)
 
 
 def example_inputs(
@@ -75,7 +75,7 @@ def export_onnx(graph: nn.Module, size: int, target: Path, *, opset: int = OPSET
     return target
 
 
-def export_face_split(graph: Wav2LipGraph, encoder: Path, decoder: Path) -> None:
+def export_face_split(graph: Wav2LipGraph, size: int, encoder: Path, decoder: Path) -> None:
     """Wav2Lip's face encoder and the rest as two graphs (heygem.generators.face_features),
     checked together against the whole torch graph; both files appear only when both
     exported and match."""
@@ -86,14 +86,14 @@ def export_face_split(graph: Wav2LipGraph, encoder: Path, decoder: Path) -> None
     parts = (Wav2LipFaceEncoder(graph).eval(), Wav2LipDecoder(graph).eval())
     temporary = [_temporary(target) for target in (encoder, decoder)]
     try:
-        face, mel = example_inputs(FACE_SIZE, graph=graph)
+        face, mel = example_inputs(size, graph=graph)
         with torch.inference_mode():
             features = parts[0](face)
         _trace(parts[0], (face,), ["face"], temporary[0], OPSET, output="features")
         _trace(parts[1], (features, mel), ["features", "mel"], temporary[1], OPSET)
         for name in temporary:
             _check_and_pin(Path(name))
-        _verify_split_parity(graph, Path(temporary[0]), Path(temporary[1]))
+        _verify_split_parity(graph, size, Path(temporary[0]), Path(temporary[1]))
         os.replace(temporary[0], encoder)
         os.replace(temporary[1], decoder)
     except BaseException:
@@ -148,17 +148,39 @@ def _check_and_pin(path: Path) -> None:
 def verify_parity(graph: nn.Module, onnx_path: Path, size: int) -> float:
     """Max abs difference between torch and ONNX Runtime (CPU) on a seeded batch."""
     import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    second = condition_name(graph)
+    return _parity(graph, size, lambda face, mel: session.run(None, {"face": face, second: mel})[0])
+
+
+def _verify_split_parity(graph: nn.Module, size: int, encoder: Path, decoder: Path) -> float:
+    """The two halves on ONNX Runtime against the whole torch graph, as verify_parity."""
+    import onnxruntime as ort
+
+    cpu = ["CPUExecutionProvider"]
+    encode = ort.InferenceSession(str(encoder), providers=cpu)
+    decode = ort.InferenceSession(str(decoder), providers=cpu)
+
+    def run(face: np.ndarray, mel: np.ndarray) -> Any:
+        features = encode.run(None, {"face": face})[0]
+        return decode.run(None, {"features": features, "mel": mel})[0]
+
+    return _parity(graph, size, run)
+
+
+def _parity(
+    graph: nn.Module, size: int, run_onnx: Callable[[np.ndarray, np.ndarray], Any]
+) -> float:
+    """``run_onnx`` against the torch graph on a seeded batch; PipelineError beyond the
+    tolerance."""
     import torch
 
     face, mel = example_inputs(size, batch=3, seed=1, graph=graph)
     with torch.inference_mode():
         expected = graph.eval()(face, mel).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"face": face.numpy(), condition_name(graph): mel.numpy()})[0]
-    return _check_parity(float(np.max(np.abs(expected - got))))
-
-
-def _check_parity(diff: float) -> float:
+    got = run_onnx(face.numpy(), mel.numpy())
+    diff = float(np.max(np.abs(expected - got)))
     if not diff <= PARITY_TOLERANCE:
         raise PipelineError(
             f"ONNX export differs from torch by {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})",
@@ -166,21 +188,3 @@ def _check_parity(diff: float) -> float:
             hint="report this with `heygem-diagnose env` output",
         )
     return diff
-
-
-def _verify_split_parity(graph: nn.Module, encoder: Path, decoder: Path) -> float:
-    """The two halves on ONNX Runtime against the whole torch graph, as verify_parity."""
-    import onnxruntime as ort
-    import torch
-
-    face, mel = example_inputs(FACE_SIZE, batch=3, seed=1, graph=graph)
-    with torch.inference_mode():
-        expected = graph.eval()(face, mel).numpy()
-    cpu = ["CPUExecutionProvider"]
-    features = ort.InferenceSession(str(encoder), providers=cpu).run(None, {"face": face.numpy()})[
-        0
-    ]
-    got = ort.InferenceSession(str(decoder), providers=cpu).run(
-        None, {"features": features, "mel": mel.numpy()}
-    )[0]
-    return _check_parity(float(np.max(np.abs(expected - got))))

@@ -27,6 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from heygem.errors import OutputNotWritable
+from heygem.generators.runtime import graph_faces
 from heygem.partial import partial_beside
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ def _encoded_batches(
     ``streams`` are in flight, so a cancel waits for no more than those."""
 
     def encode(start: int) -> np.ndarray:
-        face = np.asarray(crops[start : start + ENCODE_BATCH]).transpose(0, 3, 1, 2)
-        return runner.encode(np.ascontiguousarray(face.astype(np.float32) * (1.0 / 255.0)))
+        return runner.encode(graph_faces(crops[start : start + ENCODE_BATCH]))
 
     pending: deque[tuple[int, Future[np.ndarray]]] = deque()
     with ThreadPoolExecutor(max(1, streams), thread_name_prefix="heygem-face-features") as pool:

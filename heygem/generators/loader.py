@@ -190,7 +190,7 @@ def _export(prepared: PreparedGenerator, on_step: StepCallback | None) -> None:
     log.info("exporting %s to ONNX (once per model)", prepared.spec.name)
     export_onnx(prepared.graph, prepared.spec.crop.size, prepared.onnx.onnx, opset=OPSET)
     if prepared.onnx.face_split is not None:
-        export_face_split(prepared.graph, *prepared.onnx.face_split)
+        export_face_split(prepared.graph, prepared.spec.crop.size, *prepared.onnx.face_split)
     # The spec last: its presence marks a complete entry.
     _write_atomically(prepared.onnx.spec, prepared.spec.to_json())
     if on_step is not None:

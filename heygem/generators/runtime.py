@@ -7,6 +7,7 @@ missing silently runs on CPU, and that must show up as a warning, not be assumed
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -41,6 +42,12 @@ class BackendInfo:
     @property
     def cpu_fallback(self) -> bool:
         return is_cpu_fallback(self.requested, self.used)
+
+
+def graph_faces(crops: np.ndarray) -> np.ndarray:
+    """uint8 BGR crops [B,S,S,3] -> the graphs' ``face`` input [B,3,S,S] float32 0..1."""
+    face = np.asarray(crops).transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+    return np.ascontiguousarray(face)
 
 
 class GraphRunner(Protocol):
@@ -185,6 +192,7 @@ def _optimized_path(onnx_path: Path, directory: Path) -> Path:
     return directory / f"{onnx_path.stem}.{tag}.opt.onnx"
 
 
+@functools.cache
 def _cpu_flags() -> str:
     """The CPU's feature flags: the saved graph may use kernels only this CPU has."""
     try:
