@@ -55,7 +55,12 @@ from heygem.errors import (
 from heygem.face.template import TemplatePlan, plan_template
 from heygem.generators.face_features import CachedFaces, template_face_features
 from heygem.generators.loader import PreparedGenerator, prepare_generator, start_runner
-from heygem.generators.runtime import FaceFeatureOrtRunner, GraphRunner, graph_faces
+from heygem.generators.runtime import (
+    FaceFeatureOrtRunner,
+    GraphRunner,
+    crops_from_graph,
+    run_on_crops,
+)
 from heygem.generators.samples import generator_samples
 from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
@@ -737,11 +742,8 @@ def _run_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     indices, crops, mels = (np.asarray(part) for part in item)  # numpy or torch batches
     if faces is not None:  # the face encoder's part was computed with the template
-        result = faces.run(indices, np.ascontiguousarray(mels))
-    else:
-        result = runner.run(graph_faces(crops), np.ascontiguousarray(mels))
-    pixels = np.clip(result.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return indices, pixels
+        return indices, crops_from_graph(faces.run(indices, np.ascontiguousarray(mels)))
+    return indices, run_on_crops(runner, crops, np.ascontiguousarray(mels))
 
 
 def _compose_stage(

@@ -17,7 +17,7 @@ from enum import IntEnum
 import cv2
 import numpy as np
 
-from heygem.generators.runtime import BackendInfo, GraphRunner
+from heygem.generators.runtime import BackendInfo, GraphRunner, crops_from_graph, graph_faces
 
 
 class Control(IntEnum):
@@ -61,74 +61,100 @@ def upright_matrix(roll: float, pivot_x: float, pivot_y: float) -> np.ndarray:
 class OpeningRowsRunner:
     """Runs the graph only on the frames that open the mouth further than the chosen
     template mouth: for the others (most frames of a talking template, silence on a
-    still) the graph is exactly the identity, so they are returned as they came."""
+    still) the graph is exactly the identity, so they are returned as they came.
+
+    Tilted rows (plan rows with a roll) render upright: the turns run on 8-bit pixels
+    (the crops come from 8-bit frames, and OpenCV's 8-bit resampling is ~3x faster)."""
 
     def __init__(self, runner: GraphRunner) -> None:
         self._runner = runner
         self.info: BackendInfo = runner.info
 
     def run(self, face: np.ndarray, control: np.ndarray) -> np.ndarray:
-        """``control``: [B,CONTROL] graph rows, or [B,PLAN_CONTROL] plan rows (with the
-        face's roll: tilted rows render upright, see ``upright_matrix``)."""
-        rows = control[:, int(Control.OPEN)] > 0.0
-        tilted = np.zeros(len(control), dtype=bool)
-        if control.shape[1] > CONTROL:
-            tilted = rows & (control[:, int(Upright.ROLL)] != 0.0)
-        graph = control[:, :CONTROL]
-        if rows.all() and not tilted.any():
-            return self._runner.run(face, np.ascontiguousarray(graph))
+        """``face`` [B,3,S,S] 0..1; ``control``: [B,CONTROL] graph rows, or [B,PLAN_CONTROL]
+        plan rows (with the face's roll: tilted rows render upright, see ``upright_matrix``)."""
+        chosen, turns = _rows_to_render(control)
+        if len(chosen) == len(control) and not turns:
+            return self._runner.run(face, np.ascontiguousarray(control[:, :CONTROL]))
         out = face.copy()
-        if rows.any():
-            chosen = np.flatnonzero(rows)
-            turns = {
-                int(i): upright_matrix(*(float(v) for v in control[i, int(Upright.ROLL) :]))
-                for i in np.flatnonzero(tilted)
-            }
-            inputs = face[chosen].copy()
-            for j, i in enumerate(chosen.tolist()):
-                if i in turns:
-                    inputs[j] = _turn_upright(face[i], turns[i])
-            rendered = self._runner.run(inputs, np.ascontiguousarray(graph[chosen]))
-            for j, i in enumerate(chosen.tolist()):
-                if i in turns:
-                    rendered[j] = _turn_back_changes(face[i], inputs[j], rendered[j], turns[i])
-            out[chosen] = rendered
+        if not len(chosen):
+            return out
+        inputs = face[chosen].copy()
+        tilted8 = {i: crops_from_graph(face[i : i + 1])[0] for i in turns}
+        upright8 = {i: _turn_upright(tilted8[i], turn) for i, turn in turns.items()}
+        for j, i in enumerate(chosen.tolist()):
+            if i in turns:
+                inputs[j] = graph_faces(upright8[i][None])[0]
+        rendered = self._runner.run(inputs, np.ascontiguousarray(control[chosen, :CONTROL]))
+        for j, i in enumerate(chosen.tolist()):
+            if i in turns:
+                mine = crops_from_graph(rendered[j : j + 1])[0]
+                back = _turn_back_changes(tilted8[i], upright8[i], mine, turns[i])
+                rendered[j] = graph_faces(back[None])[0]
+        out[chosen] = rendered
+        return out
+
+    def run_crops(self, crops: np.ndarray, control: np.ndarray) -> np.ndarray:
+        """``run`` on uint8 BGR crops [B,S,S,3], returning uint8 crops: only the rows that
+        open are converted for the graph, and the turns need no conversion at all."""
+        chosen, turns = _rows_to_render(control)
+        out = np.array(crops, dtype=np.uint8, copy=True)
+        if not len(chosen):
+            return out
+        inputs = out[chosen]
+        for j, i in enumerate(chosen.tolist()):
+            if i in turns:
+                inputs[j] = _turn_upright(out[i], turns[i])
+        rendered = crops_from_graph(
+            self._runner.run(graph_faces(inputs), np.ascontiguousarray(control[chosen, :CONTROL]))
+        )
+        for j, i in enumerate(chosen.tolist()):
+            if i in turns:
+                rendered[j] = _turn_back_changes(out[i], inputs[j], rendered[j], turns[i])
+        out[chosen] = rendered
         return out
 
 
-# The turns run on 8-bit pixels: the crops come from 8-bit frames (face * 255 is whole)
-# and go back to 8 bits after the graph, and OpenCV's 8-bit resampling is ~3x faster.
-def _hwc8(*planes: np.ndarray) -> np.ndarray:
-    """[S,S] float32 0..1 planes -> [S,S,C] uint8, rounded (OpenCV: several times faster
-    than numpy's scale, cast and transpose here; the planes are never negative)."""
-    return np.asarray(cv2.convertScaleAbs(cv2.merge(planes), alpha=255.0))
+def _rows_to_render(control: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The rows that open (indices), and the upright turn of each tilted one among them."""
+    rows = control[:, int(Control.OPEN)] > 0.0
+    tilted = np.zeros(len(control), dtype=bool)
+    if control.shape[1] > CONTROL:
+        tilted = rows & (control[:, int(Upright.ROLL)] != 0.0)
+    turns = {
+        int(i): upright_matrix(*(float(v) for v in control[i, int(Upright.ROLL) :]))
+        for i in np.flatnonzero(tilted)
+    }
+    return np.flatnonzero(rows), turns
 
 
 def _turn_upright(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """[C,S,S] float32 crop turned by ``matrix`` (edges replicated), same layout."""
-    size = image.shape[-1]
-    turned = cv2.warpAffine(
-        _hwc8(*image), matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    """[S,S,3] uint8 crop turned by ``matrix`` (edges replicated)."""
+    size = image.shape[0]
+    return np.asarray(
+        cv2.warpAffine(
+            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
     )
-    return np.asarray(turned.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
 def _turn_back_changes(
     tilted: np.ndarray, upright: np.ndarray, rendered: np.ndarray, matrix: np.ndarray
 ) -> np.ndarray:
-    """The tilted crop with the pixels the renderer changed in its upright copy turned
-    back onto it. Pixels the edit left alone keep their own values exactly (not resampled
-    twice); only the box the change covers (the mouth and the jaw) is turned back."""
-    changed = np.abs(rendered - upright).max(axis=0) > 0.5 / 255.0
-    rows = np.flatnonzero(changed.any(axis=1))
-    if not len(rows):
-        return tilted.copy()
-    cols = np.flatnonzero(changed.any(axis=0))
-    size = tilted.shape[-1]
-    corners = np.array(
-        [[cols[0], rows[0]], [cols[-1], rows[0]], [cols[0], rows[-1]], [cols[-1], rows[-1]]],
-        np.float64,
+    """The tilted [S,S,3] uint8 crop with the pixels the renderer changed in its upright
+    copy turned back onto it. Pixels the edit left alone keep their own values exactly
+    (not resampled twice); only the box the change covers (the mouth and the jaw) is
+    turned back."""
+    difference = cv2.absdiff(rendered, upright)  # (numpy's reductions over 3 channels are slow)
+    changed = ((difference[..., 0] | difference[..., 1] | difference[..., 2]) != 0).astype(
+        np.uint8
     )
+    left, top, width, height = cv2.boundingRect(changed)
+    if not width:
+        return tilted.copy()
+    right, bottom = left + width - 1, top + height - 1
+    size = tilted.shape[0]
+    corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]], np.float64)
     back = cv2.invertAffineTransform(matrix)
     mapped = corners @ back[:, :2].T + back[:, 2]
     x0, y0 = np.clip(np.floor(mapped.min(axis=0)) - 2, 0, size - 1).astype(int)
@@ -139,13 +165,15 @@ def _turn_back_changes(
     box = (int(x1 - x0), int(y1 - y0))
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     # The changed pixels' mask (grown by one) turns back with them, as a fourth channel.
-    mask = cv2.dilate(changed.astype(np.float32), _GROW)
-    turned = cv2.warpAffine(_hwc8(*rendered, mask), shifted, box, flags=flags)
-    turned = turned.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)
-    weight = turned[3:]
+    with_mask = np.empty((size, size, 4), np.uint8)
+    with_mask[..., :3] = rendered
+    with_mask[..., 3] = cv2.dilate(changed * np.uint8(255), _GROW)
+    turned = cv2.warpAffine(with_mask, shifted, box, flags=flags).astype(np.float32)
+    weight = turned[..., 3:] * np.float32(1.0 / 255.0)
     out = tilted.copy()
-    region = out[:, y0:y1, x0:x1]
-    region += (turned[:3] - region) * weight
+    region = out[y0:y1, x0:x1]
+    mixed = region + (turned[..., :3] - region) * weight
+    region[...] = np.floor(mixed + 0.5).astype(np.uint8)
     return out
 
 

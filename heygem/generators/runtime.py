@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,10 +50,30 @@ def graph_faces(crops: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(face)
 
 
+def crops_from_graph(face: np.ndarray) -> np.ndarray:
+    """The graphs' ``face`` output [B,3,S,S] 0..1 -> uint8 BGR crops [B,S,S,3], rounded."""
+    return np.clip(face.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 class GraphRunner(Protocol):
     info: BackendInfo
 
     def run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class CropRunner(Protocol):
+    """A runner that also takes and returns the uint8 crops themselves (``run_crops``):
+    it converts only what its graph actually computes."""
+
+    def run_crops(self, crops: np.ndarray, condition: np.ndarray) -> np.ndarray: ...
+
+
+def run_on_crops(runner: GraphRunner, crops: np.ndarray, condition: np.ndarray) -> np.ndarray:
+    """uint8 BGR crops [B,S,S,3] in, the generated uint8 crops out."""
+    if isinstance(runner, CropRunner):
+        return runner.run_crops(crops, condition)
+    return crops_from_graph(runner.run(graph_faces(crops), condition))
 
 
 def _fallback_warning(

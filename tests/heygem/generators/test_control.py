@@ -17,7 +17,7 @@ from heygem.generators.control import (
     Upright,
 )
 from heygem.generators.mouths import face_roll
-from heygem.generators.runtime import BackendInfo
+from heygem.generators.runtime import BackendInfo, crops_from_graph, graph_faces, run_on_crops
 
 SIZE = 192
 
@@ -39,10 +39,17 @@ class BandRunner:
         return out
 
 
-def _crops(batch: int) -> np.ndarray:
+def _crops8(batch: int) -> np.ndarray:
+    """8-bit BGR crops [B,S,S,3], as the pipeline cuts them from frames."""
     rng = np.random.default_rng(3)
     smooth = cv2.GaussianBlur(rng.random((SIZE, SIZE, 3)).astype(np.float32), (0, 0), 4)
-    return np.repeat(smooth.transpose(2, 0, 1)[None], batch, axis=0).copy()
+    crop = np.clip(smooth * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(crop[None], batch, axis=0)
+
+
+def _crops(batch: int) -> np.ndarray:
+    """The graph's face input [B,3,S,S] 0..1 of ``_crops8``."""
+    return graph_faces(_crops8(batch))
 
 
 def _plan_rows(batch: int, roll_degrees: float) -> np.ndarray:
@@ -109,3 +116,18 @@ def test_graph_rows_with_some_closed_run_only_the_open_ones() -> None:
     assert len(band.seen[0]) == 2
     assert np.array_equal(out[1], face[1])
     assert np.array_equal(out[[0, 2]], BandRunner().run(face[[0, 2]], control[[0, 2]]))
+
+
+@pytest.mark.parametrize("roll", [0.0, -15.0, 7.0])
+def test_the_pipelines_8_bit_path_gives_the_float_paths_pixels(roll: float) -> None:
+    """The generate stage hands uint8 crops to ``run_crops`` (no float copy of rows that do
+    not open); its pixels are those of the float ``run``, rounded as the pipeline rounds."""
+    crops = _crops8(3)
+    control = _plan_rows(3, roll)
+    control[1, Control.OPEN] = 0.0
+    runner = OpeningRowsRunner(BandRunner())
+    direct = run_on_crops(runner, crops, control)
+    assert direct.dtype == np.uint8 and direct.shape == crops.shape
+    assert np.array_equal(direct[1], crops[1])
+    assert np.array_equal(direct, crops_from_graph(runner.run(graph_faces(crops), control)))
+    assert not np.array_equal(direct[0], crops[0])  # the open rows did change
