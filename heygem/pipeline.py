@@ -64,7 +64,7 @@ from heygem.generators.runtime import (
 from heygem.generators.samples import generator_samples
 from heygem.generators.spec import GeneratorSpec
 from heygem.media.audio import decode_audio_mono
-from heygem.media.frames import FrameSource, output_size
+from heygem.media.frames import FramePool, FrameSource, output_size
 from heygem.media.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from heygem.media.writer import Mp4Writer, check_output_writable
 from heygem.progress import StepCallback, StepProgress
@@ -510,6 +510,7 @@ class Pipeline:
             threads=self.budget.x264_threads,
             audio_path=inputs.audio.path,
         )
+        pool = FramePool(plan.width, plan.height)  # frames go back to it once encoded
         try:
             source = FrameSource(
                 inputs.video.path,
@@ -520,6 +521,7 @@ class Pipeline:
                 out_fps=feats.fps,
                 n_frames=feats.n_frames,
                 spool_dir=workdir,
+                pool=pool,
             )
         except BaseException:
             writer.abort()
@@ -554,6 +556,7 @@ class Pipeline:
                 monitors["compose"],
                 progress,
                 opts.fault,
+                pool,
             ),
         }
         threads = [
@@ -758,6 +761,7 @@ def _compose_stage(
     monitor: StageMonitor,
     progress: ProgressCallback | None,
     fault: FaultInjection | None,
+    pool: FramePool,
 ) -> None:
     pending: deque[tuple[int, np.ndarray]] = deque()
     for index, frame in _until_end(frames):
@@ -777,6 +781,7 @@ def _compose_stage(
             region = tuple(int(v) for v in plan.regions[template_frame])
             composite(frame, region, crop, spec.crop.kind)  # type: ignore[arg-type]
         writer.write_video(frame)
+        pool.give(frame)  # x264 copied it
         monitor.beat(1)
         if (index + 1) % PROGRESS_EVERY == 0:
             event(

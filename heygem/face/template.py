@@ -159,7 +159,7 @@ def _analyse(
     raw: list[tuple[float, float, float, float]] = []
     raw_points: list[np.ndarray] = []
     missing = np.full((68, 2), np.nan, dtype=np.float32)
-    for index, frame in enumerate(iter_template_frames(path, width, height)):
+    for index, frame in enumerate(iter_template_frames(path, width, height, writable=False)):
         if index >= max_frames:
             raise InputTooLarge(
                 f"template video has more than {max_frames} frames",
@@ -273,7 +273,8 @@ def _extract_crops(
             if windows is not None:
                 log.debug("%d crops outside the kept windows: decoding them", len(wanted))
             todo = set(wanted)
-            for index, frame in enumerate(iter_template_frames(path, width, height)):
+            frames = iter_template_frames(path, width, height, writable=False)
+            for index, frame in enumerate(frames):
                 if index in todo:
                     x0, y0, x1, y1 = (int(v) for v in regions[index])
                     bgr = crop_bgr(frame, (x0, y0, x1, y1))

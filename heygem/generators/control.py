@@ -146,9 +146,7 @@ def _turn_back_changes(
     (not resampled twice); only the box the change covers (the mouth and the jaw) is
     turned back."""
     difference = cv2.absdiff(rendered, upright)  # (numpy's reductions over 3 channels are slow)
-    changed = ((difference[..., 0] | difference[..., 1] | difference[..., 2]) != 0).astype(
-        np.uint8
-    )
+    changed = ((difference[..., 0] | difference[..., 1] | difference[..., 2]) != 0).astype(np.uint8)
     left, top, width, height = cv2.boundingRect(changed)
     if not width:
         return tilted.copy()

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+from av.video.frame import PictureType
 
 from heygem.errors import OutputNotWritable
 from heygem.media.probe import open_container
@@ -112,6 +113,10 @@ class Mp4Writer:
     def write_video(self, frame: av.VideoFrame) -> None:
         frame.pts = self.frames_written
         frame.time_base = 1 / self._fps
+        # x264 chooses the frame types, as the ffmpeg CLI lets it: a decoded frame still
+        # carries its source's type, and libx264 obeys it (an intra-only template, MJPEG
+        # or ProRes, came out with every frame a keyframe: 3.5x the file size).
+        frame.pict_type = PictureType.NONE
         for packet in self._video.encode(frame):
             self._out.mux(packet)
         self.frames_written += 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from heygem.media.frames import (
+    FramePool,
     FrameSource,
     crop_bgr,
     from_i420,
@@ -28,23 +29,34 @@ def test_ping_pong_order() -> None:
 
 @pytest.mark.parametrize("out_fps", [25.0, 50.0, 30.0, 15.0])
 @pytest.mark.parametrize("length", [3.0, 1.14, 0.5])
+@pytest.mark.parametrize("pooled", [False, True])
 def test_frame_source_ping_pongs_from_the_spool(
-    template_mp4: Path, out_fps: float, length: float
+    template_mp4: Path, out_fps: float, length: float, pooled: bool
 ) -> None:
     """Every output frame shows the right template frame, whether decoded or read back
-    (repeats at 30/50 fps, skips at 15 fps, reversals after the end)."""
+    (repeats at 30/50 fps, skips at 15 fps, reversals after the end), also when each
+    frame goes back to the pool once used, as the compose stage gives it back."""
     template = read_gray_frames(template_mp4)
     n = len(template)
     n_frames = round(length * n * out_fps / 25.0)
+    pool = FramePool(480, 360) if pooled else None
     source = FrameSource(
-        template_mp4, 480, 360, n_template=n, template_fps=25.0, out_fps=out_fps, n_frames=n_frames
-    )
+        template_mp4, 480, 360, n_template=n, template_fps=25.0, out_fps=out_fps,
+        n_frames=n_frames, pool=pool,
+    )  # fmt: skip
     shown = [template_index(i, out_fps, 25.0, n) for i in range(n_frames)]
     seen = 0
+    buffers = set()
     for index, frame in source:
         luma = planes(frame)[0]
         assert np.array_equal(luma, template[shown[index]]), index
+        luma[:] = 0  # what compose writes must not reach a later frame
+        buffers.add(luma.__array_interface__["data"][0])
+        if pool is not None:
+            pool.give(frame)
         seen += 1
+    if pooled:
+        assert len(buffers) <= 2  # frames were reused, not allocated per frame
     assert seen == n_frames
     # The decoder only moves forward: a frame at or before one already decoded (shown
     # again, or skipped on the way and shown backwards) is read back; only those are
