@@ -145,7 +145,8 @@ def _turn_back_changes(
     copy turned back onto it. Pixels the edit left alone keep their own values exactly
     (not resampled twice); only the box the change covers (the mouth and the jaw) is
     turned back."""
-    difference = cv2.absdiff(rendered, upright)  # (numpy's reductions over 3 channels are slow)
+    # (numpy's reductions over 3 interleaved channels are slow; OR-ing them is not)
+    difference = np.asarray(cv2.absdiff(rendered, upright), dtype=np.uint8)
     changed = ((difference[..., 0] | difference[..., 1] | difference[..., 2]) != 0).astype(np.uint8)
     left, top, width, height = cv2.boundingRect(changed)
     if not width:
