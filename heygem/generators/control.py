@@ -144,10 +144,10 @@ def _turn_back_changes(
     """The tilted [S,S,3] uint8 crop with the pixels the renderer changed in its upright
     copy turned back onto it. Pixels the edit left alone keep their own values exactly
     (not resampled twice); only the box the change covers (the mouth and the jaw) is
-    turned back."""
+    turned back, read from the part of the upright crop around the change."""
     # (numpy's reductions over 3 interleaved channels are slow; OR-ing them is not)
     difference = np.asarray(cv2.absdiff(rendered, upright), dtype=np.uint8)
-    changed = ((difference[..., 0] | difference[..., 1] | difference[..., 2]) != 0).astype(np.uint8)
+    changed = ((difference[..., 0] | difference[..., 1] | difference[..., 2]) != 0).view(np.uint8)
     left, top, width, height = cv2.boundingRect(changed)
     if not width:
         return tilted.copy()
@@ -158,21 +158,32 @@ def _turn_back_changes(
     mapped = corners @ back[:, :2].T + back[:, 2]
     x0, y0 = np.clip(np.floor(mapped.min(axis=0)) - 2, 0, size - 1).astype(int)
     x1, y1 = np.clip(np.ceil(mapped.max(axis=0)) + 3, 1, size).astype(int)
+    # The upright pixels the box can read: the change, grown by the mask's dilation and
+    # the bilinear neighbour (outside it the mask is 0, so nothing else is read).
+    sx0, sy0 = max(0, left - 2), max(0, top - 2)
+    sx1, sy1 = min(size, right + 3), min(size, bottom + 3)
     # Tilted pixel (x0 + i, y0 + j) reads the upright crop at matrix @ (x0 + i, y0 + j).
     shifted = matrix.copy()
-    shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+    shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64) - np.array([sx0, sy0])
     box = (int(x1 - x0), int(y1 - y0))
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     # The changed pixels' mask (grown by one) turns back with them, as a fourth channel.
-    with_mask = np.empty((size, size, 4), np.uint8)
-    with_mask[..., :3] = rendered
-    with_mask[..., 3] = cv2.dilate(changed * np.uint8(255), _GROW)
-    turned = cv2.warpAffine(with_mask, shifted, box, flags=flags).astype(np.float32)
-    weight = turned[..., 3:] * np.float32(1.0 / 255.0)
+    with_mask = np.empty((sy1 - sy0, sx1 - sx0, 4), np.uint8)
+    with_mask[..., :3] = rendered[sy0:sy1, sx0:sx1]
+    with_mask[..., 3] = cv2.dilate(changed[sy0:sy1, sx0:sx1] * np.uint8(255), _GROW)
+    turned = cv2.warpAffine(with_mask, shifted, box, flags=flags)
+    # (OpenCV splits the interleaved channels several times faster than numpy's casts)
+    colour = cv2.cvtColor(turned, cv2.COLOR_BGRA2BGR).astype(np.float32)
+    weight = cv2.extractChannel(turned, 3).astype(np.float32)[..., None]
+    weight *= np.float32(1.0 / 255.0)
     out = tilted.copy()
     region = out[y0:y1, x0:x1]
-    mixed = region + (turned[..., :3] - region) * weight
-    region[...] = np.floor(mixed + 0.5).astype(np.uint8)
+    below = region.astype(np.float32)
+    colour -= below  # region + (colour - region) * weight, rounded, in place
+    colour *= weight
+    colour += below
+    colour += np.float32(0.5)
+    region[...] = np.floor(colour, out=colour)
     return out
 
 
