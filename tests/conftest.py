@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -37,6 +38,24 @@ def speech_48k_stereo(media: Path) -> Path:
 def template_mp4(media: Path) -> Path:
     """2 s, 25 fps, 480x360 face video (the bundled portrait, swaying)."""
     return write_video(media / "template.mp4", iter_template_frames(2.0, size=SMALL))
+
+
+@pytest.fixture(scope="session")
+def phone_template(media: Path) -> Path:
+    """``template_mp4``'s portrait as a phone stores it: the pixels turned sideways
+    (clockwise, 360x480) with a display rotation that players undo."""
+    path = media / "phone.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = SMALL[1], SMALL[0], "yuv420p"
+        stream.set_display_rotation(90)  # players turn it 90 degrees counterclockwise
+        for frame in iter_template_frames(2.0, size=SMALL):
+            sideways = np.ascontiguousarray(np.rot90(frame, -1))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(sideways, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,3 +94,15 @@ def write_aac(path: Path, channels: np.ndarray, sample_rate: int, fmt: str | Non
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     return path
+
+
+def ffmpeg_gray_frames(path: Path, width: int, height: int) -> np.ndarray:
+    """The luma (Y) plane of every frame as the ffmpeg CLI shows it (turned by its display
+    rotation): an independent reference for what a player shows."""
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, height * width * 3 // 2)
+    return frames[:, : height * width].reshape(-1, height, width)

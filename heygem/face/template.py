@@ -38,6 +38,7 @@ from heygem.media.frames import (
     Region,
     crop_bgr,
     crop_planes_bgr,
+    first_frame_turns,
     i420_region,
     iter_template_frames,
     planes,
@@ -48,8 +49,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 # Bump when what an entry holds changes (v2: landmarks in track.npz, landmark-placed crops;
 # v3: landmarks carried between key-frame detections, heygem.face.tracker; v4: a frame
-# whose lower face did not change keeps the previous landmarks exactly).
-CACHE_VERSION = 4
+# whose lower face did not change keeps the previous landmarks exactly; v5: frames turned
+# upright as players show them, the upright size stored).
+CACHE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,14 @@ def plan_template(
     crops_array = entry / f"crops-{spec.key}.npy"
     if use_cache and track_file.exists() and crops_file.exists() and crops_array.exists():
         try:
-            plan = _load(track_file, crops_file, crops_array, width, height)
+            plan = _load(track_file, crops_file, crops_array)
             os.utime(entry)  # the entry's mtime is its last use (LRU trimming reads it)
             return plan
         except (OSError, ValueError, KeyError) as exc:  # a damaged entry is rebuilt, not fatal
             log.warning("template cache entry %s unreadable (%s); rebuilding", entry, exc)
     entry.mkdir(parents=True, exist_ok=True)
+    if first_frame_turns(path) % 2:  # a phone's portrait video, stored sideways
+        width, height = height, width
     track: tuple[np.ndarray, np.ndarray] | None = None
     if use_cache and track_file.exists():
         try:
@@ -121,17 +125,16 @@ def plan_template(
         for i in np.flatnonzero(valid):
             regions[i] = spec.region(points[i], width, height)
         _extract_crops(path, width, height, spec, regions, valid, crops_array, windows)
-    _atomic_savez(crops_file, regions=regions, valid=valid)
+    _atomic_savez(crops_file, regions=regions, valid=valid, size=np.array([width, height]))
     return TemplatePlan(
         len(valid), width, height, valid, points, regions, crops_array, from_cache=False
     )
 
 
-def _load(
-    track_file: Path, crops_file: Path, crops_array: Path, width: int, height: int
-) -> TemplatePlan:
+def _load(track_file: Path, crops_file: Path, crops_array: Path) -> TemplatePlan:
     with np.load(crops_file) as data:
         regions, valid = data["regions"], data["valid"]
+        width, height = (int(side) for side in data["size"])  # upright, as analysed
     with np.load(track_file) as data:
         points = data["landmarks"]
     crops = np.load(crops_array, mmap_mode="r")

@@ -65,14 +65,17 @@ def iter_template_frames(
     pool: FramePool | None = None,
     writable: bool = True,
 ) -> Iterator[av.VideoFrame]:
-    """Every frame of the template as a yuv420p frame of ``width`` x ``height``: writable
-    (copied into a frame of ``pool`` when one is given), or, with ``writable=False`` for
-    readers, possibly still the decoder's own picture."""
+    """Every frame of the template as a yuv420p frame of ``width`` x ``height``, upright
+    as a player shows it (``quarter_turns``): writable (copied into a frame of ``pool``
+    when one is given), or, with ``writable=False`` for readers, possibly still the
+    decoder's own picture."""
     with open_container(path, "template video") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threads: decode overlaps with our compute
         try:
             for frame in container.decode(stream):
+                if turns := quarter_turns(frame):
+                    frame = turned_upright(frame, turns)
                 if (
                     frame.format.name != "yuv420p"
                     or frame.width != width
@@ -97,6 +100,41 @@ def iter_template_frames(
                 f"template video {str(path)!r} stopped decoding: {exc}",
                 hint="re-encode the template (e.g. to MP4/H.264) and try again",
             ) from exc
+
+
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """How many quarter turns counterclockwise a player gives ``frame`` (0-3): phones
+    store a portrait recording sideways, with a display rotation in the file."""
+    return round(float(frame.rotation) / 90.0) % 4
+
+
+def first_frame_turns(path: Path) -> int:
+    """``quarter_turns`` of the template's first frame (a 90 or 270 degree turn swaps the
+    output's width and height)."""
+    with open_container(path, "template video") as container:
+        try:
+            frame = next(container.decode(container.streams.video[0]), None)
+        except av.error.FFmpegError as exc:
+            raise MediaUnreadable(
+                f"template video {str(path)!r} does not decode: {exc}",
+                hint="re-encode the template (e.g. to MP4/H.264) and try again",
+            ) from exc
+    return 0 if frame is None else quarter_turns(frame)
+
+
+def turned_upright(frame: av.VideoFrame, turns: int) -> av.VideoFrame:
+    """A new yuv420p frame: ``frame`` turned ``turns`` quarter turns counterclockwise."""
+    width, height = output_size(frame.width, frame.height)
+    if frame.format.name != "yuv420p" or (frame.width, frame.height) != (width, height):
+        frame = frame.reformat(
+            width=width, height=height, format="yuv420p", dst_color_range=ColorRange.MPEG
+        )
+    turned = [np.rot90(plane, turns) for plane in planes(frame)]
+    height, width = turned[0].shape
+    upright = av.VideoFrame(width, height, "yuv420p")
+    for into, plane in zip(planes(upright), turned, strict=True):
+        np.copyto(into, plane)
+    return upright
 
 
 def copy_into(target: av.VideoFrame, source: av.VideoFrame) -> av.VideoFrame:
@@ -281,6 +319,8 @@ class FrameSource:
                     slot = self._slots.get(next_decoded)
                     if spool is not None and slot is not None:
                         write_i420(spool, frame, slot * self._frame_bytes)
+                    if next_decoded < wanted and self._pool is not None:
+                        self._pool.give(frame)  # skipped (a lower output rate): free again
                     next_decoded += 1
                 assert frame is not None
                 yield i, frame

@@ -16,14 +16,13 @@ import pytest
 from heygem.audio.features import frame_count
 from heygem.config import GenerateOptions
 from heygem.media.audio import decode_audio_mono
+from heygem.media.frames import template_index
 from heygem.pipeline import Pipeline
-from tests.helpers import read_gray_frames, stream_summary
+from tests.helpers import ffmpeg_gray_frames, read_gray_frames, stream_summary
 
 
 def _template_gray(template: Path, n_out: int) -> np.ndarray:
     """Template frames in output order (ping-pong), to compare the output against."""
-    from heygem.media.frames import template_index
-
     frames = read_gray_frames(template)
     order = [template_index(i, 25.0, 25.0, len(frames)) for i in range(n_out)]
     return frames[order]
@@ -121,6 +120,23 @@ def test_any_rate_and_layout_and_a_still_image(
     assert (result.width, result.height) == (480, 360)  # odd sides trimmed for yuv420p
     assert summary["frames"] == result.frames
     assert abs(summary["audio_seconds"] - 3.0) < 0.08
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+def test_a_phone_video_stored_sideways_comes_out_as_players_show_it(
+    options: GenerateOptions, speech_wav: Path, phone_template: Path, tmp_path: Path
+) -> None:
+    """Phones store a portrait recording sideways with a display rotation; players turn it
+    upright, and so does the job: the face is found and the output stands upright."""
+    out = tmp_path / "phone.mp4"
+    result = Pipeline(options).generate(speech_wav, phone_template, out)
+    assert (result.width, result.height) == (480, 360)
+    assert result.faceless_frames == 0
+    produced = read_gray_frames(out).astype(np.int16)
+    shown = ffmpeg_gray_frames(phone_template, 480, 360)  # what a player shows
+    order = [template_index(i, 25.0, 25.0, len(shown)) for i in range(len(produced))]
+    diff = np.abs(produced - shown[order].astype(np.int16))
+    assert diff[:, :, :100].mean() < 2.0 and diff[:, :80, :].mean() < 2.0
 
 
 def test_faceless_frames_pass_through_with_a_warning(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +10,16 @@ from heygem.media.frames import (
     FramePool,
     FrameSource,
     crop_bgr,
+    first_frame_turns,
     from_i420,
+    iter_template_frames,
     planes,
     read_i420,
     template_index,
     to_i420,
     write_i420,
 )
-from tests.helpers import read_gray_frames
+from tests.helpers import ffmpeg_gray_frames, read_gray_frames
 
 
 def test_ping_pong_order() -> None:
@@ -115,3 +118,12 @@ def test_spooled_frames_read_back_exactly_with_or_without_row_padding(
             assert np.array_equal(to_i420(frame), packed[index]), index
         with pytest.raises(OSError, match="ended early"):
             read_i420(spool.fileno(), width, height, 2 * size + 1)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+def test_frames_stored_sideways_are_turned_as_players_show_them(phone_template: Path) -> None:
+    assert first_frame_turns(phone_template) == 1
+    ours = np.stack([planes(f)[0].copy() for f in iter_template_frames(phone_template, 480, 360)])
+    shown = ffmpeg_gray_frames(phone_template, 480, 360)
+    assert ours.shape == shown.shape
+    assert np.abs(ours.astype(np.int16) - shown).mean() < 1.0
