@@ -16,6 +16,7 @@ from typing import BinaryIO
 import av
 
 from heygem.errors import InputNotFound, InputTooLarge, MediaUnreadable, NoAudioStream
+from heygem.media.frames import quarter_turns
 from heygem.media.probe import AudioInfo, VideoInfo, open_container, probe_audio, probe_video
 from service.errors import PathNotAllowed, UploadTooLarge
 from service.settings import ServiceSettings
@@ -146,11 +147,13 @@ def summarize(path: Path) -> MediaSummary:
         duration = container.duration / av.time_base if container.duration else None
         width = int(video.codec_context.width or 0) if video is not None else None
         height = int(video.codec_context.height or 0) if video is not None else None
-    _decode_first(path, "video" if video is not None else "audio", "upload")
+    first = _decode_first(path, "video" if video is not None else "audio", "upload")
+    if isinstance(first, av.VideoFrame) and quarter_turns(first) % 2:
+        width, height = height, width  # stored sideways: the size players show
     return MediaSummary(audio is not None, video is not None, duration, width, height)
 
 
-def _decode_first(path: Path, kind: str, what: str) -> None:
+def _decode_first(path: Path, kind: str, what: str) -> av.AudioFrame | av.VideoFrame:
     """Decode one frame: headers can parse where the content is garbage."""
     with open_container(path, what) as container:
         streams = container.streams.audio if kind == "audio" else container.streams.video
@@ -159,8 +162,8 @@ def _decode_first(path: Path, kind: str, what: str) -> None:
                 f"{what} has no {kind} stream", hint=f"send a file with {kind}"
             )
         try:
-            for _ in container.decode(streams[0]):
-                return
+            for frame in container.decode(streams[0]):
+                return frame  # type: ignore[return-value]
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as exc:
             raise MediaUnreadable(
                 f"{what} could not be decoded: {exc}",

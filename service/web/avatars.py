@@ -21,6 +21,7 @@ import av
 
 from heygem.errors import HeygemError
 from heygem.hashing import content_hash
+from heygem.media.frames import quarter_turns, turned_upright
 from heygem.media.probe import open_input, probe_video
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ def template_facts(upload: Path, max_width: int, max_height: int) -> TemplateFac
 
 
 def thumbnail(video: Path, height: int = THUMBNAIL_HEIGHT) -> bytes:
-    """The first frame as a small JPEG (PyAV's MJPEG encoder: no image library needed)."""
+    """The first frame as a small JPEG (PyAV's MJPEG encoder: no image library needed),
+    upright as players show it."""
     with open_input(video) as container:
         frame = next(container.decode(container.streams.video[0]))
+    if turns := quarter_turns(frame):
+        frame = turned_upright(frame, turns)
     width = max(2, round(frame.width * height / frame.height / 2) * 2)
     small = frame.reformat(width=width, height=height, format="yuvj420p")
     encoder = av.CodecContext.create("mjpeg", "w")

@@ -394,3 +394,22 @@ def test_the_doctor_runs_in_a_child_and_is_kept_for_a_while(web_client: TestClie
     )
     again = web_client.get("/v1/diagnose/doctor", params={"refresh": "true"}).json()
     assert again["checked_at"] == answer["checked_at"]  # seconds old: still fresh
+
+
+def test_a_phone_videos_avatar_stands_upright(
+    make_web_settings: Make, phone_template: Path, tmp_path: Path
+) -> None:
+    """A template stored sideways with a display rotation: the avatar has the size and the
+    thumbnail the orientation that players (here OpenCV's reader) show."""
+    settings = make_web_settings(pipeline={"cache_dir": tmp_path / "own-cache"})
+    with TestClient(create_app(settings)) as client:
+        _upload(client, phone_template, "portrait.mp4", headers={"X-API-Key": KEYS["alice"]})
+        avatar = client.get("/v1/avatars", headers={"X-API-Key": KEYS["alice"]}).json()["items"][0]
+    assert (avatar["width"], avatar["height"]) == (480, 360)
+    import base64
+
+    jpeg = base64.b64decode(avatar["thumbnail"].split(",", 1)[1])
+    picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == (96, 128, 3)
+    shown = cv2.resize(_first_frame(phone_template), (128, 96), interpolation=cv2.INTER_AREA)
+    assert np.abs(picture.astype(int) - shown.astype(int)).mean() < 12
