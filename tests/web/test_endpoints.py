@@ -410,6 +410,6 @@ def test_a_phone_videos_avatar_stands_upright(
 
     jpeg = base64.b64decode(avatar["thumbnail"].split(",", 1)[1])
     picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert picture.shape == (96, 128, 3)
+    assert picture is not None and picture.shape == (96, 128, 3)
     shown = cv2.resize(_first_frame(phone_template), (128, 96), interpolation=cv2.INTER_AREA)
     assert np.abs(picture.astype(int) - shown.astype(int)).mean() < 12
