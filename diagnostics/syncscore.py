@@ -27,6 +27,7 @@ from diagnostics.findings import Finding, Report, Severity
 from heygem.face.detect import Box, FaceDetector
 from heygem.face.landmarks import landmarks, mouth_opening
 from heygem.media.audio import decode_audio_mono
+from heygem.media.frames import quarter_turns, turned_upright
 from heygem.media.probe import open_input
 
 SAMPLE_RATE = 16000
@@ -75,6 +76,8 @@ def mouth_openings(video: Path) -> tuple[np.ndarray, float]:
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 25)
         for frame in container.decode(stream):
+            if turns := quarter_turns(frame):  # a phone's recording: score it as shown
+                frame = turned_upright(frame, turns)
             gray = frame.to_ndarray(format="gray")
             box = detector.detect(gray, previous)
             previous = box or previous

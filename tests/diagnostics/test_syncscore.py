@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diagnostics.cli import main
-from diagnostics.syncscore import best_correlation, loudness_envelope
+from diagnostics.syncscore import best_correlation, loudness_envelope, mouth_openings
 from heygem.config import GenerateOptions
 from heygem.demo import iter_template_frames, write_video
 from heygem.pipeline import Pipeline
@@ -76,3 +76,9 @@ def test_no_face_fails_and_a_missing_file_cannot_run(
     assert json.loads(capsys.readouterr().out)["findings"][0]["id"] == "sync-no-mouth"
     assert main(["sync-score", str(tmp_path / "nope.mp4"), str(speech)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_video_stored_sideways_is_measured_as_players_show_it(phone_template: Path) -> None:
+    openings, fps = mouth_openings(phone_template)
+    assert fps == 25.0 and len(openings) == 50
+    assert not np.isnan(openings).any()  # the face is found upright in every frame
