@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -131,14 +131,16 @@ def turned_upright(frame: av.VideoFrame, turns: int) -> av.VideoFrame:
         )
     turned = [np.rot90(plane, turns) for plane in planes(frame)]
     height, width = turned[0].shape
-    upright = av.VideoFrame(width, height, "yuv420p")
-    for into, plane in zip(planes(upright), turned, strict=True):
-        np.copyto(into, plane)
-    return upright
+    return _fill(av.VideoFrame(width, height, "yuv420p"), turned)
 
 
 def copy_into(target: av.VideoFrame, source: av.VideoFrame) -> av.VideoFrame:
-    for into, plane in zip(planes(target), planes(source), strict=True):
+    return _fill(target, planes(source))
+
+
+def _fill(target: av.VideoFrame, sources: Iterable[np.ndarray]) -> av.VideoFrame:
+    """``target``'s Y, U, V planes overwritten with ``sources`` (same shapes)."""
+    for into, plane in zip(planes(target), sources, strict=True):
         np.copyto(into, plane)
     return target
 
