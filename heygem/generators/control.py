@@ -77,21 +77,14 @@ class OpeningRowsRunner:
         if len(chosen) == len(control) and not turns:
             return self._runner.run(face, np.ascontiguousarray(control[:, :CONTROL]))
         out = face.copy()
-        if not len(chosen):
-            return out
-        inputs = face[chosen].copy()
-        tilted8 = {i: crops_from_graph(face[i : i + 1])[0] for i in turns}
-        upright8 = {i: _turn_upright(tilted8[i], turn) for i, turn in turns.items()}
-        for j, i in enumerate(chosen.tolist()):
-            if i in turns:
-                inputs[j] = graph_faces(upright8[i][None])[0]
-        rendered = self._runner.run(inputs, np.ascontiguousarray(control[chosen, :CONTROL]))
-        for j, i in enumerate(chosen.tolist()):
-            if i in turns:
-                mine = crops_from_graph(rendered[j : j + 1])[0]
-                back = _turn_back_changes(tilted8[i], upright8[i], mine, turns[i])
-                rendered[j] = graph_faces(back[None])[0]
-        out[chosen] = rendered
+        level = np.array([i for i in chosen.tolist() if i not in turns], dtype=np.int64)
+        if len(level):
+            graph_rows = np.ascontiguousarray(control[level, :CONTROL])
+            out[level] = self._runner.run(face[level], graph_rows)
+        if turns:  # turned on their 8-bit pixels, as the pipeline's crops are
+            tilted = sorted(turns)
+            turned = self.run_crops(crops_from_graph(face[tilted]), control[tilted])
+            out[tilted] = graph_faces(turned)
         return out
 
     def run_crops(self, crops: np.ndarray, control: np.ndarray) -> np.ndarray:
