@@ -11,8 +11,9 @@ import logging
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import cv2
@@ -21,6 +22,9 @@ from av.video.reformatter import ColorRange
 
 from heygem.errors import MediaUnreadable
 from heygem.media.probe import open_container
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,27 @@ def iter_template_frames(
 def quarter_turns(frame: av.VideoFrame) -> int:
     """How many quarter turns counterclockwise a player gives ``frame`` (0-3): phones
     store a portrait recording sideways, with a display rotation in the file."""
-    return round(float(frame.rotation) / 90.0) % 4
+    degrees = getattr(frame, "rotation", None)  # newer PyAV; the matrix pins PyAV 12
+    if degrees is None:
+        degrees = display_matrix_degrees(frame)
+    return round(float(degrees) / 90.0) % 4
+
+
+def display_matrix_degrees(frame: av.VideoFrame) -> float:
+    """The counterclockwise rotation in ``frame``'s display matrix side data (0 without
+    one), computed as FFmpeg's ``av_display_rotation_get`` does: PyAV 12 exposes only
+    the matrix's bytes (nine int32, 16.16 fixed point, row-major)."""
+    # The stubs list only motion vectors; at run time any side data type is a key.
+    side_data: Mapping[str, Buffer] = frame.side_data  # type: ignore[assignment]
+    matrix_bytes = side_data.get("DISPLAYMATRIX")
+    if matrix_bytes is None:
+        return 0.0
+    matrix = np.frombuffer(memoryview(matrix_bytes), dtype="<i4", count=9) / 65536.0
+    scale_x = np.hypot(matrix[0], matrix[3])
+    scale_y = np.hypot(matrix[1], matrix[4])
+    if scale_x == 0 or scale_y == 0:
+        return 0.0  # a degenerate matrix: FFmpeg reports no rotation either
+    return -float(np.degrees(np.arctan2(matrix[1] / scale_y, matrix[0] / scale_x)))
 
 
 def first_frame_turns(path: Path) -> int:

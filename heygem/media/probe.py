@@ -82,11 +82,18 @@ def open_input(path: Path) -> av.container.InputContainer:
     return av.open(str(path), mode="r", options=dict(_INPUT_OPTIONS))
 
 
+# What FFmpeg's EINVAL becomes: a demuxer outside the whitelist recognised the file. PyAV 12
+# (pinned by the matrix) calls it ValueError and reports the whitelist refusal as invalid data.
+_REFUSED_FORMAT: type[Exception] = next(
+    getattr(av.error, name) for name in ("ArgumentError", "ValueError") if hasattr(av.error, name)
+)
+
+
 def open_container(path: Path, what: str) -> av.container.InputContainer:
     """av.open with our error instead of PyAV's (its messages name no file or fix)."""
     try:
         return open_input(path)
-    except av.error.ArgumentError as exc:  # a demuxer outside INPUT_FORMATS recognised it
+    except _REFUSED_FORMAT as exc:  # a demuxer outside INPUT_FORMATS recognised it
         raise MediaUnreadable(
             f"{what} {str(path)!r} is not a media file this tool reads (playlists and other "
             "formats that refer to further files are refused)",

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -10,6 +13,7 @@ from heygem.media.frames import (
     FramePool,
     FrameSource,
     crop_bgr,
+    display_matrix_degrees,
     first_frame_turns,
     from_i420,
     iter_template_frames,
@@ -127,3 +131,44 @@ def test_frames_stored_sideways_are_turned_as_players_show_them(phone_template: 
     shown = ffmpeg_gray_frames(phone_template, 480, 360)
     assert ours.shape == shown.shape
     assert np.abs(ours.astype(np.int16) - shown).mean() < 1.0
+
+
+def _rotated_clip(path: Path, degrees: float, hflip: bool) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(degrees, hflip=hflip)
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame(64, 48, "yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs the ffprobe CLI")
+@pytest.mark.parametrize("degrees", [0, 90, 180, -90, 270, 45])
+@pytest.mark.parametrize("hflip", [False, True])
+def test_display_matrix_is_read_as_ffmpeg_reads_it(
+    tmp_path: Path, degrees: float, hflip: bool
+) -> None:
+    """PyAV 12 (pinned by the matrix) has no ``VideoFrame.rotation``: the matrix bytes are
+    read as FFmpeg reads them. Judged by ffprobe's rotation and newer PyAV's own."""
+    clip = _rotated_clip(tmp_path / "clip.mp4", degrees, hflip)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json", clip],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    side_data = json.loads(probe.stdout)["streams"][0].get("side_data_list", [])
+    probed = next((float(d["rotation"]) for d in side_data if "rotation" in d), 0.0)
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0))
+    ours = display_matrix_degrees(frame)
+    assert _angle_between(ours, probed) < 0.01, (ours, probed)
+    assert _angle_between(ours, float(frame.rotation)) <= 0.5, (ours, frame.rotation)
+
+
+def _angle_between(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
