@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -154,9 +155,10 @@ def check_settings(settings: ServiceSettings) -> str | None:
     ):
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".heygem-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # A probe of its own: workers on several machines check one shared directory at
+            # once (one fixed name let one process delete another's probe under it).
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".heygem-write-test-"):
+                pass
         except OSError as exc:
             return f"{ENV_PREFIX}{name}: {path} is not a writable directory ({exc.strerror})"
     if (

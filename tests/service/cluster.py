@@ -205,11 +205,25 @@ def stop_workers(workers: list[Worker]) -> None:
         worker.stop()
 
 
-def warm_workers(client: TestClient, count: int, timeout: float = 180.0) -> None:
-    """Wait until the API sees ``count`` warm pool processes."""
+def warm_workers(
+    client: TestClient, count: int, timeout: float = 180.0, workers: list[Worker] | None = None
+) -> None:
+    """Wait until the API sees ``count`` warm pool processes. A worker that exits, or a
+    timeout, fails at once with what the API saw last and the end of each worker's log."""
+    seen = {"detail": ""}
 
     def warm() -> bool:
+        if any(not w.alive() for w in workers or []):
+            raise AssertionError("a worker exited while starting")
         detail: str = client.get("/readyz").json()["checks"]["workers"]["detail"]
+        seen["detail"] = detail
         return detail.startswith(f"{count} of ") and f"of {count} workers warm" in detail
 
-    wait_for(warm, timeout=timeout, interval=0.25, what=f"{count} warm workers")
+    try:
+        wait_for(warm, timeout=timeout, interval=0.25, what=f"{count} warm workers")
+    except AssertionError as exc:
+        logs = "\n".join(
+            f"--- {w.name} (alive: {w.alive()}) ---\n" + "\n".join(w.output().splitlines()[-40:])
+            for w in workers or []
+        )
+        raise AssertionError(f"{exc}; /readyz said {seen['detail']!r}\n{logs}") from None

@@ -93,7 +93,7 @@ def cluster(
     workers = start_workers(settings, base)
     state = Cluster(settings, redis, workers, client)
     try:
-        warm_workers(client, 2)
+        warm_workers(client, 2, workers=workers)
         yield state
     finally:
         state.client.__exit__(None, None, None)
@@ -159,7 +159,7 @@ def test_a_killed_pool_process_hands_its_job_to_another_attempt(cluster: Cluster
     lost = [w for w in status["warnings"] if w.startswith("attempt 1 ")]
     assert lost and "SIGKILL" in lost[0] and "queued again" in lost[0], status["warnings"]
     assert "no OOM kill" in lost[0]  # kill -9 by a person, not blamed on memory
-    warm_workers(client, 2)  # Celery replaced the process
+    warm_workers(client, 2, workers=cluster.workers)  # Celery replaced the process
 
 
 def test_a_stopped_pool_process_is_killed_within_seconds_and_its_job_handed_on(
@@ -176,7 +176,7 @@ def test_a_stopped_pool_process_is_killed_within_seconds_and_its_job_handed_on(
     assert status["state"] == "succeeded" and status["attempts"] == 2, status
     lost = [w for w in status["warnings"] if w.startswith("attempt 1 ")]
     assert lost and "stopped (state T)" in lost[0], status["warnings"]
-    warm_workers(client, 2)
+    warm_workers(client, 2, workers=cluster.workers)
 
 
 def test_a_job_whose_process_dies_every_time_fails_after_max_attempts(cluster: Cluster) -> None:
@@ -190,7 +190,7 @@ def test_a_job_whose_process_dies_every_time_fails_after_max_attempts(cluster: C
     assert error["cause"] == "killed" and "SIGKILL" in error["message"], error
     assert "HEYGEM_SERVICE_MAX_ATTEMPTS=2" in error["message"] and error["hint"]
     assert error["phase"] == "generating" and status["attempts"] == 2
-    warm_workers(client, 2)
+    warm_workers(client, 2, workers=cluster.workers)
 
 
 def test_a_dead_worker_machine_hands_its_job_to_the_other(cluster: Cluster) -> None:
@@ -206,7 +206,7 @@ def test_a_dead_worker_machine_hands_its_job_to_the_other(cluster: Cluster) -> N
     assert _machine_of(status) != dead.name
     assert any("vanished" in w for w in status["warnings"]), status["warnings"]
     dead.start()  # the machine comes back
-    warm_workers(client, 2)
+    warm_workers(client, 2, workers=cluster.workers)
 
 
 def test_a_redis_restart_loses_no_queued_job(cluster: Cluster) -> None:

@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from heygem.config import option_specs
-from service.cli import is_loopback, serve
+from service.cli import check_settings, is_loopback, serve
 from service.options import PipelineSettings
 from service.settings import ServiceSettings
 from tests.helpers import wait_for
@@ -283,3 +284,17 @@ def test_broken_json_is_one_line_too(
     assert serve(["--port", str(busy_port)]) == 2
     line = _one_error_line(capsys)
     assert PREFIX + variable in line or "JSON" in line, line
+
+
+def test_processes_checking_one_shared_directory_at_once_all_pass(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Workers on several machines start together on one shared data directory: each
+    start-up check writes a probe of its own (a shared probe name let one delete another's
+    under it, and that worker exited with "not a writable directory")."""
+    shared = tmp_path / "shared"
+    settings = ServiceSettings(data_dir=shared, pipeline={"cache_dir": shared / "cache"})
+    with ThreadPoolExecutor(8) as pool:
+        problems = list(pool.map(lambda _: check_settings(settings), range(400)))
+    assert problems == [None] * 400
+    assert not [p.name for p in shared.rglob(".heygem-write-test*")]

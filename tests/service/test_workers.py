@@ -111,7 +111,7 @@ def live(
     with TestClient(create_app(settings), headers=ADMIN) as client:
         workers = start_workers(settings, base)
         try:
-            warm_workers(client, 2)
+            warm_workers(client, 2, workers=workers)
             yield client
         finally:
             stop_workers(workers)
