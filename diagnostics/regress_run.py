@@ -314,7 +314,9 @@ def sampled_inputs(
     if not indices:
         return indices, shown, shown, np.zeros((0,), np.float32)
     shown = np.stack([np.asarray(crops[timing.template_frame(i)]) for i in indices])
-    dataset = generator_samples(spec, plan, feats.mel, feats.active, timing, workdir)
+    dataset = generator_samples(
+        spec, plan, feats.mel, feats.active, feats.loudness_db, timing, workdir
+    )
     items = [dataset[i] for i in indices]
     faces = np.stack([np.asarray(item[1]) for item in items])
     condition = np.stack([np.asarray(item[2]) for item in items])

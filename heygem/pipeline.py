@@ -112,6 +112,7 @@ class AudioFeatures:
     seconds: float
     mel: np.ndarray  # (80, T) padded so every frame has a full window
     active: np.ndarray  # (n_frames,) bool
+    loudness_db: np.ndarray  # (n_frames,) RMS in dBFS
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ class Pipeline:
         n_frames = features.frame_count(wav.size, fps)
         mel = features.pad_mel_for_frames(features.melspectrogram(wav), n_frames, fps)
         activity = features.voice_activity(wav, n_frames, fps)
-        return AudioFeatures(n_frames, fps, seconds, mel, activity.active)
+        return AudioFeatures(n_frames, fps, seconds, mel, activity.active, activity.loudness_db)
 
     def plan_template(
         self, inputs: Inputs, spec: GeneratorSpec, on_progress: Callable[[int], None] | None = None
@@ -527,7 +528,7 @@ class Pipeline:
             writer.abort()
             raise
         samples = generator_samples(
-            spec, plan, feats.mel, feats.active, timing, workdir, opts.fault
+            spec, plan, feats.mel, feats.active, feats.loudness_db, timing, workdir, opts.fault
         )
         faces = None
         if face_features is not None and isinstance(runner, FaceFeatureOrtRunner):

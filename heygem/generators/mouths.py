@@ -3,7 +3,7 @@
 At template analysis every frame's mouth was measured (inner-lip opening from its
 landmarks, cached). Per job:
 
-1. ``speech_openness``: the voice's loudness per output frame (speech-band log-mel, 30 dB
+1. ``speech_openness``: the voice's loudness per output frame (its RMS in dB, 20 dB
    below the job's loud speech = closed), 0 in silence and in energy dips (m/b/p
    closures), lightly smoothed.
 2. ``plan_mouths``: a target opening per frame on the template's own scale (its closed
@@ -22,22 +22,19 @@ renderer's control vector per output frame.
 from __future__ import annotations
 
 import functools
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from heygem.audio.features import MAX_ABS, MEL_FPS
 from heygem.config import FaultInjection
 from heygem.face.geometry import crop_transform
 from heygem.face.landmarks import STABLE, interocular, mouth_opening
 from heygem.generators.control import PLAN_CONTROL, ROLL_MIN, Control, Upright, upright_matrix
 from heygem.runner.faults import inject
 
-SPEECH_BANDS = slice(2, 60)  # mel bands ~100 Hz - 3.5 kHz: the voice, not hiss or hum
-DYNAMIC_RANGE = 2.4  # normalised mel units (30 dB) from closed to fully open
+DYNAMIC_RANGE_DB = 24.0  # from closed to fully open, below the job's loud speech
 # Opening scale, in interocular distances (inner-lip gap / eye distance).
 NOMINAL_SPAN = 0.22  # closed -> wide speech opening, when the template shows less
 SLIT = 0.05  # openness (0..1) below which the mouth stays closed
@@ -54,18 +51,20 @@ HOLD_COST = 0.3
 JUMP_COST = 1.5
 
 
-def speech_openness(mel: np.ndarray, n_frames: int, fps: float, active: np.ndarray) -> np.ndarray:
-    """(n_frames,) 0..1: how open the mouth should be for the voice at each output frame."""
-    edges = (np.arange(n_frames + 1) * MEL_FPS / fps).astype(np.int64)
-    edges = np.clip(edges, 0, mel.shape[1] - 1)
-    band = mel[SPEECH_BANDS].mean(axis=0)
-    loud = np.array([band[a : max(a + 1, b)].mean() for a, b in itertools.pairwise(edges)])
-    voiced = np.asarray(active[:n_frames], dtype=bool)
+def speech_openness(loudness_db: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """(n_frames,) 0..1: how open the mouth should be for the voice at each output frame,
+    from the frame's loudness (RMS in dBFS): ``DYNAMIC_RANGE_DB`` below the job's loud
+    speech is closed. The power of the whole frame, not a mean of log-mel bands: that
+    mean weighs hiss-like consonants (s, f, sh: high bands, a nearly closed mouth) like
+    vowels and follows the voice's envelope less (on four espeak-ng sentences the target
+    correlated 0.74-0.81 with the frames' RMS and 0.80-0.87 with it in dB; now 0.90-0.92
+    and 0.95-0.96)."""
+    loud = np.asarray(loudness_db, dtype=np.float64)
+    voiced = np.asarray(active[: loud.size], dtype=bool)
     if not voiced.any():
-        return np.zeros(n_frames, dtype=np.float32)
+        return np.zeros(loud.size, dtype=np.float32)
     peak = float(np.percentile(loud[voiced], 95))
-    floor = max(peak - DYNAMIC_RANGE, -MAX_ABS)
-    openness = np.clip((loud - floor) / max(peak - floor, 1e-3), 0.0, 1.0)
+    openness = np.clip((loud - (peak - DYNAMIC_RANGE_DB)) / DYNAMIC_RANGE_DB, 0.0, 1.0)
     openness[~voiced] = 0.0
     smoothed = np.convolve(np.pad(openness, 1, mode="edge"), [0.2, 0.6, 0.2], mode="valid")
     return smoothed.astype(np.float32)

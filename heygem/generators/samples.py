@@ -17,6 +17,7 @@ def generator_samples(
     plan: TemplatePlan,
     mel: np.ndarray,
     active: np.ndarray,
+    loudness_db: np.ndarray,
     timing: FrameTiming,
     workdir: Path,
     fault: FaultInjection | None = None,
@@ -31,7 +32,7 @@ def generator_samples(
     from heygem.generators.mouths import MouthSamples, plan_mouths, speech_openness
 
     shown = np.array([timing.template_frame(i) for i in range(timing.n_frames)], dtype=np.int64)
-    openness = speech_openness(mel, timing.n_frames, timing.out_fps, active)
+    openness = speech_openness(loudness_db[: timing.n_frames], active)
     mouths = plan_mouths(plan.landmarks, plan.valid, plan.regions, spec.crop.size, openness, shown)
     plan_path = mouths.save(workdir / "mouths.npz")
     return MouthSamples(plan.crops_path, plan_path, shown, fault)
