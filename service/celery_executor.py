@@ -9,7 +9,7 @@ same lifecycle transitions the local pool makes:
 
 - ``PROGRESS`` (meta: attempt, worker, phase, percent, frames, step): started / progress;
 - ``RETRY``: a pool process died with the job and Celery sent it again: back to queued,
-  with a warning saying how the attempt ended;
+  with a warning saying how the attempt ended (cancelled instead, when a cancel was asked);
 - ``SUCCESS``: the job's outcome payload (succeeded, failed, cancelled, timed out);
 - ``FAILURE``: Celery gave up (attempts used up, hard time limit, ...);
 - ``REVOKED``: the cancel had to kill the process.
@@ -320,7 +320,7 @@ class CeleryExecutor:
             self._outcome(job, info)
         elif status == "FAILURE":
             self._failure(self._running(job, tracked, {}), info)
-        elif status == "REVOKED" and job.state is JobState.RUNNING:
+        elif status == "REVOKED" and (job.state is JobState.RUNNING or job.cancel_requested):
             self._revoked(job, tracked)
 
     def _progress(self, job: Job, tracked: _Tracked, info: dict[str, Any]) -> None:
@@ -359,6 +359,12 @@ class CeleryExecutor:
         return job
 
     def _requeue(self, job: Job, tracked: _Tracked) -> None:
+        if job.cancel_requested:
+            # Killed at the end of the cancel grace (or died on its own meanwhile): Celery
+            # sends the job again, but it was revoked, so no worker starts it. Requeued,
+            # it would wait as "queued" forever: it ends here, cancelled.
+            self._revoked(job, tracked)
+            return
         lost = self._losses(job.id)
         if len(lost) >= job.attempts:  # the worker's main process recorded how it ended
             last = lost[-1]
@@ -429,6 +435,8 @@ class CeleryExecutor:
             message = (
                 f"cancelled; the worker did not stop within {grace:g} s, so its process was killed"
             )
+        elif job.cancel_requested:
+            message = "cancelled; its worker process ended before the job stopped"
         else:
             message = "cancelled: the task was revoked on the workers (not through this API)"
         self._lifecycle.fail(job.id, Cancelled(message), cancelled=job.cancel_requested)

@@ -179,6 +179,22 @@ def test_a_stopped_pool_process_is_killed_within_seconds_and_its_job_handed_on(
     warm_workers(client, 2, workers=cluster.workers)
 
 
+def test_a_cancelled_job_whose_process_dies_ends_cancelled_not_queued(cluster: Cluster) -> None:
+    """Cancel a running job whose process cannot stop (frozen, then killed by its worker):
+    Celery sends the revoked job again, which no worker starts. It ends cancelled at once;
+    requeued, it used to wait as "queued" forever."""
+    client = cluster.client
+    job_id = _submit(client, fault=SLOW)
+    pid = _pid_of(_generating(client, job_id))
+    os.kill(pid, signal.SIGSTOP)  # the pipeline cannot see the cancel
+    assert client.delete(f"/v1/generations/{job_id}").status_code in (200, 202)
+    status = wait_final(client, job_id, timeout=30)
+    assert status["state"] == "cancelled" and status["attempts"] == 1, status
+    wait_for(lambda: not _alive(pid), 15, what=f"the stopped pool process {pid} to be killed")
+    warm_workers(client, 2, workers=cluster.workers)  # the killed process is replaced
+    assert client.get(f"/v1/generations/{job_id}").json()["state"] == "cancelled"
+
+
 def test_a_job_whose_process_dies_every_time_fails_after_max_attempts(cluster: Cluster) -> None:
     client = cluster.client
     job_id = _submit(client, fault=SLOW)
@@ -448,6 +464,45 @@ def test_the_step_goes_through_the_result_backend_to_the_store(tmp_path: Path) -
     assert seen.state.value == "running" and seen.worker == "w0 (pid 7)"
     assert (seen.phase, seen.step) == ("preparing", "template")
     assert (seen.step_done, seen.step_total) == (400, 400)
+    store.close()
+
+
+@pytest.mark.parametrize("reports", [["RETRY"], ["REVOKED"], ["RETRY", "REVOKED"]])
+def test_a_cancelled_job_whose_process_is_lost_ends_cancelled(
+    tmp_path: Path, reports: list[str]
+) -> None:
+    """Cancelled while running, its process killed (the cancel grace ran out, or it died):
+    Celery reports a retry of the revoked job, which no worker will start. The follower
+    ends it cancelled; it used to put it back to queued, where it waited forever (the web
+    page's cancel, on a loaded machine). No Redis needed."""
+    from service.celery_app import PROGRESS
+    from service.celery_executor import CeleryExecutor, _Tracked
+    from service.lifecycle import JobLifecycle
+    from service.metrics import Metrics
+    from service.redact import Redactor
+
+    settings = ServiceSettings(
+        data_dir=tmp_path, executor="celery", broker_url="redis://127.0.0.1:1/0"
+    )
+    store = JobStore(settings.database)
+    job = store.create(
+        NewJob("b" * 32, "a.wav", "v.mp4", "o.mp4", {}),
+        max_queued=1,
+        max_queued_per_client=1,
+        retry_after=1,
+    )
+    lifecycle = JobLifecycle(store, Metrics(), Redactor([]))
+    follower = CeleryExecutor(settings, lifecycle, Metrics())
+    tracked = _Tracked()
+    running = {"attempt": 1, "worker": "w0", "pid": 7, "phase": "generating", "percent": 30}
+    follower._apply(store.get(job.id), tracked, {"status": PROGRESS, "result": running})
+    lifecycle.cancel(job.id, None)
+    assert store.get(job.id).state.value == "running" and store.get(job.id).cancel_requested
+    for status in reports:
+        follower._apply(store.get(job.id), tracked, {"status": status, "result": None})
+    ended = store.get(job.id)
+    assert ended.state.value == "cancelled", ended
+    assert ended.error is not None and ended.error.type == "Cancelled"
     store.close()
 
 
