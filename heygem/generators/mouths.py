@@ -3,7 +3,7 @@
 At template analysis every frame's mouth was measured (inner-lip opening from its
 landmarks, cached). Per job:
 
-1. ``speech_openness``: the voice's loudness per output frame (its RMS in dB, 20 dB
+1. ``speech_openness``: the voice's loudness per output frame (its RMS in dB, 24 dB
    below the job's loud speech = closed), 0 in silence and in energy dips (m/b/p
    closures), lightly smoothed.
 2. ``plan_mouths``: a target opening per frame on the template's own scale (its closed

@@ -18,14 +18,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.jobs import NewJob
+from service.jobs import Job, NewJob
 from service.settings import ServiceSettings
 from service.shared import write_marker
 from service.store import JobStore
@@ -40,6 +40,10 @@ from tests.service.cluster import (
     worker_env,
 )
 from tests.service.helpers import KEYS, metric, wait_final
+
+if TYPE_CHECKING:
+    from service.celery_executor import CeleryExecutor
+    from service.lifecycle import JobLifecycle
 
 REFS = {"audio_path": "speech.wav", "video_path": "template.mp4"}
 ADMIN = {"X-API-Key": KEYS["ops"]}
@@ -181,8 +185,9 @@ def test_a_stopped_pool_process_is_killed_within_seconds_and_its_job_handed_on(
 
 def test_a_cancelled_job_whose_process_dies_ends_cancelled_not_queued(cluster: Cluster) -> None:
     """Cancel a running job whose process cannot stop (frozen, then killed by its worker):
-    Celery sends the revoked job again, which no worker starts. It ends cancelled at once;
-    requeued, it used to wait as "queued" forever."""
+    it ends cancelled after its one attempt, and no copy of it runs afterwards. (Here
+    Celery reports the kill as REVOKED; the RETRY report that used to leave such a job
+    queued forever is covered without Redis below.)"""
     client = cluster.client
     job_id = _submit(client, fault=SLOW)
     pid = _pid_of(_generating(client, job_id))
@@ -415,29 +420,41 @@ def test_settings_name_what_is_wrong(tmp_path: Path) -> None:
         ServiceSettings(executor="celery", data_dir=tmp_path)
 
 
-def test_the_step_goes_through_the_result_backend_to_the_store(tmp_path: Path) -> None:
-    """A worker's step reports as Celery task states, read back by the API's follower into
-    its store: a step change is sent at once, reports within a step at most every
-    PROGRESS_INTERVAL, and the last one travels with the outcome (no Redis needed)."""
-    from heygem.progress import StepProgress
-    from service.celery_app import PROGRESS
-    from service.celery_executor import CeleryExecutor, _Tracked
-    from service.celery_worker import _BackendReporter
+def _offline_follower(
+    tmp_path: Path, job_id: str
+) -> tuple[JobStore, JobLifecycle, CeleryExecutor, Job]:
+    """The API's Celery follower over a store holding one queued job, with a broker URL
+    nothing answers on: ``_apply`` is fed the task states by hand (no Redis needed)."""
+    from service.celery_executor import CeleryExecutor
     from service.lifecycle import JobLifecycle
     from service.metrics import Metrics
     from service.redact import Redactor
-    from service.worker import StepReports
 
     settings = ServiceSettings(
         data_dir=tmp_path, executor="celery", broker_url="redis://127.0.0.1:1/0"
     )
     store = JobStore(settings.database)
     job = store.create(
-        NewJob("a" * 32, "a.wav", "v.mp4", "o.mp4", {}),
+        NewJob(job_id, "a.wav", "v.mp4", "o.mp4", {}),
         max_queued=1,
         max_queued_per_client=1,
         retry_after=1,
     )
+    lifecycle = JobLifecycle(store, Metrics(), Redactor([]))
+    return store, lifecycle, CeleryExecutor(settings, lifecycle, Metrics()), job
+
+
+def test_the_step_goes_through_the_result_backend_to_the_store(tmp_path: Path) -> None:
+    """A worker's step reports as Celery task states, read back by the API's follower into
+    its store: a step change is sent at once, reports within a step at most every
+    PROGRESS_INTERVAL, and the last one travels with the outcome (no Redis needed)."""
+    from heygem.progress import StepProgress
+    from service.celery_app import PROGRESS
+    from service.celery_executor import _Tracked
+    from service.celery_worker import _BackendReporter
+    from service.worker import StepReports
+
+    store, _, follower, job = _offline_follower(tmp_path, "a" * 32)
     states: list[dict[str, Any]] = []
 
     class Task:  # what update_state writes to the result backend
@@ -456,7 +473,6 @@ def test_the_step_goes_through_the_result_backend_to_the_store(tmp_path: Path) -
     ]
     assert reporter.last["step_done"] == 400  # what the outcome will carry
 
-    follower = CeleryExecutor(settings, JobLifecycle(store, Metrics(), Redactor([])), Metrics())
     tracked = _Tracked()
     for meta in [*states, {"status": PROGRESS, "result": reporter.last}]:
         follower._apply(store.get(job.id), tracked, meta)
@@ -476,23 +492,9 @@ def test_a_cancelled_job_whose_process_is_lost_ends_cancelled(
     ends it cancelled; it used to put it back to queued, where it waited forever (the web
     page's cancel, on a loaded machine). No Redis needed."""
     from service.celery_app import PROGRESS
-    from service.celery_executor import CeleryExecutor, _Tracked
-    from service.lifecycle import JobLifecycle
-    from service.metrics import Metrics
-    from service.redact import Redactor
+    from service.celery_executor import _Tracked
 
-    settings = ServiceSettings(
-        data_dir=tmp_path, executor="celery", broker_url="redis://127.0.0.1:1/0"
-    )
-    store = JobStore(settings.database)
-    job = store.create(
-        NewJob("b" * 32, "a.wav", "v.mp4", "o.mp4", {}),
-        max_queued=1,
-        max_queued_per_client=1,
-        retry_after=1,
-    )
-    lifecycle = JobLifecycle(store, Metrics(), Redactor([]))
-    follower = CeleryExecutor(settings, lifecycle, Metrics())
+    store, lifecycle, follower, job = _offline_follower(tmp_path, "b" * 32)
     tracked = _Tracked()
     running = {"attempt": 1, "worker": "w0", "pid": 7, "phase": "generating", "percent": 30}
     follower._apply(store.get(job.id), tracked, {"status": PROGRESS, "result": running})
