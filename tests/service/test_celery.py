@@ -183,23 +183,6 @@ def test_a_stopped_pool_process_is_killed_within_seconds_and_its_job_handed_on(
     warm_workers(client, 2, workers=cluster.workers)
 
 
-def test_a_cancelled_job_whose_process_dies_ends_cancelled_not_queued(cluster: Cluster) -> None:
-    """Cancel a running job whose process cannot stop (frozen, then killed by its worker):
-    it ends cancelled after its one attempt, and no copy of it runs afterwards. (Here
-    Celery reports the kill as REVOKED; the RETRY report that used to leave such a job
-    queued forever is covered without Redis below.)"""
-    client = cluster.client
-    job_id = _submit(client, fault=SLOW)
-    pid = _pid_of(_generating(client, job_id))
-    os.kill(pid, signal.SIGSTOP)  # the pipeline cannot see the cancel
-    assert client.delete(f"/v1/generations/{job_id}").status_code in (200, 202)
-    status = wait_final(client, job_id, timeout=30)
-    assert status["state"] == "cancelled" and status["attempts"] == 1, status
-    wait_for(lambda: not _alive(pid), 15, what=f"the stopped pool process {pid} to be killed")
-    warm_workers(client, 2, workers=cluster.workers)  # the killed process is replaced
-    assert client.get(f"/v1/generations/{job_id}").json()["state"] == "cancelled"
-
-
 def test_a_job_whose_process_dies_every_time_fails_after_max_attempts(cluster: Cluster) -> None:
     client = cluster.client
     job_id = _submit(client, fault=SLOW)
