@@ -228,7 +228,7 @@ class Pipeline:
         opts = self.options
         video_info = probe_video(video, max_width=opts.max_width, max_height=opts.max_height)
         audio_info = probe_audio(audio, max_seconds=opts.max_audio_seconds)
-        check_output_writable(output)
+        check_output_writable(output, inputs=(audio, video))
         return Inputs(audio_info, video_info, output)
 
     def audio_features(self, inputs: Inputs) -> AudioFeatures:

@@ -33,8 +33,13 @@ def decode_audio_mono(path: Path, sample_rate: int = FEATURE_SAMPLE_RATE) -> np.
             ) from exc
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if samples.size < sample_rate // 25:  # less than one video frame of sound
+        held = (
+            f"holds {samples.size / sample_rate:.3f} s of sound, less than one video frame"
+            if samples.size
+            else "contains no samples"
+        )
         raise EmptyAudio(
-            f"audio {str(path)!r} contains no samples ({samples.size / sample_rate:.3f} s)",
+            f"audio {str(path)!r} {held}",
             hint="pass audio with at least a fraction of a second of speech",
         )
     return samples

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -28,13 +29,22 @@ log = logging.getLogger(__name__)
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 
-def check_output_writable(target: Path) -> None:
-    """Fail before any work if the output cannot be created where the user asked."""
+def check_output_writable(target: Path, inputs: Iterable[Path] = ()) -> None:
+    """Fail before any work if the output cannot be created where the user asked, or
+    would replace one of the job's ``inputs`` (the finished output is renamed over the
+    target: the input would be lost)."""
     directory = target.parent if str(target.parent) else Path(".")
     if target.exists() and target.is_dir():
         raise OutputNotWritable(
             f"output {str(target)!r} is a directory", hint="pass a file name such as out.mp4"
         )
+    for source in inputs:
+        if target.exists() and source.exists() and os.path.samefile(target, source):
+            raise OutputNotWritable(
+                f"output {str(target)!r} is the input {str(source)!r}: writing it would "
+                "replace the input",
+                hint="choose another output name",
+            )
     if not directory.is_dir():
         raise OutputNotWritable(
             f"output directory {str(directory)!r} does not exist",

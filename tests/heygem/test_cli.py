@@ -81,6 +81,15 @@ def empty_wav(tmp_path: Path) -> Path:
     return write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
 
 
+@pytest.fixture
+def blip_wav(tmp_path: Path) -> Path:
+    import numpy as np
+
+    from heygem.demo import write_wav
+
+    return write_wav(tmp_path / "blip.wav", np.full(160, 0.1, np.float32))  # 10 ms
+
+
 def _bad(kind: str, paths: dict[str, Path], tmp: Path) -> tuple[list[str], type[HeygemError], str]:
     audio, video = str(paths["audio"]), str(paths["video"])
     out = str(tmp / "out.mp4")
@@ -114,6 +123,11 @@ def _bad(kind: str, paths: dict[str, Path], tmp: Path) -> tuple[list[str], type[
             ["-a", str(paths["empty"]), "-i", video, "-o", out],
             EmptyAudio,
             "contains no samples",
+        ),
+        "audio shorter than a frame": (
+            ["-a", str(paths["blip"]), "-i", video, "-o", out],
+            EmptyAudio,
+            "less than one video frame",
         ),
         "no face": (
             ["-a", audio, "-i", str(paths["noface"]), "-o", out],
@@ -167,6 +181,7 @@ BAD_INPUTS = [
     "garbage audio",
     "video without audio",
     "zero-length audio",
+    "audio shorter than a frame",
     "no face",
     "bad checkpoint",
     "wav2lip without checkpoint",
@@ -186,6 +201,7 @@ def test_bad_input_is_one_clear_line_and_a_distinct_exit_code(
     faceless_mp4: Path,
     garbage: Path,
     empty_wav: Path,
+    blip_wav: Path,
 ) -> None:
     paths = {
         "audio": speech_wav,
@@ -193,6 +209,7 @@ def test_bad_input_is_one_clear_line_and_a_distinct_exit_code(
         "garbage": garbage,
         "noface": faceless_mp4,
         "empty": empty_wav,
+        "blip": blip_wav,
     }
     argv, error, text = _bad(kind, paths, tmp_path)
     code, stdout, stderr = run(capsys, "generate", *argv, "--cache-dir", str(tmp_path / "c"))
@@ -265,3 +282,20 @@ def test_json_log_is_readable_by_the_log_analyzer(
     bad = analyze_log(bad_log)
     assert bad.exit_code() == 1
     assert "consumer-never-started" in {f.id for f in bad.findings}
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(
+    tmp_path: Path, capsys, speech_wav: Path, template_mp4: Path
+) -> None:
+    template = tmp_path / "avatar.mp4"
+    template.write_bytes(template_mp4.read_bytes())
+    alias = tmp_path / "same-avatar.mp4"
+    alias.hardlink_to(template)  # another name for the same file
+    for output in (template, alias):
+        code, _, stderr = run(
+            capsys, "generate", "-a", str(speech_wav), "-i", str(template), "-o", str(output),
+            "--cache-dir", str(tmp_path / "c"),
+        )  # fmt: skip
+        assert code == OutputNotWritable.exit_code
+        assert "would replace the input" in stderr and "what to do:" in stderr
+    assert template.read_bytes() == template_mp4.read_bytes()
