@@ -1,5 +1,9 @@
 """The mouth's target opening follows the voice: judged against the waveform's own
-envelope (RMS per video frame, computed here), on sentences and voices not used in tuning."""
+envelope (RMS per video frame, computed here), on sentences and voices not used in tuning.
+
+The target is a deliberately non-linear function of the loudness (quiet voiced frames
+open visibly: heygem.generators.mouths.OPENNESS_GAMMA), so it is judged by rank: the
+louder frame opens wider."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from scipy.stats import spearmanr
 
 from heygem.audio.features import SAMPLE_RATE, frame_count, voice_activity
 from heygem.generators.mouths import speech_openness
@@ -45,8 +50,15 @@ def test_the_target_opening_follows_the_voice_and_closes_in_silence(
     openness = speech_openness(activity.loudness_db, activity.active)
     envelope = _envelope(wav, n_frames)
     assert openness.shape == (n_frames,)
-    # The speech-band log-mel target this replaced read 0.86-0.87 and 0.90-0.95 here.
-    assert np.corrcoef(openness, envelope)[0, 1] > 0.89
+    # Rank correlation; the speech-band log-mel target this replaced read 0.925-0.941 on
+    # all frames and 0.81-0.82 on the voiced ones here.
+    voiced = activity.active
+    assert spearmanr(openness, envelope)[0] > 0.97
+    assert spearmanr(openness[voiced], envelope[voiced])[0] > 0.93
+    # Quiet voiced frames (12-20 dB below the loud speech) open visibly, not a sliver: the
+    # map linear in dB gave them a median of 0.39-0.40 here, and MediaPipe read it as shut.
     decibels = 20 * np.log10(np.maximum(envelope, 1e-7))
-    assert np.corrcoef(openness, np.maximum(decibels, decibels.max() - 40))[0, 1] > 0.955
+    below = np.percentile(decibels[voiced], 95) - decibels
+    quiet = voiced & (below > 12) & (below < 20)
+    assert np.median(openness[quiet]) > 0.48
     assert openness.max() > 0.9 and np.all(openness[-20:] == 0)  # wide open, then closed
