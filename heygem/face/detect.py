@@ -67,6 +67,16 @@ def load_detector() -> object:
         return dlib.get_frontal_face_detector()
 
 
+def turn_showing_a_face(gray: np.ndarray) -> int | None:
+    """The quarter turns counterclockwise (1, 2 or 3) after which ``gray`` shows a face
+    the upright search missed, or None: tells a user whose template has no upright face
+    that it is lying on its side (a phone video re-encoded without its rotation flag)."""
+    for turns in (1, 3, 2):
+        if FaceDetector().detect(np.rot90(gray, turns)) is not None:
+            return turns
+    return None
+
+
 class FaceDetector:
     """Finds the face that continues the previous one (or the most confident one)."""
 

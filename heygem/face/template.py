@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from heygem.errors import InputTooLarge, NoFaceFound
-from heygem.face.detect import DETECTOR_VERSION
+from heygem.face.detect import DETECTOR_VERSION, turn_showing_a_face
 from heygem.face.geometry import CropSpec
 from heygem.face.landmarks import LANDMARKS_VERSION
 from heygem.face.track import smooth_landmarks, smooth_track
@@ -116,11 +116,7 @@ def plan_template(
             _atomic_savez(track_file, landmarks=track[0], valid=track[1])
         points, valid = track
         if not valid.any():
-            raise NoFaceFound(
-                f"no face was found in any of the {len(valid)} frames of {str(path)!r}",
-                hint="use a template where a frontal face is clearly visible "
-                "(at least ~24 px wide)",
-            )
+            raise _no_face(path, width, height, len(valid))
         regions = np.zeros((len(valid), 4), dtype=np.int32)
         for i in np.flatnonzero(valid):
             regions[i] = spec.region(points[i], width, height)
@@ -128,6 +124,25 @@ def plan_template(
     _atomic_savez(crops_file, regions=regions, valid=valid, size=np.array([width, height]))
     return TemplatePlan(
         len(valid), width, height, valid, points, regions, crops_array, from_cache=False
+    )
+
+
+def _no_face(path: Path, width: int, height: int, frames: int) -> NoFaceFound:
+    message = f"no face was found in any of the {frames} frames of {str(path)!r}"
+    first = next(iter_template_frames(path, width, height, writable=False), None)
+    turns = turn_showing_a_face(planes(first)[0]) if first is not None else None
+    if turns is not None:
+        # np.rot90 turns counterclockwise; the picture is turned the other way.
+        lying = {1: "90 degrees clockwise", 2: "upside down", 3: "90 degrees counterclockwise"}
+        fix = {1: "transpose=2", 2: "transpose=2,transpose=2", 3: "transpose=1"}
+        return NoFaceFound(
+            f"{message}, but there is one when the picture is turned: the face is turned "
+            f"{lying[turns]}",
+            hint=f"turn the template upright, e.g. ffmpeg -i IN -vf {fix[turns]} OUT.mp4",
+        )
+    return NoFaceFound(
+        message,
+        hint="use a template where a frontal face is clearly visible (at least ~24 px wide)",
     )
 
 

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from heygem.demo import iter_template_frames as demo_frames
+from heygem.demo import write_video
 from heygem.errors import NoFaceFound
 from heygem.face.geometry import CropSpec
 from heygem.face.template import FrameWindows, plan_template
@@ -54,6 +56,28 @@ def test_damaged_cache_entry_is_rebuilt(template_mp4: Path, tmp_path: Path) -> N
 def test_no_face_anywhere_is_a_clear_error(faceless_mp4: Path, tmp_path: Path) -> None:
     with pytest.raises(NoFaceFound, match="no face was found in any of the 10 frames"):
         plan_template(faceless_mp4, 320, 240, SPEC, cache_dir=tmp_path, max_frames=1000)
+
+
+@pytest.mark.parametrize(
+    ("turns", "lying", "fix"),
+    [
+        (3, "turned 90 degrees clockwise", "transpose=2"),  # np.rot90 by 3 = clockwise
+        (1, "turned 90 degrees counterclockwise", "transpose=1"),
+        (2, "turned upside down", "transpose=2,transpose=2"),
+    ],
+)
+def test_a_face_lying_on_its_side_is_named_with_the_turn_that_fixes_it(
+    tmp_path: Path, turns: int, lying: str, fix: str
+) -> None:
+    """The pixels turned, with no rotation flag for a player to undo (a phone video that
+    lost it): no upright face, and the error says which way the face lies and how to
+    turn the template upright."""
+    frames = [np.ascontiguousarray(np.rot90(f, turns)) for f in demo_frames(0.4, size=(320, 240))]
+    video = write_video(tmp_path / "sideways.mp4", frames)
+    height, width = frames[0].shape[:2]
+    with pytest.raises(NoFaceFound, match=lying) as caught:
+        plan_template(video, width, height, SPEC, cache_dir=tmp_path, max_frames=1000)
+    assert caught.value.hint is not None and f"-vf {fix} " in caught.value.hint
 
 
 def test_crops_are_those_of_a_separate_decode(template_with_gap: Path, tmp_path: Path) -> None:
