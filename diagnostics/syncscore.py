@@ -21,14 +21,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 
 from diagnostics.findings import Finding, Report, Severity
+from heygem.errors import MediaUnreadable
 from heygem.face.detect import Box, FaceDetector
 from heygem.face.landmarks import landmarks, mouth_opening
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import quarter_turns, turned_upright
-from heygem.media.probe import open_input
+from heygem.media.probe import open_container, require_file
 
 SAMPLE_RATE = 16000
 MAX_LAG = 5  # frames
@@ -71,20 +73,33 @@ def mouth_openings(video: Path) -> tuple[np.ndarray, float]:
     detector = FaceDetector()
     values: list[float] = []
     previous: Box | None = None
-    with open_input(video) as container:
+    require_file(video, "video")
+    with open_container(video, "video") as container:
+        if not container.streams.video:
+            raise MediaUnreadable(
+                f"video {str(video)!r} has no video stream",
+                hint="pass the video to score first, then the audio it should follow",
+            )
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 25)
-        for frame in container.decode(stream):
-            if turns := quarter_turns(frame):  # a phone's recording: score it as shown
-                frame = turned_upright(frame, turns)
-            gray = frame.to_ndarray(format="gray")
-            box = detector.detect(gray, previous)
-            previous = box or previous
-            if box is None:
-                values.append(math.nan)
-                continue
-            values.append(float(mouth_opening(landmarks(gray, box))))
+        try:
+            for frame in container.decode(stream):
+                if turns := quarter_turns(frame):  # a phone's recording: score it as shown
+                    frame = turned_upright(frame, turns)
+                gray = frame.to_ndarray(format="gray")
+                box = detector.detect(gray, previous)
+                previous = box or previous
+                if box is None:
+                    values.append(math.nan)
+                    continue
+                values.append(float(mouth_opening(landmarks(gray, box))))
+        except av.error.FFmpegError as exc:
+            raise MediaUnreadable(
+                f"video {str(video)!r} is damaged and stopped decoding after {len(values)} "
+                f"frames: {exc}",
+                hint="re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) and score again",
+            ) from exc
     return np.array(values, dtype=np.float64), fps
 
 
@@ -151,7 +166,8 @@ def sync_report(
             Finding(
                 "sync-no-mouth",
                 Severity.FAIL,
-                f"a mouth was measured in only {result.measured} frames: no score",
+                f"a mouth was measured in only {result.measured} of {result.frames} frames "
+                f"(at least {MIN_FACE_FRAMES} are needed): no score",
                 evidence,
                 "check that the video shows a frontal face (>= ~24 px wide)",
                 video,

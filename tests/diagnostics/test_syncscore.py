@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,32 @@ def test_no_face_fails_and_a_missing_file_cannot_run(
     assert json.loads(capsys.readouterr().out)["findings"][0]["id"] == "sync-no-mouth"
     assert main(["sync-score", str(tmp_path / "nope.mp4"), str(speech)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda d: d / "speech.wav", "has no video stream"),  # the arguments swapped
+        (lambda d: _garbage(d / "garbage.mp4"), "could not be decoded"),
+    ],
+)
+def test_a_video_argument_that_is_no_video_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str],
+    spoken: tuple[Path, Path, Path],
+    tmp_path: Path,
+    make: Callable[[Path], Path],
+    says: str,
+) -> None:
+    speech = spoken[0]
+    (tmp_path / "speech.wav").write_bytes(speech.read_bytes())
+    assert main(["sync-score", str(make(tmp_path)), str(speech)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "->" in err and "Traceback" not in err
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"not a video at all" * 200)
+    return path
 
 
 def test_a_video_stored_sideways_is_measured_as_players_show_it(phone_template: Path) -> None:
