@@ -329,7 +329,12 @@ def _add_env(p: argparse.ArgumentParser) -> None:
 
 
 def _add_log(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path, metavar="FILE", help="dh.log, docker logs or JSON log")
+    p.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="dh.log, docker logs or JSON log; - reads it from standard input",
+    )
 
 
 def _add_ps(p: argparse.ArgumentParser) -> None:
@@ -485,6 +490,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
     interactive = not args.json and sys.stderr.isatty()
     if args.regress_command == "record":
+        regress.check_golden_dir(args.out)
         with _scenario_progress(interactive) as on_scenario:
             options = GenerateOptions.from_arguments(args, GOLDEN_OPTIONS)
             record = regress.record_run(

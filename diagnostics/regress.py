@@ -43,7 +43,7 @@ from diagnostics.regress_scenarios import (
     select_scenarios,
 )
 from heygem.config import BackendName, DeviceName
-from heygem.errors import InputNotFound, InvalidOption, MediaUnreadable
+from heygem.errors import InputNotFound, InvalidOption, MediaUnreadable, OutputNotWritable
 
 __all__ = [
     "DEFAULT_GOLDEN",
@@ -155,8 +155,33 @@ def _iter_images(record: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any
                     yield f"{scenario}-{frame['index']:04d}-{part}", frame[part]
 
 
+def check_golden_dir(directory: Path) -> None:
+    """Fail before the scenarios run (tens of seconds) if ``directory`` cannot hold a
+    golden record."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".heygem-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"cannot write a golden record to {str(directory)!r}: {exc.strerror or exc}",
+            hint="pass --out a directory you can create and write, e.g. ~/heygem-golden",
+        ) from exc
+
+
 def write_golden(directory: Path, record: Mapping[str, Any]) -> Path:
     """Write ``regress.json`` + ``frames/*.png``; replaces a previous golden there."""
+    try:
+        return _write_golden(directory, record)
+    except OSError as exc:  # disk full, permissions changed meanwhile
+        raise OutputNotWritable(
+            f"writing the golden record to {str(directory)!r} failed: {exc.strerror or exc}",
+            hint="free space or fix the directory's permissions, then record again",
+        ) from exc
+
+
+def _write_golden(directory: Path, record: Mapping[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     frames_dir = directory / FRAMES_DIR
     if frames_dir.is_dir():

@@ -20,15 +20,19 @@ that cannot be opened, or holds no record at all, is an error.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import json
 import re
+import shutil
+import sys
+import tempfile
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from heygem.errors import InputNotFound, InvalidOption
 
@@ -173,14 +177,20 @@ def parse_time(text: str) -> datetime | None:
     return time.replace(tzinfo=None)
 
 
+STDIN = Path("-")  # the log on standard input: `docker logs -t X 2>&1 | heygem-diagnose log -`
+STDIN_SPOOL_BYTES = 64 << 20  # standard input is read once into memory up to this, then disk
+
+
 def read_log(path: Path) -> LogText:
-    """Read ``path`` into records. Raises ``InputNotFound`` when the file cannot be opened
-    and ``InvalidOption`` when it is not a log (no record at all)."""
+    """Read ``path`` (``-``: standard input) into records. Raises ``InputNotFound`` when
+    the file cannot be opened and ``InvalidOption`` when it is not a log (no record at
+    all)."""
     path = Path(path)
-    _check_file(path)
+    if path != STDIN:
+        _check_file(path)
     reader = _Reader()
     try:
-        with path.open("rb") as handle:
+        with _opened(path) as handle:
             encoding, lines = _decoded_lines(handle)
             for number, text, decode_damage in lines:
                 reader.feed(number, text, decode_damage)
@@ -189,16 +199,36 @@ def read_log(path: Path) -> LogText:
             f"cannot read log file {path}: {exc.strerror or exc}",
             hint="check the file's permissions, or copy it somewhere readable",
         ) from exc
-    log = reader.finish(path, encoding)
+    log = reader.finish(Path("<stdin>") if path == STDIN else path, encoding)
     if not log.records:
         damaged = f", {log.damage.lines} of them damaged" if log.damage.lines else ""
         raise InvalidOption(
-            f"{path} holds no log record ({log.total_lines} lines read{damaged})",
+            f"{'standard input' if path == STDIN else path} holds no log record "
+            f"({log.total_lines} lines read{damaged})",
             hint="expected HeyGem lines like `[2025-03-18 10:21:33,412] [process.py[line:108]] "
             "[INFO] [msg]` (with or without the source field, any docker/compose prefix) or "
             "heygem's --log-json lines; pass dh.log or `docker logs -t <container> > dh.log 2>&1`",
         )
     return log
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[BinaryIO]:
+    """The log's bytes, seekable (the encoding is sniffed from its head, then it is read
+    from the start): standard input is copied into a spool first."""
+    if path != STDIN:
+        with path.open("rb") as handle:
+            yield handle
+        return
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InvalidOption(
+            "`-` reads the log from standard input, and nothing is piped in",
+            hint="pipe it: docker logs -t <container> 2>&1 | heygem-diagnose log -",
+        )
+    with tempfile.SpooledTemporaryFile(max_size=STDIN_SPOOL_BYTES) as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.seek(0)
+        yield cast(BinaryIO, spool)  # a binary file, as open("rb") gives
 
 
 def _check_file(path: Path) -> None:

@@ -145,6 +145,25 @@ def test_log_without_any_record_is_exit_2(
     assert_one_line_error(err, "holds no log record")
 
 
+def test_log_read_from_a_pipe_reports_as_the_file_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """`docker logs -t X 2>&1 | heygem-diagnose log -`: the same findings as the saved file."""
+    fixture = FIXTURES / "incident_queue_full.log"
+    _, from_file = run_json(capsys, "log", str(fixture))
+    piped = subprocess.run(
+        [sys.executable, "-m", "diagnostics.cli", "--json", "log", "-"],
+        input=fixture.read_bytes(),
+        capture_output=True,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert piped.returncode == 1, piped.stderr
+    from_pipe = json.loads(piped.stdout)
+    assert from_pipe["findings"] == from_file["findings"]
+    assert from_pipe["title"] == "HeyGem log <stdin>"
+
+
 def test_log_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "log", str(tmp_path / "dh.log"))
     assert code == 2 and out == ""

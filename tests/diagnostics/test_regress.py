@@ -244,3 +244,14 @@ def test_errors_are_one_line_and_exit_2(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     for word in words:
         assert word in err
+
+
+def test_record_into_an_unwritable_place_fails_before_running(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file where the directory should go: refused at once (no scenario runs first)."""
+    blocker = tmp_path / "golden"
+    blocker.write_text("a file, not a directory")
+    code, _, err = run(capsys, "regress", "record", "--out", str(blocker / "sub"))
+    assert code == 2 and "cannot write a golden record" in err and "->" in err
+    assert "Traceback" not in err and blocker.read_text() == "a file, not a directory"
