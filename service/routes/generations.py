@@ -6,14 +6,16 @@ A client sees only its own jobs (an admin key sees all); another client's job is
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from starlette.types import Receive, Scope, Send
 
+from heygem.config import option_specs
 from service.admission import Submission, admit, job_overrides, submission
 from service.deps import ClientDep, ServicesDep
 from service.errors import (
@@ -36,6 +38,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+FILE_FIELDS = ("audio", "video")
+
+
 class SubmitForm(JobOptions):
     """The form fields of a submission: where the inputs are, and the per-job options."""
 
@@ -46,6 +51,32 @@ class SubmitForm(JobOptions):
     video_upload_id: str | None = Field(None, description="an id from POST /v1/uploads")
     audio_path: str | None = Field(None, description="a path under the media root")
     video_path: str | None = Field(None, description="a path under the media root")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        """A field the server does not use is refused, not dropped: a misspelt option
+        (``presett``) or a server setting (``checkpoint``) would otherwise look applied."""
+        if not isinstance(data, Mapping):
+            return data
+        known = set(cls.model_fields) | set(FILE_FIELDS)
+        unknown = sorted(str(name) for name in data if name not in known)
+        if not unknown:
+            return data
+        server_side = {spec.name for spec in option_specs()}
+        name = unknown[0]
+        why = (
+            "is set by the server for every job (HEYGEM_SERVICE_PIPELINE__"
+            f"{name.upper()}), not per job"
+            if name in server_side
+            else "is not a field of this form"
+        )
+        per_job = sorted(set(cls.model_fields) - {f"{k}_upload_id" for k in FILE_FIELDS}
+                         - {f"{k}_path" for k in FILE_FIELDS})  # fmt: skip
+        raise ValueError(
+            f"'{name}' {why}; a job takes the files {', '.join(FILE_FIELDS)} (or their "
+            f"_upload_id/_path), and the options {', '.join(per_job)}"
+        )
 
 
 def _input(

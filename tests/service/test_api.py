@@ -139,7 +139,28 @@ def test_per_job_options_are_the_per_job_fields_of_generate_options(
         "/v1/generations",
         data={**REFS, "generator": "wav2lip", "checkpoint": "/etc/passwd"},
     )
-    _error(sneaky, 400, "InvalidOption")
+    refused = _error(sneaky, 422, "RequestInvalid")
+    assert "'checkpoint' is set by the server" in refused["message"]
+    assert refused["cause"] == "invalid-option"
+
+
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [
+        ("presett", "'presett' is not a field of this form"),  # a misspelt option
+        ("cache_dir", "'cache_dir' is set by the server"),  # a server setting
+        ("num_workers", "'num_workers' is set by the server"),
+    ],
+)
+def test_a_field_the_server_does_not_take_is_refused_not_ignored(
+    client: TestClient, field: str, says: str
+) -> None:
+    """Dropping it would let the client believe it applied: the error names the field and
+    lists what a job does take."""
+    response = client.post("/v1/generations", data={**REFS, field: "fast"})
+    error = _error(response, 422, "RequestInvalid")
+    assert says in error["message"] and "preset" in error["message"]
+    assert client.get("/v1/generations").json()["total"] == 0  # nothing was queued
 
 
 def test_wav2lip_jobs_are_allowed_when_the_server_has_a_checkpoint(
@@ -149,12 +170,14 @@ def test_wav2lip_jobs_are_allowed_when_the_server_has_a_checkpoint(
     checkpoint.write_bytes(b"only its path matters for admission")
     settings = make_settings(pipeline={"checkpoint": checkpoint})
     with TestClient(create_app(settings)) as client:
-        ok = client.post(
+        ok = client.post("/v1/generations", data={**REFS, "generator": "wav2lip"})
+        assert ok.status_code == 202, ok.text
+        assert ok.json()["options"] == {"generator": "wav2lip"}  # the server's checkpoint
+        mine = client.post(
             "/v1/generations",
             data={**REFS, "generator": "wav2lip", "checkpoint": "/tmp/mine.pth"},
         )
-        assert ok.status_code == 202, ok.text
-        assert ok.json()["options"] == {"generator": "wav2lip"}  # the path was not taken
+        assert mine.status_code == 422 and "set by the server" in mine.text  # not taken
 
 
 def test_uploads_can_be_referenced_by_later_jobs(
