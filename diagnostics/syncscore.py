@@ -30,7 +30,7 @@ from heygem.face.detect import Box, FaceDetector
 from heygem.face.landmarks import landmarks, mouth_opening
 from heygem.media.audio import decode_audio_mono
 from heygem.media.frames import quarter_turns, turned_upright
-from heygem.media.probe import open_container, require_file
+from heygem.media.probe import open_video
 
 SAMPLE_RATE = 16000
 MAX_LAG = 5  # frames
@@ -73,14 +73,8 @@ def mouth_openings(video: Path) -> tuple[np.ndarray, float]:
     detector = FaceDetector()
     values: list[float] = []
     previous: Box | None = None
-    require_file(video, "video")
-    with open_container(video, "video") as container:
-        if not container.streams.video:
-            raise MediaUnreadable(
-                f"video {str(video)!r} has no video stream",
-                hint="pass the video to score first, then the audio it should follow",
-            )
-        stream = container.streams.video[0]
+    hint = "pass the video to score first, then the audio it should follow"
+    with open_video(video, "video", hint=hint) as (container, stream):
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 25)
         try:

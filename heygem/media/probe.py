@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -106,15 +108,22 @@ def open_container(path: Path, what: str) -> av.container.InputContainer:
         ) from exc
 
 
-def probe_video(path: Path, *, max_width: int, max_height: int) -> VideoInfo:
-    require_file(path, "template video")
-    with open_container(path, "template video") as container:
+@contextlib.contextmanager
+def open_video(
+    path: Path, what: str, *, hint: str
+) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The file's container and first video stream; our errors for a missing file, one
+    that does not decode, or one without video (``hint`` says what to pass instead)."""
+    require_file(path, what)
+    with open_container(path, what) as container:
         if not container.streams.video:
-            raise MediaUnreadable(
-                f"template video {str(path)!r} has no video stream",
-                hint="pass a video (or a still image) showing a face as --video",
-            )
-        stream = container.streams.video[0]
+            raise MediaUnreadable(f"{what} {str(path)!r} has no video stream", hint=hint)
+        yield container, container.streams.video[0]
+
+
+def probe_video(path: Path, *, max_width: int, max_height: int) -> VideoInfo:
+    hint = "pass a video (or a still image) showing a face as --video"
+    with open_video(path, "template video", hint=hint) as (container, stream):
         ctx = stream.codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
