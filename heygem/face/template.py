@@ -129,8 +129,12 @@ def plan_template(
 
 def _no_face(path: Path, width: int, height: int, frames: int) -> NoFaceFound:
     message = f"no face was found in any of the {frames} frames of {str(path)!r}"
-    first = next(iter_template_frames(path, width, height, writable=False), None)
-    turns = turn_showing_a_face(planes(first)[0]) if first is not None else None
+    decoded = iter_template_frames(path, width, height, writable=False)
+    try:
+        first = next(decoded, None)
+        turns = turn_showing_a_face(planes(first)[0]) if first is not None else None
+    finally:
+        decoded.close()  # type: ignore[attr-defined]  # the container, now
     if turns is not None:
         # np.rot90 turns counterclockwise; the picture is turned the other way.
         lying = {1: "90 degrees clockwise", 2: "upside down", 3: "90 degrees counterclockwise"}
