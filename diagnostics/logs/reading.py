@@ -186,8 +186,6 @@ def read_log(path: Path) -> LogText:
     the file cannot be opened and ``InvalidOption`` when it is not a log (no record at
     all)."""
     path = Path(path)
-    if path != STDIN:
-        _check_file(path)
     reader = _Reader()
     try:
         with _opened(path) as handle:
@@ -215,8 +213,9 @@ def read_log(path: Path) -> LogText:
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[BinaryIO]:
     """The log's bytes, seekable (the encoding is sniffed from its head, then it is read
-    from the start): standard input is copied into a spool first."""
+    from the start): a file checked first, standard input copied into a spool."""
     if path != STDIN:
+        _check_file(path)
         with path.open("rb") as handle:
             yield handle
         return

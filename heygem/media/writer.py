@@ -37,8 +37,8 @@ def check_output_writable(target: Path, inputs: Iterable[Path] = ()) -> None:
         raise OutputNotWritable(
             f"output {str(target)!r} is a directory", hint="pass a file name such as out.mp4"
         )
-    for source in inputs:
-        if target.exists() and source.exists() and os.path.samefile(target, source):
+    for source in inputs if target.exists() else ():
+        if source.exists() and os.path.samefile(target, source):
             raise OutputNotWritable(
                 f"output {str(target)!r} is the input {str(source)!r}: writing it would "
                 "replace the input",

@@ -71,8 +71,7 @@ class SubmitForm(JobOptions):
             if name in server_side
             else "is not a field of this form"
         )
-        per_job = sorted(set(cls.model_fields) - {f"{k}_upload_id" for k in FILE_FIELDS}
-                         - {f"{k}_path" for k in FILE_FIELDS})  # fmt: skip
+        per_job = sorted(JobOptions.model_fields)  # this form's fields minus the inputs
         raise ValueError(
             f"'{name}' {why}; a job takes the files {', '.join(FILE_FIELDS)} (or their "
             f"_upload_id/_path), and the options {', '.join(per_job)}"
