@@ -91,4 +91,13 @@ def _new_bar(progress: StepProgress) -> Any:
 
     if progress.total is None:  # no units: the step's title and how long it has run
         return tqdm(desc=progress.title, bar_format="{desc}: {elapsed}", leave=False)
-    return tqdm(total=progress.total, desc=progress.title, unit="frame", leave=False)
+    # Starts at the count already done: the bar shows up a second into its step, and
+    # counting from 0 would show that second's frames as done in no time (a rate of
+    # thousands of frames a second and an ETA of zero, until the average caught up).
+    return tqdm(
+        total=progress.total,
+        initial=progress.done,
+        desc=progress.title,
+        unit="frame",
+        leave=False,
+    )

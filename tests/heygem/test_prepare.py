@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,19 @@ def test_step_bars_show_long_steps_and_close_them(capsys: pytest.CaptureFixture[
         bars(StepProgress("audio_features", 0, None))
         bars(StepProgress("audio_features", 1, None, finished=True))
     assert capsys.readouterr().err == ""
+
+
+def test_a_bar_shown_late_starts_at_the_count_already_done(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with StepBars(show_after=0.05) as bars:
+        bars(StepProgress("generate", 0, 200))
+        time.sleep(0.1)
+        bars(StepProgress("generate", 120, 200))  # the bar appears now, 120 frames in
+        bars(StepProgress("generate", 200, 200, finished=True))
+    shown = capsys.readouterr().err
+    assert "120/200" in shown
+    assert "0/200" not in shown.replace("120/200", "").replace("200/200", "")
 
 
 def test_concurrent_wav2lip_batches_keep_the_output_identical(
