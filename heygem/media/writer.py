@@ -37,13 +37,14 @@ def check_output_writable(target: Path, inputs: Iterable[Path] = ()) -> None:
         raise OutputNotWritable(
             f"output {str(target)!r} is a directory", hint="pass a file name such as out.mp4"
         )
-    for source in inputs if target.exists() else ():
-        if source.exists() and os.path.samefile(target, source):
-            raise OutputNotWritable(
-                f"output {str(target)!r} is the input {str(source)!r}: writing it would "
-                "replace the input",
-                hint="choose another output name",
-            )
+    if target.exists():
+        for source in inputs:
+            if source.exists() and os.path.samefile(target, source):
+                raise OutputNotWritable(
+                    f"output {str(target)!r} is the input {str(source)!r}: writing it would "
+                    "replace the input",
+                    hint="choose another output name",
+                )
     if not directory.is_dir():
         raise OutputNotWritable(
             f"output directory {str(directory)!r} does not exist",
