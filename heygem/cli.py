@@ -76,6 +76,9 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
 
 
 def _run_generation(args: argparse.Namespace, audio: Path, video: Path) -> int:
+    from heygem.face.landmarks import start_landmark_conversion
+
+    start_landmark_conversion()  # (a machine's first job only: before the imports)
     from heygem.pipeline import Pipeline
     from heygem.progress_bars import StepBars
 

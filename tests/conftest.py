@@ -16,6 +16,16 @@ from tests.helpers import write_aac
 SMALL = (480, 360)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def landmark_arrays() -> None:
+    """The landmark model's arrays stored before any test, as after a machine's first
+    job: no test meets a conversion child it did not start itself."""
+    from heygem.face import landmark_store
+    from heygem.face.landmarks import default_store, model_path
+
+    landmark_store.convert(model_path(), default_store())
+
+
 @pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")

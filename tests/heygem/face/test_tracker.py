@@ -8,6 +8,7 @@ zoom) at several sizes, with cuts to grey cards and to a face-less backdrop.
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -211,3 +212,52 @@ def test_a_mouth_that_opens_gets_new_landmarks() -> None:
         truth_gap = truth[list(LOWER_INNER), 1] - truth[list(UPPER_INNER), 1]
         assert abs(opening(i) - float(truth_gap.mean() / interocular(truth))) < 0.03
     assert min(opening(i) for i in range(10, 15)) > max(opening(0), opening(24)) + 0.01
+
+
+def _tracked_looking_ahead(frames: list[np.ndarray]) -> tuple[list, FaceTracker]:
+    """As the template analysis runs it: each frame tracked DETECT_EVERY frames after
+    the tracker first saw it."""
+    out = []
+    with FaceTracker() as tracker:
+        for index in range(len(frames)):
+            out.append(tracker.track(frames[index]))
+            upcoming = range(index + 1, min(len(frames), index + 1 + DETECT_EVERY))
+            tracker.look_ahead((later, frames[later]) for later in upcoming)
+    return out, tracker
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    motion=st.floats(0.0, 1.0),
+    gap=st.one_of(
+        st.none(),
+        st.tuples(st.integers(3, 40), st.integers(1, 12), st.sampled_from(["grey", "backdrop"])),
+    ),
+    still_run=st.integers(0, 20),
+)
+def test_detecting_key_frames_ahead_changes_nothing(
+    motion: float, gap: tuple[int, int, str] | None, still_run: int
+) -> None:
+    """The same boxes and landmarks as tracking frame by frame, through cuts, faceless
+    frames and held stills (which move the key frames); the helper thread is gone
+    afterwards."""
+    gaps = [(gap[0], gap[0] + gap[1], gap[2])] if gap else []
+    frames = _video(50, (640, 360), 110, motion, gaps)
+    frames = frames[:10] + [frames[10]] * still_run + frames[10:]
+    plain = FaceTracker()
+    expected = [plain.track(gray) for gray in frames]
+    tracked, ahead = _tracked_looking_ahead(frames)
+    for got, want in zip(tracked, expected, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    assert ahead.detections == plain.detections
+    assert not [t for t in threading.enumerate() if t.name.startswith("heygem-detect")]
+
+
+def test_a_moving_faces_key_frames_are_detected_ahead() -> None:
+    frames = _video(60, (640, 360), 110, 1.0, [])
+    tracked, tracker = _tracked_looking_ahead(frames)
+    assert all(t is not None for t in tracked)
+    assert tracker.detections >= 60 // DETECT_EVERY
+    assert tracker.guessed >= tracker.detections - 1  # all but the first frame's
