@@ -44,12 +44,10 @@ class ShapePredictor:
         self.leaves = np.asarray(arrays.leaves).reshape(cascades, trees * leaves, -1)
         self.leaf_base = np.arange(trees) * leaves
         self.leaf_of = _leaf_table(splits)
-        delta_x = np.ascontiguousarray(self.deltas[..., 0])
-        delta_y = np.ascontiguousarray(self.deltas[..., 1])
         self._cascades = list(
             zip(
-                delta_x, delta_y, self.anchors, self.pairs, self.thresholds, self.leaves,
-                strict=True,
+                self.deltas[:, :, None, :], self.anchors, self.pairs, self.thresholds,
+                self.leaves, strict=True,
             )
         )  # fmt: skip
         # The mean shape, centred: the fit to it is the same for every cascade.
@@ -71,23 +69,15 @@ class ShapePredictor:
         shape = self.initial
         steps = np.empty((self.leaf_base.size + 1, shape.size), dtype=np.float32)
         increments = steps[1:]
-        for delta_x, delta_y, anchors, pairs, thresholds, leaves in self._cascades:
+        for deltas, anchors, pairs, thresholds, leaves in self._cascades:
             # The feature pixels: their offsets turned and scaled as the shape is from the
-            # mean shape, placed at their anchor points (in float, product by product as
-            # dlib does: a matrix product may fuse them and round differently), then into
-            # the box (in double).
-            (t00, t01), (t10, t11) = self._similarity(shape)
-            anchored = shape.take(anchors, axis=0)
-            xy = np.empty_like(anchored)
-            x, y = xy[:, 0], xy[:, 1]
-            np.multiply(delta_x, t00, out=x)
-            x += delta_y * t01
-            x += anchored[:, 0]
-            np.multiply(delta_x, t10, out=y)
-            y += delta_y * t11
-            y += anchored[:, 1]
-            placed = xy.astype(np.float64)
-            placed *= scale
+            # mean shape, placed at their anchor points (in float: each product rounded,
+            # then summed, as dlib does; a matrix product may fuse them and round
+            # differently), then into the box (in double).
+            products = np.multiply(deltas, self._similarity(shape))  # (F, row, column)
+            xy = np.add(products[:, :, 0], products[:, :, 1])
+            xy += shape.take(anchors, axis=0)
+            placed = np.multiply(xy, scale, dtype=np.float64)
             placed += offset
             pixel = np.floor(placed, out=placed).astype(np.int64)
             # Outside the image a feature reads 0. (Negatives are huge as unsigned; the two
