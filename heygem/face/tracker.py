@@ -77,7 +77,11 @@ def _calibrate(box: Box, points: np.ndarray) -> _Calibration:
 
 
 def _box_on(points: np.ndarray, calibration: _Calibration) -> Box:
-    cx, cy, size = _extent(points)
+    return _box_at(_extent(points), calibration)
+
+
+def _box_at(extent: tuple[float, float, float], calibration: _Calibration) -> Box:
+    cx, cy, size = extent
     w, h = calibration.w * size, calibration.h * size
     x = cx + calibration.dx * size - 0.5 * w
     y = cy + calibration.dy * size - 0.5 * h
@@ -237,14 +241,16 @@ class FaceTracker:
     def _carry(
         self, gray: np.ndarray, previous: np.ndarray, calibration: _Calibration
     ) -> tuple[Box, np.ndarray] | None:
-        box = _box_on(previous, calibration)
+        was = _extent(previous)
+        box = _box_at(was, calibration)
         before, now = self._previous_patch, _patch(gray, box)
         if before is None or now is None or float(before @ now) < SAME_FACE:
             return None  # not the face that was there: detect
         points = landmarks(gray, box, self._predictor)
-        if abs(_extent(points)[2] / _extent(previous)[2] - 1.0) > MAX_SCALE_STEP:
+        extent = _extent(points)
+        if abs(extent[2] / was[2] - 1.0) > MAX_SCALE_STEP:
             return None
-        self._previous_patch = _patch(gray, _box_on(points, calibration))
+        self._previous_patch = _patch(gray, _box_at(extent, calibration))
         return box, points
 
     def _detect(self, gray: np.ndarray) -> tuple[Box, np.ndarray] | None:
