@@ -15,11 +15,13 @@ same template can only ever see a complete entry.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,14 +299,11 @@ def _extract_crops(
             tmp_name, mode="w+", dtype=np.uint8, shape=(len(valid), spec.size, spec.size, 3)
         )
         size = (spec.size, spec.size)
-        wanted: list[int] = []  # frames whose crop is not in ``windows``
-        for index in np.flatnonzero(valid).tolist():
-            x0, y0, x1, y1 = (int(v) for v in regions[index])
-            bgr = windows.crop(index, (x0, y0, x1, y1)) if windows is not None else None
-            if bgr is None:
-                wanted.append(index)
-            else:
-                crops[index] = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        # Two threads (OpenCV's conversions release the GIL): the stream waits for this.
+        chunks = [part.tolist() for part in np.array_split(np.flatnonzero(valid), 8)]
+        cut = functools.partial(_cut_crops, crops, regions, windows, size)
+        with ThreadPoolExecutor(2, thread_name_prefix="heygem-crops") as cutters:
+            wanted = [index for missing in cutters.map(cut, chunks) for index in missing]
         if wanted:
             if windows is not None:
                 log.debug("%d crops outside the kept windows: decoding them", len(wanted))
@@ -323,6 +322,25 @@ def _extract_crops(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _cut_crops(
+    out: np.ndarray,
+    regions: np.ndarray,
+    windows: FrameWindows | None,
+    size: tuple[int, int],
+    indices: list[int],
+) -> list[int]:
+    """Cut these frames' crops from ``windows`` into ``out``; returns those not there."""
+    missing = []
+    for index in indices:
+        x0, y0, x1, y1 = (int(v) for v in regions[index])
+        bgr = windows.crop(index, (x0, y0, x1, y1)) if windows is not None else None
+        if bgr is None:
+            missing.append(index)
+        else:
+            out[index] = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    return missing
 
 
 def _atomic_savez(target: Path, **arrays: Any) -> None:
