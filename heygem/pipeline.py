@@ -527,14 +527,25 @@ class Pipeline:
         except BaseException:
             writer.abort()
             raise
-        samples = generator_samples(
-            spec, plan, feats.mel, feats.active, feats.loudness_db, timing, workdir, opts.fault
+        # Decoding starts first: the template's first frames decode while the mouth plan
+        # is made (on the core that plan leaves idle).
+        decode = self._stage_thread(
+            "decode", lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault), job
         )
+        decode.start()
+        try:
+            samples = generator_samples(
+                spec, plan, feats.mel, feats.active, feats.loudness_db, timing, workdir, opts.fault
+            )
+        except BaseException:
+            job.cancel.set()
+            self._teardown([decode], job, writer)
+            writer.abort()
+            raise
         faces = None
         if face_features is not None and isinstance(runner, FaceFeatureOrtRunner):
             faces = CachedFaces(runner, face_features, timing.template_frame)
         stages: dict[str, Callable[[], None]] = {
-            "decode": lambda: _decode_stage(source, frames_ch, monitors["decode"], opts.fault),
             "load": lambda: self._load_stage(samples, batches_ch, job),
             "generate": lambda: _generate_stage(
                 runner,
@@ -560,12 +571,8 @@ class Pipeline:
                 pool,
             ),
         }
-        threads = [
-            threading.Thread(
-                target=self._run_stage, args=(name, fn, job), name=f"heygem-{name}", daemon=True
-            )
-            for name, fn in stages.items()
-        ]
+        others = [self._stage_thread(name, fn, job) for name, fn in stages.items()]
+        threads = [decode, *others]
         watchdog = Watchdog(
             list(monitors.values()),
             [frames_ch, batches_ch, generated_ch],
@@ -573,7 +580,7 @@ class Pipeline:
             children=lambda: _children(job),
             oom=job.oom,
         )
-        for thread in threads:
+        for thread in others:
             thread.start()
         try:
             self._supervise(job, watchdog, cancel)
@@ -586,6 +593,11 @@ class Pipeline:
         return {name: round(m.busy_seconds_total, 3) for name, m in monitors.items()}
 
     # -- stage plumbing ------------------------------------------------------------------
+    def _stage_thread(self, name: str, body: Callable[[], None], job: _Job) -> threading.Thread:
+        return threading.Thread(
+            target=self._run_stage, args=(name, body, job), name=f"heygem-{name}", daemon=True
+        )
+
     def _run_stage(self, name: str, body: Callable[[], None], job: _Job) -> None:
         monitor = job.monitors[name]
         monitor.attach()

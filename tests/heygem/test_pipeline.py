@@ -236,3 +236,28 @@ def test_a_full_disk_is_named_as_such_and_leaves_no_partial_output(
     causes = [e["cause"] for e in failed if e.get("event") == "job_failed"]
     assert causes == ["disk-full"]
     assert proc.stdout.strip() == "left:", "a partial output was left on the full disk"
+
+
+def test_a_mouth_plan_that_fails_stops_the_decoding_already_started(
+    options: GenerateOptions,
+    speech_wav: Path,
+    template_mp4: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template starts decoding while the mouth plan is made: when the plan fails,
+    the decoding stops with it, and nothing is left behind."""
+    import threading
+
+    import heygem.pipeline
+    from heygem.errors import InputTooLarge
+
+    def failing_plan(*args: object, **kwargs: object) -> None:
+        raise InputTooLarge("rehearsed: the mouth plan failed", hint="nothing to do")
+
+    monkeypatch.setattr(heygem.pipeline, "generator_samples", failing_plan)
+    out = tmp_path / "never.mp4"
+    with pytest.raises(InputTooLarge, match="rehearsed"):
+        Pipeline(options).generate(speech_wav, template_mp4, out)
+    assert list(tmp_path.glob("*.mp4")) == [] and list(tmp_path.glob(".*")) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("heygem-decode")]
