@@ -160,10 +160,17 @@ def wait_for_conversions(timeout: float = CONVERSION_WAIT_S) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m heygem.face.landmark_store MODEL STORE``: the child's work."""
-    if len(argv) != 2:
-        sys.stderr.write("usage: python -m heygem.face.landmark_store MODEL STORE\n")
+    """``python -m heygem.face.landmark_store MODEL STORE``: the child's work. Without
+    arguments: the installed model into the user's store (an image build step, so that
+    no container's first job converts it)."""
+    if len(argv) not in (0, 2):
+        sys.stderr.write("usage: python -m heygem.face.landmark_store [MODEL STORE]\n")
         return 2
+    if not argv:
+        from heygem.face.landmarks import default_store, model_path
+
+        sys.stdout.write(f"{convert(model_path(), default_store())}\n")
+        return 0
     os.nice(5)  # beside a running job: the job's own work comes first
     convert(Path(argv[0]), Path(argv[1]))
     return 0

@@ -113,3 +113,16 @@ def test_the_installed_model_is_served_from_the_store(tmp_path: Path) -> None:
     predictor = stored_predictor(store)
     assert predictor is not None and predictor.leaves.shape[0] == 15
     assert stored_predictor(store) is predictor  # loaded once per process
+
+
+def test_an_image_build_converts_the_installed_model_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m heygem.face.landmark_store`` (the Dockerfile's step) fills the store the
+    jobs then read: their first one starts no conversion."""
+    monkeypatch.setenv("HEYGEM_CACHE_DIR", str(tmp_path / "cache"))
+    assert landmark_store.main([]) == 0
+    entry = Path(capsys.readouterr().out.strip())
+    assert entry.parent == tmp_path / "cache" / "landmarks" and (entry / "leaves.npy").exists()
+    assert stored_predictor() is not None and not landmark_store._running
+    assert landmark_store.main(["only-one-argument"]) == 2
