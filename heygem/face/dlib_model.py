@@ -4,8 +4,8 @@ dlib stores every number as a variable-length integer: a header byte (the payloa
 length in its low 4 bits, the sign in its top bit) and that many little-endian bytes; a
 float is two of them (a mantissa and a binary exponent). dlib's own reader takes 0.36 s
 for the 68-point model (16 M floats) on every process that loads it, holding the GIL;
-reading it once into arrays lets later processes map them in milliseconds
-(``heygem.face.shape_predictor``).
+read once into arrays (``heygem.face.landmark_store``), it maps in milliseconds and runs
+in numpy (``heygem.face.shape_predictor``).
 
 The varints can only be told apart by reading them in order. That walk runs as ~1000
 chains at once in numpy, one from the start of each chunk of the file: a chain started
@@ -195,7 +195,7 @@ def _numbers(padded: np.ndarray, size: int, path: Path) -> np.ndarray:
             raise UnreadableLandmarkModel(f"{path} is not a dlib serialised file (damaged?)")
         expected = int(following[-1])
         values = _decode(padded, heads, headers)
-        if values.dtype != out.dtype:  # numbers wider than 3 bytes (not in dlib's models)
+        if values.dtype == np.int64 and out.dtype == np.int32:  # wide numbers (not in models)
             out = out.astype(np.int64)
         out[filled : filled + len(heads)] = values
         filled += len(heads)
