@@ -2,7 +2,9 @@
 
 - the default generator's ``heygem generate`` at 720p vs the ffmpeg CLI floor (decode +
   libx264 + AAC of the same template to the same length), warm and cold template cache
-  (targets: at most 1.5x warm, 2x cold);
+  (targets: at most 1.5x warm, 2x cold). Cold is a template never seen on a machine that
+  ran heygem before: the exported models and the landmark model's arrays (per user, see
+  heygem/face/landmark_store.py) are there, as after any first job;
 - the first run on a fresh machine (empty home and caches) vs the run right after it
   (target: at most 2 s slower);
 - ``heygem generate --generator wav2lip`` vs the reference-style Wav2Lip script
