@@ -214,10 +214,11 @@ def _number_marks(padded: np.ndarray, size: int) -> np.ndarray:
     # Each chain walks its chunk and parks on the next chunk's first byte (which that
     # chunk's own chain marks anyway), so a chunk's marks are its own chain's only.
     while True:
-        marks[at] = True
-        at += _LENGTH[padded[at]]
-        np.minimum(at, ends, out=at)
-        if (at == ends).all():
+        for _ in range(64):  # (parked chains only re-mark their next chunk's first byte)
+            marks[at] = True
+            at += _LENGTH[padded[at]]
+            np.minimum(at, ends, out=at)
+        if np.array_equal(at, ends):
             break
     data = padded.data
     true = 0  # the next number's offset on the true chain
