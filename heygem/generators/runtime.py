@@ -60,9 +60,10 @@ def crops_from_graph(face: np.ndarray) -> np.ndarray:
     levels += np.float32(0.5)
     np.clip(levels, 0.0, 255.0, out=levels)
     planes = levels.astype(np.uint8)
-    if not len(planes):
-        return planes.transpose(0, 2, 3, 1).copy()
-    return np.stack([np.asarray(cv2.merge(list(crop))) for crop in planes])
+    crops = np.empty(planes.transpose(0, 2, 3, 1).shape, dtype=np.uint8)
+    for crop, into in zip(planes, crops, strict=True):
+        cv2.merge(list(crop), dst=into)  # written in place (no stacked copy)
+    return crops
 
 
 class GraphRunner(Protocol):
