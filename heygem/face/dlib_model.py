@@ -223,7 +223,8 @@ def _number_marks(padded: np.ndarray, size: int) -> np.ndarray:
     data = padded.data
     true = 0  # the next number's offset on the true chain
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        if true >= end:
+        if true >= end:  # (a cut file's last chunk, inside the number before it)
+            marks[start:end] = False
             continue
         walked = []
         while true < end and not marks[true]:  # until the true chain meets this chunk's

@@ -72,6 +72,17 @@ def test_a_stream_cut_inside_a_number_is_an_error(
         read_numbers(path)
 
 
+@pytest.mark.parametrize("cut", [64, 65])
+def test_a_cut_just_past_a_chunk_boundary_is_named_as_a_cut(tmp_path: Path, cut: int) -> None:
+    # Found by the test above: the last 64-byte chunk begins inside the number cut off.
+    values = [5, 0, -3, 256, 256, 256, 256, 5, 5, 0, -3, -3, 5, 256, 256, 256, -3, 0, 5, -3,
+              -3, 256, 256, 5, 70000, -3, 256, 0, 256, 5, 0, 70000]  # fmt: skip
+    path = tmp_path / "cut.dat"
+    path.write_bytes(b"".join(pack(v) for v in values)[:cut])
+    with pytest.raises(UnreadableLandmarkModel, match="ends inside a number"):
+        read_numbers(path)
+
+
 def test_the_installed_68_point_model_has_its_known_layout() -> None:
     arrays = read_dlib_shape_predictor(model_path())
     assert arrays.initial.shape == (68, 2)
