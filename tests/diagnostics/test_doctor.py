@@ -34,6 +34,7 @@ from diagnostics.doctor import (
 from diagnostics.findings import Finding, Report, Severity, render_text
 from diagnostics.probes.base import never_raises, release_tuple
 from diagnostics.probes.gpu import nvml_snapshot, probe_gpu
+from diagnostics.probes.landmarks import probe_landmarks
 from diagnostics.probes.media import probe_av_codecs
 from diagnostics.probes.multiproc import compare_env_propagation, read_child_env
 from diagnostics.probes.ort_cuda import (
@@ -689,3 +690,25 @@ def test_gpu_probe_without_gpu_is_info_with_nvml_reason() -> None:
     # A CUDA build of torch without a GPU is worth a warning; a CPU build is just info.
     assert result.severity is (Severity.WARN if torch.version.cuda else Severity.INFO)
     assert snap.reason in result.evidence[0]
+
+
+def test_landmarks_probe_says_how_jobs_will_run_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from heygem.face import landmark_store, shape_predictor
+    from heygem.face.landmarks import default_store, model_path
+
+    # (the session's default store holds the converted arrays: tests/conftest.py)
+    assert probe_landmarks().severity is Severity.OK
+    empty = probe_landmarks(tmp_path / "store")
+    assert empty.severity is Severity.INFO and "python -m heygem.face.landmark_store" in (
+        empty.fix or ""
+    )
+    note = landmark_store.failure_note(landmark_store.entry_for(model_path(), tmp_path / "s"))
+    note.parent.mkdir()
+    note.write_text("UnreadableLandmarkModel: damaged\n")
+    failed = probe_landmarks(tmp_path / "s")
+    assert failed.severity is Severity.WARN and any("damaged" in e for e in failed.evidence)
+    monkeypatch.setattr(shape_predictor, "_ert", None)
+    missing = probe_landmarks(default_store())
+    assert missing.severity is Severity.WARN and "C compiler" in (missing.fix or "")
