@@ -90,9 +90,18 @@ def _stages(benches: list[Bench]) -> list[str]:
                 fmt(i.get("frames")),
                 fmt(i.get("per_frame_ms"), 3),
                 fmt(i.get("share_of_floor"), 3),
+                _versus(i),
             ]
         )
-    return table(["benchmark", "min s", "frames", "ms / frame", "share of 720p floor"], rows)
+    headers = ["benchmark", "min s", "frames", "ms / frame", "share of 720p floor", "versus"]
+    return table(headers, rows)
+
+
+def _versus(i: dict[str, Any]) -> str:
+    """A stage measured against another implementation in the same rounds."""
+    if i.get("ratio_to_dlib") is None:
+        return "–"
+    return f"{i['ratio_to_dlib']:.2f}x dlib's time ({i.get('dlib_per_frame_ms')} ms / frame)"
 
 
 def _floor(benches: list[Bench]) -> list[str]:

@@ -135,6 +135,44 @@ def test_face_detect_cache_hit(
     benchmark.extra_info.update(info)
 
 
+@pytest.mark.benchmark(group="stage")
+def test_landmarks_vs_dlib(benchmark: Any, media: Media, floor: float) -> None:
+    """68 landmarks on the template's faces: the compiled kernel on the stored arrays vs
+    dlib's own predictor (loaded beforehand: its 0.36 s load is not in the ratio), the
+    same frames and boxes, paired round by round."""
+    from heygem.face.detect import Box, FaceDetector
+    from heygem.face.landmarks import _predictor, landmarks, stored_predictor
+    from heygem.media.frames import planes
+
+    predictor = stored_predictor()
+    if predictor is None:
+        pytest.skip("the landmark kernel is not built or its arrays are not stored")
+    path, (width, height) = media.template(MAIN), media.size(MAIN)
+    detector, faces, decoded = FaceDetector(), list[tuple[np.ndarray, Box]](), 0
+    for frame in decoded_frames(path, width, height, limit=60):
+        gray = np.array(planes(frame)[0])
+        box = detector.detect(gray, faces[-1][1] if faces else None)
+        decoded += 1
+        if box is not None:
+            faces.append((gray, box))
+    assert faces and len(faces) >= 0.8 * decoded
+    _predictor()  # dlib's model loaded once, outside the timing
+
+    def ours() -> None:
+        for gray, box in faces:
+            landmarks(gray, box, predictor)
+
+    def dlibs() -> None:
+        for gray, box in faces:
+            landmarks(gray, box)
+
+    measured = pedantic_paired(benchmark, ours, dlibs, n_rounds=5)
+    info = _stage_info("landmarks", measured.samples.best, len(faces), floor)
+    info["dlib_per_frame_ms"] = round(measured.base.best / len(faces) * 1000.0, 4)
+    info["ratio_to_dlib"] = round(measured.ratio, 3)
+    benchmark.extra_info.update(info)
+
+
 @pytest.mark.benchmark(group="generator")
 @pytest.mark.parametrize(
     ("generator", "backend", "batch"),

@@ -28,8 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from heygem.errors import HeygemError
 from heygem.face.dlib_model import ShapeModelArrays, read_dlib_shape_predictor
-from heygem.face.shape_predictor import ShapePredictor
+from heygem.face.shape_predictor import (
+    ShapePredictor,
+    UnsupportedLandmarkModel,
+    kernel_available,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,11 @@ def convert(model: Path, store: Path) -> Path:
     entry = entry_for(model, store)
     if (entry / "leaves.npy").exists():
         return entry
+    if not kernel_available():  # (no failure note: a reinstall with a compiler fixes it)
+        raise UnsupportedLandmarkModel(
+            "the landmark kernel (heygem.face._ert) was not built with the package, so the "
+            "arrays would not be used: reinstall heygem-harness with a C compiler present"
+        )
     try:
         arrays = read_dlib_shape_predictor(model)
         ShapePredictor(arrays)  # a model it cannot run is a failure now, not in every job
@@ -169,7 +179,11 @@ def main(argv: list[str]) -> int:
     if not argv:
         from heygem.face.landmarks import default_store, model_path
 
-        sys.stdout.write(f"{convert(model_path(), default_store())}\n")
+        try:
+            sys.stdout.write(f"{convert(model_path(), default_store())}\n")
+        except HeygemError as exc:  # (a person or an image build reads this)
+            sys.stderr.write(f"error: {exc.message}\n")
+            return 1
         return 0
     os.nice(5)  # beside a running job: the job's own work comes first
     convert(Path(argv[0]), Path(argv[1]))

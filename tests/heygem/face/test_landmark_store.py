@@ -126,3 +126,21 @@ def test_an_image_build_converts_the_installed_model_ahead(
     assert entry.parent == tmp_path / "cache" / "landmarks" and (entry / "leaves.npy").exists()
     assert stored_predictor() is not None and not landmark_store._running
     assert landmark_store.main(["only-one-argument"]) == 2
+
+
+def test_without_the_kernel_converting_ahead_says_why_and_leaves_no_failure_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from heygem.face import shape_predictor
+
+    monkeypatch.setenv("HEYGEM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(shape_predictor, "_ert", None)
+    assert landmark_store.main([]) == 1
+    assert "C compiler" in capsys.readouterr().err
+    # Nothing stops a later conversion, once reinstalled with a compiler:
+    assert not (tmp_path / "cache" / "landmarks").exists() or not any(
+        p.name.endswith(".failed") for p in (tmp_path / "cache" / "landmarks").iterdir()
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("HEYGEM_CACHE_DIR", str(tmp_path / "cache"))
+    assert landmark_store.main([]) == 0
