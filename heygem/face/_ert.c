@@ -136,6 +136,7 @@ PyDoc_STRVAR(predict_doc,
 "written to out as (P, 2) float32 integer pixels. layout: (C, F, T, S, P).");
 
 static PyObject *predict(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer gray = {0}, initial = {0}, centred = {0}, anchors = {0}, deltas = {0},
               pairs = {0}, thresholds = {0}, leaves = {0}, out = {0};
     Py_ssize_t width, height;
@@ -214,6 +215,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_ert", "dlib's shape predictor on stored arrays.", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__ert(void) { return PyModule_Create(&module); }
