@@ -30,11 +30,7 @@ import numpy as np
 
 from heygem.errors import HeygemError
 from heygem.face.dlib_model import ShapeModelArrays, read_dlib_shape_predictor
-from heygem.face.shape_predictor import (
-    ShapePredictor,
-    UnsupportedLandmarkModel,
-    kernel_available,
-)
+from heygem.face.shape_predictor import ShapePredictor, kernel_available, require_kernel
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +73,7 @@ def convert(model: Path, store: Path) -> Path:
     entry = entry_for(model, store)
     if (entry / "leaves.npy").exists():
         return entry
-    if not kernel_available():  # (no failure note: a reinstall with a compiler fixes it)
-        raise UnsupportedLandmarkModel(
-            "the landmark kernel (heygem.face._ert) was not built with the package, so the "
-            "arrays would not be used: reinstall heygem-harness with a C compiler present"
-        )
+    require_kernel()  # (before the try: no failure note, a reinstall with a compiler fixes it)
     try:
         arrays = read_dlib_shape_predictor(model)
         ShapePredictor(arrays)  # a model it cannot run is a failure now, not in every job
@@ -142,7 +134,10 @@ _running_lock = threading.Lock()
 
 def start_conversion(model: Path, store: Path) -> None:
     """Convert ``model`` in a child process unless it is stored, being converted by this
-    process, or failed before (its note). Never raises: dlib's reader remains."""
+    process, or failed before (its note), or the kernel that would run the arrays is not
+    built. Never raises: dlib's reader remains."""
+    if not kernel_available():
+        return
     entry = entry_for(model, store)
     if (entry / "leaves.npy").exists() or failure_note(entry).exists():
         return

@@ -113,8 +113,7 @@ def start_landmark_conversion(store: Path | None = None) -> None:
     """Start converting the model's arrays unless they are stored (one ``stat`` then):
     called as a job starts, so the conversion of a machine's first job runs on the
     core its imports leave idle."""
-    if kernel_available():
-        landmark_store.start_conversion(model_path(), store or default_store())
+    landmark_store.start_conversion(model_path(), store or default_store())
 
 
 def landmarks(gray: np.ndarray, box: Box, predictor: ShapePredictor | None = None) -> np.ndarray:

@@ -11,8 +11,8 @@ the 720p benchmark template: 0.46 ms a face against dlib's 0.8 ms and 1.5 ms for
 same steps in numpy (most of a prediction is fetching 7,500 leaf rows from 65 MB of
 model; the kernel fetches them ahead). The kernel releases the GIL.
 
-Without a C compiler at install time the kernel is not built (it is optional in
-pyproject.toml): ``kernel_available()`` is then False and landmarks come from dlib's own
+Without a C compiler at install time the kernel is not built (``setup.py``
+declares it optional): ``kernel_available()`` is then False and landmarks come from dlib's own
 predictor, the same points after dlib's load.
 """
 
@@ -40,15 +40,20 @@ def kernel_available() -> bool:
     return _ert is not None
 
 
+def require_kernel() -> None:
+    """Raise ``UnsupportedLandmarkModel`` saying how to get the kernel when it is missing."""
+    if _ert is None:
+        raise UnsupportedLandmarkModel(
+            "the landmark kernel (heygem.face._ert) was not built with the package: "
+            "reinstall heygem-harness with a C compiler present"
+        )
+
+
 class ShapePredictor:
     """``predict(gray, rect)`` -> (P, 2) float32 integer pixel coordinates."""
 
     def __init__(self, arrays: ShapeModelArrays) -> None:
-        if _ert is None:
-            raise UnsupportedLandmarkModel(
-                "the landmark kernel (heygem.face._ert) was not built with the package: "
-                "reinstall heygem-harness with a C compiler present"
-            )
+        require_kernel()
         cascades, trees, splits, _ = arrays.split_pixels.shape
         points = arrays.initial.shape[0]
         features = arrays.anchors.shape[1]

@@ -7,7 +7,9 @@ with the layout asked for (points, tree depth, cascades, trees, feature pixels).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -69,5 +71,15 @@ def dlib_points(model: Path, image: np.ndarray, box: tuple[int, int, int, int]) 
     """dlib's own prediction (the reference)."""
     import dlib
 
-    shape = dlib.shape_predictor(str(model))(image, dlib.rectangle(*box))
+    stat = model.stat()  # (a model rewritten under the same name is loaded afresh)
+    predictor = _dlib_predictor(str(model), stat.st_size, stat.st_mtime_ns)
+    shape = predictor(image, dlib.rectangle(*box))
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+@functools.cache
+def _dlib_predictor(model: str, size: int, mtime_ns: int) -> Any:
+    """Loaded once per model file version (the shipped one takes 0.36 s)."""
+    import dlib
+
+    return dlib.shape_predictor(model)
